@@ -1,0 +1,346 @@
+"""The run configuration: a typed, validated schema, read from YAML with dotted overrides.
+
+Every key is checked before anything trains. A wrong key, type or value raises ``ConfigError``
+with one paragraph that names the key, the bad value and what is allowed.
+
+Overrides use dotted paths into the YAML tree; list items are addressed by index::
+
+    optim.lr=0.05  members.0.model=resnet32  mutual.update=sequential
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from peerlearn.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class AugmentConfig(Section):
+    """Batched augmentation applied on the training device (training split only)."""
+
+    crop_padding: int = Field(0, ge=0, description="pad by this many pixels, then random-crop back (0 = off)")
+    flip: bool = Field(False, description="random horizontal flip")
+    jitter: int = Field(0, ge=0, description="random translation of up to this many pixels (Hinton's ±2)")
+
+
+class DataConfig(Section):
+    source: str = Field("digits", description="dataset source; `peerlearn datasets` lists them")
+    root: Optional[str] = Field(None, description="data directory (default: $PEERLEARN_DATA, then ~/.cache/peerlearn)")
+    path: Optional[str] = Field(None, description="folder or file for sources that need one (image_folder, tabular)")
+    download: bool = Field(True, description="download missing official files when a network is available")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training set held out for validation")
+    train_subset: Optional[int] = Field(None, gt=0, description="use only this many training images (stratified, seeded)")
+    labelled: Optional[float] = Field(
+        None, gt=0, description="semi-supervised: fraction (<=1) or per-class count (>1) of training labels kept"
+    )
+    image_size: Optional[int] = Field(None, gt=0, description="resize images to this size (None keeps the native size)")
+    normalize: bool = Field(True, description="standardise inputs with the training split's mean and std")
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(1024, gt=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from peerlearn.data.registry import SOURCES
+
+        if value not in SOURCES:
+            raise ValueError(f"unknown dataset source; allowed: {', '.join(sorted(SOURCES))}")
+        return value
+
+
+# --------------------------------------------------------------------------- optimisation
+class OptimConfig(Section):
+    """Optimizer of one member. Keys left unset in a member fall back to the top-level ``optim``."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSProp momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp smoothing constant")
+    eps: float = Field(1e-8, gt=0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "OptimConfig":
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0")
+        return self
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, stepped once per epoch (one-cycle: once per step)."""
+
+    name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
+    step_size: int = Field(30, gt=0, description="step: epochs between decays")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr decays")
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
+    max_lr: Optional[float] = Field(None, gt=0, description="onecycle: peak lr (default: optim.lr)")
+    warmup_fraction: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
+
+
+class MemberConfig(Section):
+    name: Optional[str] = Field(None, description="unique name (default: m0, m1, ...)")
+    model: str = Field("small_cnn", description="model name from the registry")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this member")
+    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors file or a peerlearn run directory")
+    trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from peerlearn.models import available_models
+
+        if value not in available_models():
+            raise ValueError(f"unknown model; allowed: {', '.join(available_models())}")
+        return value
+
+
+# --------------------------------------------------------------------------- recipes
+class MutualConfig(Section):
+    """Deep Mutual Learning: L_k = CE(p_k, y) + weight · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)."""
+
+    weight: float = Field(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling when ≠ 1)")
+    divergence: Literal["kl", "js"] = "kl"
+    teacher: Literal["peers", "ensemble"] = Field("peers", description="ensemble = DML_e (mean of the other members)")
+    feature_l2: float = Field(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
+    update: Literal["simultaneous", "sequential"] = "simultaneous"
+    mimic_on: Literal["all", "labelled"] = Field(
+        "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"
+    )
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, gt=0)
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    deterministic: bool = Field(True, description="deterministic kernels and seeded data order")
+    progress: Literal["auto", "on", "off"] = Field("auto", description="progress bar (auto: only on a terminal)")
+    eval_every: int = Field(1, gt=0, description="evaluate every N epochs (and always at the end)")
+    eval_test: bool = Field(True, description="also evaluate on the test split every evaluation")
+    checkpoint_every_steps: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps")
+    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+
+
+class TrackingConfig(Section):
+    tensorboard: bool = True
+    mlflow: bool = False
+
+
+# --------------------------------------------------------------------------- root
+RECIPES = ("independent", "mutual")
+
+
+class RunConfig(Section):
+    """A whole run: what to train (members), on what (data), how (recipe, optim, train)."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in the run directory")
+    recipe: str = Field("independent", description="recipe name")
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()])
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    mutual: MutualConfig = Field(default_factory=MutualConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str) -> str:
+        from peerlearn.recipes import RECIPE_NAMES
+
+        if value not in RECIPE_NAMES:
+            raise ValueError(f"unknown recipe; allowed: {', '.join(RECIPE_NAMES)}")
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _members_named_uniquely(cls, members: list[MemberConfig]) -> list[MemberConfig]:
+        if not members:
+            raise ValueError("the cohort is empty; give at least one member")
+        names = []
+        for index, member in enumerate(members):
+            if member.name is None:
+                member.name = f"m{index}"
+            names.append(member.name)
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"member names must be unique; repeated: {', '.join(duplicates)}")
+        for member in members:
+            if member.optim is not None:
+                _check_partial(OptimConfig, member.optim, f"members.{member.name}.optim")
+            if member.schedule is not None:
+                _check_partial(ScheduleConfig, member.schedule, f"members.{member.name}.schedule")
+        return members
+
+    # Resolved, per-member views -------------------------------------------------
+    def member_optim(self, member: MemberConfig) -> OptimConfig:
+        return OptimConfig(**{**self.optim.model_dump(), **(member.optim or {})})
+
+    def member_schedule(self, member: MemberConfig) -> ScheduleConfig:
+        return ScheduleConfig(**{**self.schedule.model_dump(), **(member.schedule or {})})
+
+
+def _check_partial(section: type[BaseModel], values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(section.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(section.model_fields)}")
+
+
+# --------------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.0.c=value`` into its path and its YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(
+            f"Override {text!r} has no '='. Overrides are written key=value with a dotted key, "
+            "e.g. optim.lr=0.05 or members.0.model=resnet32."
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not part for part in parts):
+        raise ConfigError(f"Override {text!r} has an empty key part; write e.g. optim.lr=0.05.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Override {text!r}: the value {raw!r} is not valid YAML ({error.problem}).") from None
+    return parts, value
+
+
+def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set ``tree[parts[0]][parts[1]]... = value``; list items are addressed by integer index."""
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"Override key {'.'.join(parts)!r}: {where!r} is a list index, but {part!r} is not an index "
+                    f"below its length {len(node)}."
+                )
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                if node[index] is None:
+                    node[index] = {}
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(
+                f"Override key {'.'.join(parts)!r}: {'.'.join(parts[:depth])!r} holds the value {node!r}, "
+                "which has no sub-keys."
+            )
+
+
+def _format_validation_error(error: ValidationError, tree: dict[str, Any]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parent = _section_at(RunConfig, loc[:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see docs/config.md"
+            lines.append(f"key '{key}' is not a known key; allowed here: {allowed}.")
+            continue
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"key '{key}' has the value {shown}: {message}.")
+    return "Invalid config: " + " ".join(lines) + " See docs/config.md for every key."
+
+
+def _section_at(model: type[BaseModel], loc: list[str]) -> Optional[type[BaseModel]]:
+    current: Any = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", (annotation,)):
+            inner = getattr(candidate, "__args__", (candidate,))
+            found = next((c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)), None)
+            if found is not None:
+                current = found
+                break
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def build_config(tree: dict[str, Any]) -> RunConfig:
+    """Validate a config tree (already parsed YAML) into a ``RunConfig``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"Invalid config: the top level must be a mapping of keys, got {type(tree).__name__}.")
+    try:
+        return RunConfig(**tree)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, tree)) from None
+    except TypeError as error:
+        raise ConfigError(f"Invalid config: {error}.") from None
+
+
+def load_config(
+    source: Union[str, Path, dict[str, Any], RunConfig, None] = None,
+    overrides: Union[list[str], dict[str, Any], None] = None,
+) -> RunConfig:
+    """Read a config from a YAML path, a dict or a ``RunConfig``, apply overrides, validate.
+
+    ``overrides`` is a list of ``"dotted.key=value"`` strings or a dict ``{"dotted.key": value}``.
+    """
+    if source is None:
+        tree: dict[str, Any] = {}
+    elif isinstance(source, RunConfig):
+        tree = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        tree = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist.")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys at its top level.")
+    items: list[tuple[list[str], Any]] = []
+    if isinstance(overrides, dict):
+        items = [(str(k).split("."), v) for k, v in overrides.items()]
+    elif overrides:
+        items = [parse_override(text) for text in overrides]
+    for parts, value in items:
+        apply_override(tree, parts, value)
+    return build_config(tree)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (what the run really used, defaults included)."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

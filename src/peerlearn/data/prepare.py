@@ -1,0 +1,81 @@
+"""Turn a ``DataConfig`` into a ``DataBundle``: load, subset, split, hide labels, compute stats."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from peerlearn.data.bundle import DataBundle, Split
+from peerlearn.data.raw import RawDataset
+from peerlearn.data.registry import SOURCES
+from peerlearn.data.splits import labelled_mask, stratified_subset, validation_split
+from peerlearn.errors import DataError
+
+
+def load_raw(config) -> RawDataset:
+    """Load the official train/test parts of ``config.source``."""
+    spec = SOURCES[config.source]
+    if spec.needs_path and not config.path:
+        raise DataError(f"Invalid config: key 'data.path' is required by the source {config.source!r} (a folder or file).")
+    raw = spec.load_function()(config)
+    if len(raw.train_y) == 0:
+        raise DataError(f"The dataset {config.source!r} has no training items.")
+    return raw
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of images in 0..1 units, or per-feature for tabular data."""
+    if x.dim() == 4:
+        values = x.float().div(255.0).transpose(0, 1).reshape(x.shape[1], -1)
+        return values.mean(1).tolist(), values.std(1).clamp_min(1e-6).tolist()
+    values = x.float()
+    return values.mean(0).tolist(), values.std(0).clamp_min(1e-6).tolist()
+
+
+def load_data(config, seed: int) -> DataBundle:
+    """Build the splits that a run trains and evaluates on.
+
+    The validation split is a stratified, seeded fraction of the (sub-sampled) training set; the
+    test split is the source's official test set and is only ever used for reporting.
+    """
+    raw = load_raw(config)
+    train_x, train_y = raw.train_x, raw.train_y
+    test_x, test_y = raw.test_x, raw.test_y
+    if config.image_size and raw.is_image:
+        train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
+    if config.train_subset is not None:
+        if config.train_subset > len(train_y):
+            raise DataError(
+                f"Invalid config: key 'data.train_subset' has the value {config.train_subset}, but the source "
+                f"{config.source!r} has only {len(train_y)} training items."
+            )
+        keep = stratified_subset(train_y, config.train_subset, seed=seed + 101)
+        train_x, train_y = train_x[keep], train_y[keep]
+    train_idx, val_idx = validation_split(train_y, config.val_fraction, seed=seed + 202)
+    train = Split(train_x[train_idx], train_y[train_idx].clone())
+    val = Split(train_x[val_idx], train_y[val_idx])
+    full_labels = train.y.clone()
+    if config.labelled is not None:
+        mask = labelled_mask(train.y, config.labelled, seed=seed + 303)
+        train.y[~mask] = -1
+    mean, std = channel_stats(train.x)
+    if not config.normalize:  # images stay in 0..1, features as given
+        mean, std = [0.0] * len(mean), [1.0] * len(std)
+    return DataBundle(
+        name=config.source,
+        train=train,
+        val=val,
+        test=Split(test_x, test_y),
+        class_names=raw.class_names,
+        mean=mean,
+        std=std,
+        train_labels_full=full_labels,
+    )

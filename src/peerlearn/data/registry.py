@@ -1,0 +1,58 @@
+"""The dataset sources peerlearn knows, each loaded lazily from ``module:function``.
+
+A loader takes the ``DataConfig`` (it finds its files through ``peerlearn.data.files``) and
+returns a ``RawDataset``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    loader: str  # "module:function"
+    description: str
+    needs_path: bool = False  # the config's data.path names the folder/file
+    files: tuple[str, ...] = ()  # official files checked by `peerlearn datasets verify`
+
+    def load_function(self) -> Callable:
+        module, function = self.loader.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "digits": SourceSpec(
+        "peerlearn.data.digits:load_digits",
+        "scikit-learn's 1,797 8x8 handwritten digits (embedded, no file needed)",
+    ),
+    "mnist": SourceSpec(
+        "peerlearn.data.idx:load_mnist",
+        "MNIST, 60k/10k 28x28 digits (official IDX .gz files)",
+        files=("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyte.gz",
+               "mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
+    ),
+    "fashion_mnist": SourceSpec(
+        "peerlearn.data.idx:load_fashion_mnist",
+        "Fashion-MNIST, 60k/10k 28x28 clothing images (official IDX .gz files)",
+        files=("fashion-mnist/train-images-idx3-ubyte.gz", "fashion-mnist/train-labels-idx1-ubyte.gz",
+               "fashion-mnist/t10k-images-idx3-ubyte.gz", "fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    ),
+    "cifar10": SourceSpec(
+        "peerlearn.data.cifar:load_cifar10",
+        "CIFAR-10, 50k/10k 32x32 colour images (official python pickle archive)",
+        files=("cifar-10-python.tar.gz",),
+    ),
+    "cifar100": SourceSpec(
+        "peerlearn.data.cifar:load_cifar100",
+        "CIFAR-100, 50k/10k 32x32 colour images, 100 fine classes (official python pickle archive)",
+        files=("cifar-100-python.tar.gz",),
+    ),
+    "image_folder": SourceSpec(
+        "peerlearn.data.image_folder:load_image_folder",
+        "a folder with one subfolder per class (data.path; optional train/ and test/ subfolders)",
+        needs_path=True,
+    ),
+}

@@ -1,0 +1,25 @@
+"""Errors that peerlearn reports to the user as a message, never as a traceback."""
+
+
+class PeerlearnError(Exception):
+    """Base class: the CLI prints the message and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(PeerlearnError):
+    """A config key, value or override is wrong. Raised before anything trains."""
+
+    exit_code = 2
+
+
+class DataError(PeerlearnError):
+    """A dataset is missing, corrupted or does not fit the config."""
+
+    exit_code = 2
+
+
+class TrainingError(PeerlearnError):
+    """Training cannot go on (e.g. a non-finite loss); names the last good checkpoint."""
+
+    exit_code = 3

@@ -1,0 +1,47 @@
+"""One registry and one factory for every network: ``create_model(name, num_classes=..., ...)``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from peerlearn.models.base import PeerModel
+
+_REGISTRY: dict[str, Callable[..., PeerModel]] = {}
+
+
+def register_model(name: str) -> Callable:
+    """Decorator: make a model builder available to ``create_model`` and the config."""
+
+    def decorate(builder: Callable[..., PeerModel]) -> Callable[..., PeerModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorate
+
+
+def available_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                 in_features: int | None = None, **kwargs) -> PeerModel:
+    """Build model ``name`` for ``num_classes`` classes and inputs of the given shape.
+
+    Builders take what they need among ``in_channels``, ``image_size`` and ``in_features``;
+    the rest of ``kwargs`` are the model's own options (widths, dropout, depth, ...).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(available_models())}")
+    builder = _REGISTRY[name]
+    accepted = inspect.signature(builder).parameters
+    shape_args = {"in_channels": in_channels, "image_size": image_size,
+                  "in_features": in_features if in_features is not None else in_channels * image_size * image_size}
+    call = {k: v for k, v in shape_args.items() if k in accepted}
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        options = [p for p in accepted if p not in ("num_classes", *shape_args)]
+        raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(options) or 'none'}")
+    return builder(num_classes=num_classes, **call, **kwargs)
