@@ -155,7 +155,8 @@ class RunConfig(Section):
     recipe: str = Field("independent", description="recipe name")
     seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
-    members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()])
+    members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()],
+                                        validate_default=True)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -171,7 +172,7 @@ class RunConfig(Section):
             raise ValueError(f"unknown recipe; allowed: {', '.join(RECIPE_NAMES)}")
         return value
 
-    @field_validator("members")
+    @field_validator("members", mode="after")
     @classmethod
     def _members_named_uniquely(cls, members: list[MemberConfig]) -> list[MemberConfig]:
         if not members:
@@ -184,12 +185,28 @@ class RunConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"member names must be unique; repeated: {', '.join(duplicates)}")
-        for member in members:
-            if member.optim is not None:
-                _check_partial(OptimConfig, member.optim, f"members.{member.name}.optim")
-            if member.schedule is not None:
-                _check_partial(ScheduleConfig, member.schedule, f"members.{member.name}.schedule")
         return members
+
+    @model_validator(mode="after")
+    def _member_overrides_valid(self) -> "RunConfig":
+        for index, member in enumerate(self.members):
+            for key, section, base in (("optim", OptimConfig, self.optim), ("schedule", ScheduleConfig, self.schedule)):
+                partial = getattr(member, key)
+                if partial is None:
+                    continue
+                where = f"members.{index}.{key}"
+                unknown = sorted(set(partial) - set(section.model_fields))
+                if unknown:
+                    raise ValueError(f"key '{where}.{unknown[0]}' is not a known key; allowed here: "
+                                     f"{', '.join(section.model_fields)}")
+                try:
+                    section(**{**base.model_dump(), **partial})
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    sub = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"key '{where}.{sub}' has the value {first.get('input')!r}: "
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+        return self
 
     # Resolved, per-member views -------------------------------------------------
     def member_optim(self, member: MemberConfig) -> OptimConfig:
@@ -197,12 +214,6 @@ class RunConfig(Section):
 
     def member_schedule(self, member: MemberConfig) -> ScheduleConfig:
         return ScheduleConfig(**{**self.schedule.model_dump(), **(member.schedule or {})})
-
-
-def _check_partial(section: type[BaseModel], values: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(values) - set(section.model_fields))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(section.model_fields)}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -262,8 +273,11 @@ def _format_validation_error(error: ValidationError, tree: dict[str, Any]) -> st
     lines = []
     for item in error.errors():
         loc = [str(p) for p in item["loc"]]
-        key = ".".join(loc) or "(top level)"
+        key = ".".join(loc)
         message = item["msg"].removeprefix("Value error, ")
+        if not loc:
+            lines.append(message + ".")
+            continue
         if item["type"] == "extra_forbidden":
             parent = _section_at(RunConfig, loc[:-1])
             allowed = ", ".join(parent.model_fields) if parent else "see docs/config.md"
@@ -337,8 +351,23 @@ def load_config(
     elif overrides:
         items = [parse_override(text) for text in overrides]
     for parts, value in items:
+        _fill_default(tree, parts[0])
         apply_override(tree, parts, value)
     return build_config(tree)
+
+
+def _fill_default(tree: dict[str, Any], key: str) -> None:
+    """Before overriding inside a top-level key the file left out, start from that key's default
+    (so ``members.0.model=mlp`` edits the default cohort instead of replacing it)."""
+    field = RunConfig.model_fields.get(key)
+    if key in tree or field is None:
+        return
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        tree[key] = default.model_dump(mode="json", exclude_unset=True)
+    elif isinstance(default, list):
+        tree[key] = [item.model_dump(mode="json", exclude_unset=True) if isinstance(item, BaseModel) else item
+                     for item in default]
 
 
 def save_config(config: RunConfig, path: Path) -> None:

@@ -1,0 +1,129 @@
+"""`peerlearn` on the command line. This module only parses arguments and prints results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Optional
+
+from peerlearn.errors import PeerlearnError
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from peerlearn.api import train
+    from peerlearn.tables import format_summary
+
+    if args.resume is None and args.config is None:
+        raise PeerlearnError("train needs a CONFIG file, or --resume RUN_DIR to continue a run.")
+    if args.resume is not None and (args.config is not None or args.overrides):
+        raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides.")
+    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
+    print(format_summary(result.summary))
+    print(f"\nrun directory: {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from peerlearn.demo import run_demo
+    from peerlearn.tables import format_table, summary_rows
+
+    print("peerlearn demo: two small CNNs on scikit-learn digits, trained independently, then with DML.\n")
+
+    def report(recipe, result):
+        print(f"  {recipe:<12} done in {result.summary['wall_seconds']:.1f} s  ({result.run_dir})")
+
+    results = run_demo(out=args.out, epochs=args.epochs, report=report)
+    rows = []
+    for recipe, result in results.items():
+        rows += summary_rows(result.summary, label=f"{recipe}: ")
+    print()
+    print(format_table(["cohort: member", "val top-1 %", "test top-1 %", "test top-5 %"], rows))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from peerlearn.data.files import list_sources, verify_source
+    from peerlearn.tables import format_table
+
+    if args.action == "verify":
+        from peerlearn.config import DataConfig
+
+        names = args.names or [name for name, spec in list_sources() if spec.files]
+        failures = 0
+        rows = []
+        for name in names:
+            config = DataConfig(source=name, root=args.root, download=False)
+            for file, status in verify_source(name, config):
+                rows.append([name, file, status])
+                failures += status != "ok"
+        print(format_table(["source", "file", "status"], rows))
+        return 1 if failures else 0
+    rows = [[name, spec.description] for name, spec in list_sources()]
+    print(format_table(["source", "description"], rows))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "demo": cmd_demo,
+    "datasets": cmd_datasets,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peerlearn",
+        description="Train networks with knowledge from other networks: deep mutual learning, distillation, "
+                    "greedy layerwise and transfer learning.",
+    )
+    from peerlearn import __version__
+
+    parser.add_argument("--version", action="version", version=f"peerlearn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    train = sub.add_parser("train", help="train a cohort from a YAML config",
+                           description="Train the cohort a YAML config describes. Overrides are dotted "
+                                       "key=value pairs, e.g. optim.lr=0.05 members.0.model=resnet32.")
+    train.add_argument("config", nargs="?", help="YAML config file")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+    demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, ~1 minute)",
+                          description="Train two small CNNs on scikit-learn digits, independently and with "
+                                      "Deep Mutual Learning, and print both cohorts' accuracy.")
+    demo.add_argument("--out", default="runs", help="parent folder of the run directories (default: runs)")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 25)")
+
+    datasets = sub.add_parser("datasets", help="list dataset sources, or verify their files",
+                              description="`peerlearn datasets` lists the sources; `peerlearn datasets verify "
+                                          "[NAME ...]` checks the official files' checksums.")
+    datasets.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
+    datasets.add_argument("names", nargs="*", help="sources to verify (default: all with official files)")
+    datasets.add_argument("--root", default=None, help="data directory (default: $PEERLEARN_DATA)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PeerlearnError as error:
+        print(f"peerlearn {args.command}: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

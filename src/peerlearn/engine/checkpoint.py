@@ -1,0 +1,131 @@
+"""Checkpoints: one safetensors file holding weights, optimizer and RNG tensors, with the rest as JSON.
+
+Nothing is unpickled when loading, so a checkpoint from elsewhere cannot run code. Files are written
+to a temporary name in the same folder, flushed to disk, then renamed over the old one: a crash while
+writing leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from peerlearn.errors import PeerlearnError
+
+_TENSOR_MARK = "__tensor__"
+_TUPLE_MARK = "__tuple__"
+
+
+def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested state (dicts, lists, tensors, numbers, strings) into a JSON skeleton and tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[path] = node.detach().cpu().contiguous().clone()
+            return {_TENSOR_MARK: path}
+        if isinstance(node, dict):
+            return {"__dict__": [[walk(k, f"{path}/k{i}"), walk(v, f"{path}/{i}")] for i, (k, v) in enumerate(node.items())]}
+        if isinstance(node, tuple):
+            return {_TUPLE_MARK: [walk(v, f"{path}/{i}") for i, v in enumerate(node)]}
+        if isinstance(node, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(node)]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise TypeError(f"cannot store a {type(node).__name__} in a checkpoint (at {path})")
+
+    return walk(state, prefix), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if _TENSOR_MARK in skeleton:
+            return tensors[skeleton[_TENSOR_MARK]]
+        if _TUPLE_MARK in skeleton:
+            return tuple(unflatten_state(v, tensors) for v in skeleton[_TUPLE_MARK])
+        if "__dict__" in skeleton:
+            return {unflatten_state(k, tensors): unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a nested state atomically as one safetensors file."""
+    skeleton, tensors = flatten_state(state)
+    metadata = {"peerlearn": json.dumps(skeleton)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a state written by ``save_state`` (no pickle involved)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PeerlearnError(f"No checkpoint at {str(path)!r}.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise PeerlearnError(f"The checkpoint {str(path)!r} cannot be read ({error}); it is damaged or not a "
+                             "peerlearn checkpoint.") from None
+    if "peerlearn" not in metadata:
+        raise PeerlearnError(f"The file {str(path)!r} is a safetensors file but not a peerlearn checkpoint.")
+    return unflatten_state(json.loads(metadata["peerlearn"]), tensors)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_weights(path: Path, models: dict[str, torch.nn.Module], metadata: dict[str, str] | None = None) -> None:
+    """Weights of several models in one safetensors file, keys ``<member>.<parameter>``."""
+    tensors = {f"{name}.{key}": value.detach().cpu().contiguous().clone()
+               for name, model in models.items() for key, value in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+
+
+def load_weights(path: Path, member: str | None = None) -> dict[str, torch.Tensor]:
+    """Read weights saved by ``save_weights`` (all, or one member's with its prefix removed)."""
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        if member is None:
+            return {k: handle.get_tensor(k) for k in keys}
+        prefix = f"{member}."
+        found = {k[len(prefix):]: handle.get_tensor(k) for k in keys if k.startswith(prefix)}
+    if not found:
+        members = sorted({k.split(".", 1)[0] for k in keys})
+        raise PeerlearnError(f"{str(path)!r} holds no weights of member {member!r}; it has: {', '.join(members)}.")
+    return found

@@ -1,0 +1,258 @@
+"""The one training loop: stages of epochs over a cohort, with evaluation, logging and checkpoints.
+
+Recipes never write a loop. They hand the trainer a list of ``Stage``s; a stage names how many
+epochs it runs and a ``step(batch)`` function that does one optimisation step of the cohort
+(forward, loss, backward, optimizer steps) and returns the numbers to log.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from peerlearn.config import RunConfig
+from peerlearn.data.batches import Batch, BatchStream
+from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from peerlearn.engine.cohort import Cohort
+from peerlearn.engine.evaluation import evaluate_cohort
+from peerlearn.engine.tracking import MetricsLog
+from peerlearn.errors import TrainingError
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class Stage:
+    """A phase of training: ``epochs`` epochs of ``step`` over the training stream.
+
+    ``start`` runs when the stage begins (or is resumed): freezing, building optimizers, caches.
+    ``eval_members`` are scored each evaluation; ``ensemble_members`` form the cohort ensemble.
+    """
+
+    name: str
+    epochs: int
+    step: Callable[[Batch], dict[str, Any]]
+    start: Optional[Callable[[], None]] = None
+    eval_members: Optional[list[str]] = None
+    ensemble_members: Optional[list[str]] = None
+    train_stream: Optional[BatchStream] = None  # default: the trainer's training stream
+
+
+@dataclass
+class Position:
+    """Where training stands: the stage, the epoch within it, the next step within the epoch."""
+
+    stage: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    global_epoch: int = 0
+
+
+class Callback:
+    """Hooks around the loop. ``state_dict`` is saved in checkpoints so resumes continue exactly."""
+
+    def on_epoch_end(self, trainer: "Trainer", results: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def check_finite(loss: torch.Tensor, member: str, trainer: Optional["Trainer"] = None) -> None:
+    """Stop with a clear message when a loss is NaN or infinite (before any weight is touched)."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        where = ""
+        if trainer is not None:
+            p = trainer.position
+            last = trainer.checkpoint_path if trainer.checkpoint_path.exists() else None
+            where = (f" at global step {p.global_step} (stage {p.stage}, epoch {p.epoch}, step {p.step_in_epoch}); "
+                     f"the last good checkpoint is {str(last) if last else 'none (nothing saved yet)'}")
+        raise TrainingError(
+            f"The loss of member {member!r} is not finite ({float(loss.detach().float().mean())}){where}. "
+            "Lower the learning rate, check the inputs for NaN/inf, or resume from the checkpoint with other settings."
+        )
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, cohort: Cohort, stages: list[Stage], train_stream: BatchStream,
+                 eval_streams: dict[str, BatchStream], run_dir: Path, callbacks: list[Callback] = (),
+                 extra_state: Optional[Callable[[], dict]] = None,
+                 load_extra_state: Optional[Callable[[dict], None]] = None):
+        self.config = config
+        self.cohort = cohort
+        self.stages = stages
+        self.train_stream = train_stream
+        self.eval_streams = eval_streams
+        self.run_dir = Path(run_dir)
+        self.callbacks = list(callbacks)
+        self.position = Position()
+        self.history: list[dict[str, Any]] = []
+        self.stop_requested = False
+        self.extra_state = extra_state
+        self.load_extra_state = load_extra_state
+        self.log: Optional[MetricsLog] = None
+        self.last_results: dict[str, Any] = {}
+        self.elapsed = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        members = {}
+        for member in self.cohort:
+            entry: dict[str, Any] = {"model": member.model.state_dict()}
+            if member.optimizer is not None:
+                entry["optimizer"] = member.optimizer.state_dict()
+            if member.schedule is not None:
+                entry["schedule"] = member.schedule.state_dict()
+            members[member.name] = entry
+        return {
+            "format": 1,
+            "position": vars(self.position).copy(),
+            "members": members,
+            "rng": rng_state(),
+            "callbacks": [c.state_dict() for c in self.callbacks],
+            "history": self.history,
+            "elapsed": self.elapsed,
+            "extra": self.extra_state() if self.extra_state else {},
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def save_checkpoint(self) -> None:
+        save_state(self.checkpoint_path, self.state())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's models and position; optimizers are loaded when their stage starts."""
+        self.position = Position(**state["position"])
+        for name, entry in state["members"].items():
+            self.cohort[name].model.load_state_dict(entry["model"])
+        for callback, cstate in zip(self.callbacks, state.get("callbacks", [])):
+            callback.load_state_dict(cstate)
+        self.history = state.get("history", [])
+        self.elapsed = state.get("elapsed", 0.0)
+        if self.load_extra_state:
+            self.load_extra_state(state.get("extra", {}))
+        self._pending_member_state = state["members"]
+        self._pending_rng = state["rng"]
+
+    def _load_optimizers(self) -> None:
+        pending = getattr(self, "_pending_member_state", None)
+        if not pending:
+            return
+        for name, entry in pending.items():
+            member = self.cohort[name]
+            if member.optimizer is not None and "optimizer" in entry:
+                member.optimizer.load_state_dict(entry["optimizer"])
+            if member.schedule is not None and "schedule" in entry:
+                member.schedule.load_state_dict(entry["schedule"])
+        self._pending_member_state = None
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume_from: Optional[Path] = None) -> dict[str, Any]:
+        if resume_from is not None:
+            self.restore(load_state(resume_from))
+        resume_step = self.position.global_step if resume_from is not None else None
+        self.log = MetricsLog(self.run_dir, self.config.tracking.tensorboard, resume_step=resume_step)
+        for logger in getattr(self, "extra_loggers", []):
+            self.log.extra_loggers.append(logger)
+        try:
+            for stage_index in range(self.position.stage, len(self.stages)):
+                stage = self.stages[stage_index]
+                if stage.start is not None:
+                    stage.start()
+                self._load_optimizers()
+                if getattr(self, "_pending_rng", None) is not None:
+                    set_rng_state(self._pending_rng)
+                    self._pending_rng = None
+                self._run_stage(stage_index, stage)
+                if self.stop_requested:
+                    break
+                self.position = Position(stage=stage_index + 1, global_step=self.position.global_step,
+                                         global_epoch=self.position.global_epoch)
+            for callback in self.callbacks:
+                callback.on_fit_end(self)
+            summary = self._final_summary()
+        finally:
+            self.log.close()
+        return summary
+
+    def _run_stage(self, stage_index: int, stage: Stage) -> None:
+        stream = stage.train_stream or self.train_stream
+        show = {"on": True, "off": False}.get(self.config.train.progress, sys.stderr.isatty())
+        while self.position.epoch < stage.epochs and not self.stop_requested:
+            epoch = self.position.epoch
+            started = time.perf_counter()
+            self.cohort.train()
+            sums: dict[str, float] = {}
+            count = 0
+            bar = tqdm(total=len(stream), initial=self.position.step_in_epoch, disable=not show, leave=False,
+                       desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}", dynamic_ncols=True)
+            for step, batch in stream.epoch(self.position.global_epoch, start_step=self.position.step_in_epoch):
+                values = stage.step(batch)
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                count += 1
+                self.position.step_in_epoch = step + 1
+                self.position.global_step += 1
+                bar.update(1)
+                if count % 10 == 0 and "loss" in values:
+                    bar.set_postfix(loss=f"{float(values['loss']):.4f}")
+                every = self.config.train.checkpoint_every_steps
+                if every and self.position.global_step % every == 0 and self.position.step_in_epoch < len(stream):
+                    self.elapsed += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self.save_checkpoint()
+            bar.close()
+            self.cohort.step_schedules("epoch")
+            self.elapsed += time.perf_counter() - started
+            train_means = {k: v / max(count, 1) for k, v in sums.items()}
+            lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.trainable if m.optimizer}
+            self.log.log("train", self.position.global_step, self.position.global_epoch + 1,
+                         {"stage": stage.name, **train_means, "lr": lrs})
+            self.position.epoch += 1
+            self.position.global_epoch += 1
+            self.position.step_in_epoch = 0
+            last_epoch = self.position.epoch == stage.epochs
+            if last_epoch or self.position.epoch % self.config.train.eval_every == 0:
+                results = self.evaluate(stage)
+                self.last_results = results
+                record = {"stage": stage.name, "epoch": self.position.global_epoch, "train": train_means, **results}
+                self.history.append(record)
+                self.log.log("eval", self.position.global_step, self.position.global_epoch,
+                             {"stage": stage.name, **results})
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, results)
+            self.save_checkpoint()
+
+    def evaluate(self, stage: Stage, splits: Optional[list[str]] = None) -> dict[str, Any]:
+        names = stage.eval_members or [m.name for m in self.cohort]
+        ensemble = stage.ensemble_members or [m.name for m in self.cohort.trainable]
+        splits = splits or [s for s in ("val", "test") if s in self.eval_streams
+                            and (s != "test" or self.config.train.eval_test)]
+        return {split: evaluate_cohort(self.cohort, self.eval_streams[split], names, ensemble) for split in splits
+                if len(self.eval_streams[split].split) > 0}
+
+    def _final_summary(self) -> dict[str, Any]:
+        stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
+        final = self.evaluate(stage, [s for s in ("val", "test") if s in self.eval_streams])
+        save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
+        return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
+                "train_seconds": round(self.elapsed, 3)}
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

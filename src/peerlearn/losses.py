@@ -1,0 +1,119 @@
+"""Loss terms of every recipe, written from the papers' formulas.
+
+Conventions: ``logits`` are [N, C]; probabilities come from a softmax at temperature T,
+p = softmax(z / T). Divergences are averaged over the batch ("batchmean"). Targets that come from
+another network (a peer, a teacher) are detached inside these functions, so that no gradient can
+flow into the network that produced them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """CE(softmax(z), y) averaged over labelled items; items with label -1 are ignored.
+
+    Returns 0 (with a graph) when the batch has no labelled item.
+    """
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labelled], labels[labelled], label_smoothing=label_smoothing)
+
+
+def kl_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_target ‖ p) = Σ_m p_target,m · log(p_target,m / p_m), with p = softmax(z / T), batch mean.
+
+    ``target_probs`` is treated as a constant (detached). Terms with p_target,m = 0 contribute 0.
+    """
+    target = target_probs.detach()
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    return F.kl_div(log_p, target, reduction="batchmean")
+
+
+def js_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Jensen–Shannon divergence JS(p_target, p) = ½ KL(p_target ‖ m) + ½ KL(p ‖ m), m = ½(p_target + p).
+
+    Symmetric mimicry; the target is constant, the gradient flows through p (also inside m).
+    """
+    target = target_probs.detach()
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    p = log_p.exp()
+    log_m = torch.log((target + p) / 2).clamp_min(-1e4)
+    kl_target_m = (torch.xlogy(target, target) - target * log_m).sum(1)
+    kl_p_m = (p * (log_p - log_m)).sum(1)
+    return 0.5 * (kl_target_m + kl_p_m).mean()
+
+
+def soft_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """q_i = exp(z_i / T) / Σ_j exp(z_j / T), detached (a target)."""
+    return F.softmax(logits.detach() / temperature, dim=1)
+
+
+def mutual_mimicry(
+    logits: torch.Tensor,
+    peer_probs: Sequence[torch.Tensor],
+    temperature: float = 1.0,
+    divergence: str = "kl",
+    teacher: str = "peers",
+) -> torch.Tensor:
+    """The DML mimicry term of one member k against its K−1 peers' probabilities (at T).
+
+    teacher="peers"     : 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)            (DML, Zhang et al. eq. 9/10)
+    teacher="ensemble"  : D(p̄ ‖ p_k),  p̄ = 1/(K−1) · Σ_{l≠k} p_l    (DML_e)
+    D is KL or JS. When T ≠ 1 the term is multiplied by T² (Hinton et al.) so that its gradient
+    scale does not shrink with T.
+    """
+    if not peer_probs:
+        return logits.sum() * 0.0
+    divergence_fn = {"kl": kl_to_target, "js": js_to_target}[divergence]
+    if teacher == "ensemble":
+        mean_probs = torch.stack([p.detach() for p in peer_probs]).mean(0)
+        term = divergence_fn(mean_probs, logits, temperature)
+    elif teacher == "peers":
+        term = sum(divergence_fn(p, logits, temperature) for p in peer_probs) / len(peer_probs)
+    else:
+        raise ValueError(f"teacher must be 'peers' or 'ensemble', got {teacher!r}")
+    return term * temperature**2
+
+
+def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over peers of the squared L2 distance between penultimate features, batch mean:
+    1/(K−1) Σ_{l≠k} mean_n ‖f_k(x_n) − f_l(x_n)‖²; peers' features are constant targets.
+    """
+    if not peer_features:
+        return features.sum() * 0.0
+    total = sum(((features - f.detach()) ** 2).sum(1).mean() for f in peer_features)
+    return total / len(peer_features)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    labels: Optional[torch.Tensor],
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Hinton et al. 2015: α · CE(student, y) + (1 − α) · T² · KL(q_teacher,T ‖ q_student,T).
+
+    KL and the soft cross-entropy CE(q_teacher,T, q_student,T) differ by the teacher's entropy,
+    a constant, so their gradients are equal. With α = 0 no label is needed.
+    """
+    soft = kl_to_target(teacher_probs, student_logits, temperature) * temperature**2
+    if alpha == 0 or labels is None:
+        return (1 - alpha) * soft
+    return alpha * cross_entropy(student_logits, labels) + (1 - alpha) * soft
+
+
+def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Caruana / Ba & Caruana: ½ · Σ_i (z_i − v_i)², summed over classes, averaged over the batch."""
+    return 0.5 * ((student_logits - teacher_logits.detach()) ** 2).sum(1).mean()
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """H(p) = −Σ_m p_m log p_m for each row (nats)."""
+    return -torch.xlogy(probs, probs).sum(1)

@@ -1,0 +1,105 @@
+"""What every recipe shares: building members from the config, streams and the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peerlearn.config import MemberConfig, RunConfig
+from peerlearn.data.augment import BatchAugment
+from peerlearn.data.batches import BatchStream, Normalizer
+from peerlearn.data.bundle import DataBundle
+from peerlearn.engine.checkpoint import load_weights
+from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.optim import build_optimizer, build_schedule
+from peerlearn.engine.trainer import Callback, Stage
+from peerlearn.errors import ConfigError
+from peerlearn.models import create_model
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Each member's initial weights depend only on (seed, its index), not on the other members."""
+    return seed * 1_000 + index
+
+
+class Recipe:
+    """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``."""
+
+    name = "base"
+
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+        self.config = config
+        self.data = data
+        self.device = device
+        self.normalizer = Normalizer(data.mean, data.std, device, data.is_image)
+        augment = BatchAugment(**config.data.augment.model_dump())
+        self.train_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
+                                        seed=config.seed, augment=augment, shuffle=True, drop_last=True)
+        self.eval_streams = {
+            split: BatchStream(getattr(data, split), config.data.eval_batch_size, self.normalizer, device,
+                               shuffle=False)
+            for split in ("val", "test")
+        }
+        self.cohort: Cohort | None = None
+
+    # ------------------------------------------------------------------ members
+    def build_model(self, member_config: MemberConfig, index: int) -> torch.nn.Module:
+        torch.manual_seed(member_seed(self.config.seed, index))
+        try:
+            model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"Invalid config: key 'members.{index}.model_args' for model "
+                              f"{member_config.model!r}: {error}.") from None
+        if member_config.weights:
+            load_member_weights(model, member_config.weights, member_config.name, index)
+        return model.to(self.device)
+
+    def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None) -> Member:
+        model = self.build_model(member_config, index)
+        member = Member(member_config.name, model, trainable=member_config.trainable,
+                        info={"model": member_config.model, "model_args": member_config.model_args})
+        if member_config.trainable:
+            member.optimizer = build_optimizer(model, self.config.member_optim(member_config))
+            member.schedule = build_schedule(member.optimizer, self.config.member_schedule(member_config),
+                                             epochs or self.config.train.epochs, len(self.train_stream))
+        else:
+            model.requires_grad_(False)
+        return member
+
+    def build_cohort(self) -> Cohort:
+        self.cohort = Cohort([self.build_member(m, i) for i, m in enumerate(self.config.members)])
+        return self.cohort
+
+    # ------------------------------------------------------------------ stages
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.config.train.epochs, self.step)]
+
+    def step(self, batch) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def callbacks(self) -> list[Callback]:
+        return []
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Recipe-specific numbers added to summary.json."""
+        return {}
+
+
+def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
+    """Initial weights from a .safetensors file, or from a peerlearn run directory (member ``name``)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
+                          "a .safetensors file nor a peerlearn run directory holding model.safetensors.")
+    tensors = load_weights(path)
+    prefix = f"{name}."
+    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = own or tensors
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
+                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")

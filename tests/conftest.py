@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny, fast config on the embedded digits, and where real data lives."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path | None:
+    """The folder with the official MNIST / Fashion-MNIST files ($PEERLEARN_DATA or ../shared/data)."""
+    for candidate in (os.environ.get("PEERLEARN_DATA"), REPO.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "fashion-mnist").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def data_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real MNIST/Fashion-MNIST files not found: set PEERLEARN_DATA to the folder holding them")
+    return root
+
+
+def tiny_config(**sections) -> dict:
+    """Two small CNNs on digits, 2 epochs: trains in a second or two."""
+    config = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"source": "digits", "batch_size": 64, "val_fraction": 0.2},
+        "members": [{"name": "a", "model": "small_cnn", "model_args": {"width": 8}},
+                    {"name": "b", "model": "small_cnn", "model_args": {"width": 8}}],
+        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "train": {"epochs": 2, "progress": "off"},
+        "tracking": {"tensorboard": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m peerlearn ARGS`` with this checkout's sources first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "peerlearn", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=timeout)
