@@ -69,11 +69,32 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from peerlearn.analysis_runner import analyze_run
+    from peerlearn.tables import format_table
+
+    result = analyze_run(args.run_dir, split=args.split, sigmas=args.sigmas, draws=args.draws, limit=args.limit,
+                         members=args.member)
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = []
+    for name, value in result["entropy"].items():
+        mass = result["rank_mass"][name]
+        curve = result["flatness"][name]
+        rows.append([name, value, *[m for m in mass[:2]], *[curve[s]["mean"] for s in curve]])
+    sigma_heads = [f"loss σ={s:g}" for s in next(iter(result["flatness"].values()))]
+    print(f"analyses on the {result['split']} split ({result['items']} items)")
+    print(format_table(["member", "entropy", "rank-1 mass", "rank-2 mass", *sigma_heads], rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
+    "analyze": cmd_analyze,
 }
 
 
@@ -109,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
     datasets.add_argument("names", nargs="*", help="sources to verify (default: all with official files)")
     datasets.add_argument("--root", default=None, help="data directory (default: $PEERLEARN_DATA)")
+    analyze = sub.add_parser("analyze", help="posterior entropy, rank mass and flatness of a finished run",
+                             description="The DML paper's analyses on a finished run: mean posterior entropy, "
+                                         "probability mass at ranks 1..5, and the training loss after adding "
+                                         "Gaussian noise of std σ to every parameter (flatness of the minimum).")
+    analyze.add_argument("run_dir", help="a finished run directory")
+    analyze.add_argument("--split", default="train", choices=["train", "val", "test"])
+    analyze.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02, 0.05])
+    analyze.add_argument("--draws", type=int, default=3, help="noise draws per σ")
+    analyze.add_argument("--limit", type=int, default=5000, help="use the first N items of the split")
+    analyze.add_argument("--member", action="append", help="only this member (repeatable)")
+    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
