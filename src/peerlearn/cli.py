@@ -19,8 +19,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from peerlearn.api import train
     from peerlearn.tables import format_summary
 
-    if args.resume is None and args.config is None:
-        raise PeerlearnError("train needs a CONFIG file, or --resume RUN_DIR to continue a run.")
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        # `peerlearn train optim.lr=0.05`: no file, only overrides of the defaults
+        args.overrides, args.config = [args.config, *args.overrides], None
+        args.defaults = True
+    if args.resume is None and args.config is None and not getattr(args, "defaults", False):
+        raise PeerlearnError("train needs a CONFIG file (or key=value overrides of the defaults), "
+                             "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
         raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides.")
     result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
@@ -126,10 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list dataset sources, or verify their files",
                               description="`peerlearn datasets` lists the sources; `peerlearn datasets verify "
-                                          "[NAME ...]` checks the official files' checksums.")
-    datasets.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
-    datasets.add_argument("names", nargs="*", help="sources to verify (default: all with official files)")
-    datasets.add_argument("--root", default=None, help="data directory (default: $PEERLEARN_DATA)")
+                                          "[NAME ...] [--root DIR]` checks the official files' checksums.")
+    datasets.set_defaults(action="list", names=[], root=None)
+    actions = datasets.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="list the dataset sources")
+    verify = actions.add_parser("verify", help="check the official files' MD5 sums")
+    verify.add_argument("names", nargs="*", help="sources to verify (default: all with official files)")
+    verify.add_argument("--root", default=None, help="data directory (default: $PEERLEARN_DATA)")
+
     analyze = sub.add_parser("analyze", help="posterior entropy, rank mass and flatness of a finished run",
                              description="The DML paper's analyses on a finished run: mean posterior entropy, "
                                          "probability mass at ranks 1..5, and the training loss after adding "

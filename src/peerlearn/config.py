@@ -11,6 +11,7 @@ Overrides use dotted paths into the YAML tree; list items are addressed by index
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -18,6 +19,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peerlearn.errors import ConfigError
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 class Section(BaseModel):
@@ -230,7 +246,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in parts):
         raise ConfigError(f"Override {text!r} has an empty key part; write e.g. optim.lr=0.05.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"Override {text!r}: the value {raw!r} is not valid YAML ({error.problem}).") from None
     return parts, value
@@ -340,7 +356,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
         if not isinstance(tree, dict):

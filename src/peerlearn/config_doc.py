@@ -1,0 +1,91 @@
+"""Render the config reference (docs/config.md) from the schema itself, so it cannot drift.
+
+    python -m peerlearn.config_doc > docs/config.md
+"""
+
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from peerlearn.config import RunConfig
+
+INTRO = """# Config reference
+
+Generated from the schema in `src/peerlearn/config.py` by `python -m peerlearn.config_doc > docs/config.md`
+(a test fails when this file is out of date). Every key can be set in the YAML file or overridden on the
+command line with a dotted path, e.g. `peerlearn train cfg.yaml optim.lr=0.05 members.0.model=resnet32`.
+Unknown keys, wrong types and impossible values stop the run before training (exit code 2).
+"""
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a).replace("'", "") for a in args)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " (optional)"
+    if origin in (list, tuple, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args if a is not Ellipsis)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field) -> str:
+    if field.default is not PydanticUndefined:
+        value = field.default
+    elif field.default_factory is not None:
+        value = field.default_factory()
+    else:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return f"{len(value)} default entries"
+    return f"`{value!r}`"
+
+
+def _constraints(field) -> str:
+    parts = []
+    for item in field.metadata:
+        for attr, symbol in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+        pattern = getattr(item, "pattern", None)
+        if pattern:
+            parts.append(f"matches `{pattern}`")
+    return ", ".join(parts)
+
+
+def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    rows, children = [], []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        inner = [a for a in (typing.get_args(annotation) or (annotation,)) if isinstance(a, type)]
+        nested = next((a for a in inner if issubclass(a, BaseModel)), None)
+        key = f"{prefix}{name}"
+        if nested is not None:
+            children.append((nested, f"{key}.0." if typing.get_origin(annotation) is list else f"{key}."))
+            rows.append(f"| `{key}` | section | {_default(field)} | | see below |")
+            continue
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {_constraints(field)} | {description} |")
+    title = prefix.rstrip(".") or "top level"
+    doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+    out.append(f"\n## `{title}`\n\n{doc}\n\n| key | type | default | limits | meaning |\n|---|---|---|---|---|")
+    out.extend(rows)
+    for nested, child_prefix in children:
+        _sections(nested, child_prefix, out)
+
+
+def render_config_reference() -> str:
+    out = [INTRO]
+    _sections(RunConfig, "", out)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_config_reference(), end="")

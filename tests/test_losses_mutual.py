@@ -1,0 +1,110 @@
+"""Hand-computed checks of the DML loss family and of gradient isolation between members."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peerlearn.losses import (cross_entropy, entropy, feature_l2, js_to_target, kl_to_target, mutual_mimicry,
+                              soft_probs)
+
+
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0)
+
+
+def test_kl_matches_hand_computation():
+    z = torch.tensor([[1.0, 2.0, 0.5]])
+    target = torch.tensor([[0.2, 0.5, 0.3]])
+    q = [math.exp(v) for v in (1.0, 2.0, 0.5)]
+    q = [v / sum(q) for v in q]
+    assert kl_to_target(target, z).item() == pytest.approx(_kl([0.2, 0.5, 0.3], q), rel=1e-6)
+
+
+def test_kl_with_temperature_uses_softened_student():
+    z = torch.tensor([[3.0, -1.0, 0.0]])
+    target = torch.tensor([[0.6, 0.1, 0.3]])
+    q = F.softmax(z / 4.0, dim=1)[0].tolist()
+    assert kl_to_target(target, z, temperature=4.0).item() == pytest.approx(_kl([0.6, 0.1, 0.3], q), rel=1e-6)
+
+
+def test_js_is_symmetric_and_matches_hand_computation():
+    p = [0.7, 0.2, 0.1]
+    z = torch.log(torch.tensor([[0.3, 0.3, 0.4]]))
+    q = [0.3, 0.3, 0.4]
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+    expected = 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
+    assert js_to_target(torch.tensor([p]), z).item() == pytest.approx(expected, rel=1e-5)
+    swapped = js_to_target(torch.tensor([q]), torch.log(torch.tensor([p])))
+    assert swapped.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dml_pair_equals_paper_formula():
+    """K=2: L_1 = CE(p_1, y) + KL(p_2 ‖ p_1)."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(4, 5), torch.randn(4, 5)
+    y = torch.tensor([0, 3, 1, 4])
+    p1, p2 = F.softmax(z1, 1), F.softmax(z2, 1)
+    expected = 0.0
+    for n in range(4):
+        ce = -math.log(p1[n, y[n]].item())
+        expected += ce + _kl(p2[n].tolist(), p1[n].tolist())
+    expected /= 4
+    loss = cross_entropy(z1, y) + mutual_mimicry(z1, [soft_probs(z2)])
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dml_averages_over_k_minus_one_peers_and_dml_e_uses_mean_teacher():
+    torch.manual_seed(1)
+    z = [torch.randn(3, 4) for _ in range(4)]
+    peers = [soft_probs(v) for v in z[1:]]
+    p0 = F.softmax(z[0], 1)
+    expected_peers = sum(_kl(p[n].tolist(), p0[n].tolist()) for p in peers for n in range(3)) / (3 * 3)
+    assert mutual_mimicry(z[0], peers).item() == pytest.approx(expected_peers, rel=1e-5)
+    mean = torch.stack(peers).mean(0)
+    expected_e = sum(_kl(mean[n].tolist(), p0[n].tolist()) for n in range(3)) / 3
+    assert mutual_mimicry(z[0], peers, teacher="ensemble").item() == pytest.approx(expected_e, rel=1e-5)
+    # the averaged teacher is peakier-or-equal in KL terms: KL to the mean ≤ mean of KLs (convexity)
+    assert expected_e <= expected_peers + 1e-9
+
+
+def test_temperature_scales_mimicry_by_t_squared():
+    z1, z2 = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    t = 3.0
+    raw = kl_to_target(soft_probs(z2, t), z1, t)
+    assert mutual_mimicry(z1, [soft_probs(z2, t)], temperature=t).item() == pytest.approx(raw.item() * 9, rel=1e-6)
+
+
+def test_no_gradient_reaches_a_peer():
+    a = torch.nn.Linear(3, 4)
+    b = torch.nn.Linear(3, 4)
+    x = torch.randn(5, 3)
+    za, zb = a(x), b(x)
+    # even if the caller forgets to detach, the loss treats the peer as a constant
+    loss = mutual_mimicry(za, [F.softmax(zb, 1)]) + mutual_mimicry(za, [F.softmax(zb, 1)], divergence="js")
+    loss = loss + feature_l2(za, [zb])
+    loss.backward()
+    assert a.weight.grad is not None and a.weight.grad.abs().sum() > 0
+    assert b.weight.grad is None
+
+
+def test_feature_l2_hand_value():
+    f = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    g = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    # rows: (1+4)=5, (1+1)=2 -> mean 3.5
+    assert feature_l2(f, [g]).item() == pytest.approx(3.5)
+
+
+def test_cross_entropy_ignores_unlabelled_items_and_handles_none():
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, -1])
+    assert cross_entropy(z, y).item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)), rel=1e-6)
+    none = cross_entropy(z, torch.tensor([-1, -1]))
+    none.backward()
+    assert none.item() == 0.0
+
+
+def test_entropy_of_uniform_and_one_hot():
+    assert entropy(torch.full((1, 4), 0.25)).item() == pytest.approx(math.log(4))
+    assert entropy(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0)
