@@ -108,3 +108,22 @@ def test_cross_entropy_ignores_unlabelled_items_and_handles_none():
 def test_entropy_of_uniform_and_one_hot():
     assert entropy(torch.full((1, 4), 0.25)).item() == pytest.approx(math.log(4))
     assert entropy(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_dml_e_and_dml_have_the_same_gradient_with_kl(temperature):
+    """∂KL(q ‖ softmax(z/T))/∂z = (softmax(z/T) − q)/T is linear in q: averaging the peers' KL terms or
+    taking KL to the peers' mean probability gives the same update (the losses differ by a constant)."""
+    torch.manual_seed(2)
+    peers = [soft_probs(torch.randn(6, 5), temperature) for _ in range(3)]
+    grads = []
+    for teacher in ("peers", "ensemble"):
+        z = torch.randn(6, 5, generator=torch.Generator().manual_seed(9)).requires_grad_()
+        mutual_mimicry(z, peers, temperature, teacher=teacher).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    # with JS the two differ
+    z = torch.randn(6, 5, requires_grad=True)
+    js_peers = torch.autograd.grad(mutual_mimicry(z, peers, divergence="js"), z)[0]
+    js_mean = torch.autograd.grad(mutual_mimicry(z, peers, divergence="js", teacher="ensemble"), z)[0]
+    assert not torch.allclose(js_peers, js_mean)

@@ -161,6 +161,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except PeerlearnError as error:
         print(f"peerlearn {args.command}: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
