@@ -37,7 +37,7 @@ def tiny_config(**sections) -> dict:
         "members": [{"name": "a", "model": "small_cnn", "model_args": {"width": 8}},
                     {"name": "b", "model": "small_cnn", "model_args": {"width": 8}}],
         "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
-        "train": {"epochs": 2, "progress": "off"},
+        "train": {"epochs": 2, "progress": "off", "threads": 1},
         "tracking": {"tensorboard": False},
     }
     for key, value in sections.items():
