@@ -16,6 +16,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
+from peerlearn.losses import cross_entropy
 from peerlearn.models import create_model
 
 
@@ -78,6 +79,15 @@ class Recipe:
 
     def step(self, batch) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def supervised_loss(self, member: str, logits: torch.Tensor, labels: torch.Tensor,
+                        features: torch.Tensor | None = None) -> torch.Tensor:
+        """The supervised term every recipe uses for member ``member``: CE(logits, labels), labels −1 ignored.
+
+        The one place where the regularisers shared by all recipes (label smoothing, L1, centre loss, ...)
+        hook in, so that every recipe gets them by calling this instead of ``cross_entropy`` directly.
+        """
+        return cross_entropy(logits, labels)
 
     def callbacks(self) -> list[Callback]:
         return []

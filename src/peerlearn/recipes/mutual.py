@@ -26,7 +26,7 @@ import torch
 from peerlearn.data.batches import Batch
 from peerlearn.engine.cohort import Member, preserved_batchnorm_stats
 from peerlearn.engine.trainer import check_finite
-from peerlearn.losses import cross_entropy, feature_l2, mutual_mimicry, soft_probs
+from peerlearn.losses import feature_l2, mutual_mimicry, soft_probs
 from peerlearn.recipes.base import Recipe
 
 
@@ -54,7 +54,7 @@ class MutualRecipe(Recipe):
                     batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_k for member ``name`` given every member's current (detached) probabilities."""
         settings = self.settings
-        ce = cross_entropy(logits, batch.y)
+        ce = self.supervised_loss(name, logits, batch.y, features)
         loss = ce
         parts = {"ce": ce.detach()}
         if self.mimicry_weight > 0 and len(probs) > 1:
