@@ -118,6 +118,9 @@ class MemberConfig(Section):
     schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
     weights: Optional[str] = Field(None, description="initial weights: a .safetensors file or a peerlearn run directory")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
+    max_norm: Optional[float] = Field(
+        None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "
+                                "vector is scaled down to this L2 norm if longer (Hinton/Srivastava dropout nets)")
 
     @field_validator("model")
     @classmethod
@@ -142,6 +145,41 @@ class MutualConfig(Section):
     mimic_on: Literal["all", "labelled"] = Field(
         "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"
     )
+
+
+class DistillConfig(Section):
+    """Knowledge distillation: L = α · CE(student, y) + (1 − α) · T² · KL(q_teacher,T ‖ q_student,T)."""
+
+    teachers: Optional[list[str]] = Field(
+        None, description="names of the teacher members (default: the members with trainable: false); "
+                          "every other member is a student")
+    teacher_epochs: int = Field(
+        0, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them "
+                             "(0: teachers come with `weights`)")
+    teacher_augment: Optional[AugmentConfig] = Field(
+        None, description="augmentation of the teacher stage (default: data.augment)")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets")
+    alpha: float = Field(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
+    loss: Literal["kl", "logit_mse"] = Field(
+        "kl", description="kl: T²·KL of softened distributions; logit_mse: ½‖z_student − z_teacher‖²")
+    transfer: Literal["train", "unlabelled", "data"] = Field(
+        "train", description="transfer set: the training split, the training split without labels, or "
+                             "distill.transfer_data")
+    transfer_data: Optional[DataConfig] = Field(
+        None, description="transfer: data. another dataset whose training split (labels dropped) is the transfer set")
+    omit_classes: list[int] = Field(default_factory=list,
+                                    description="classes removed from the transfer set (e.g. [3])")
+    class_bias: dict[int, float] = Field(default_factory=dict,
+                                         description="added to the students' logits at prediction, e.g. {3: 3.5}")
+    fit_class_bias: bool = Field(
+        False, description="after training, grid-search on the validation split the bias of each omitted class "
+                           "that maximises accuracy, apply it and report it in summary.json")
+    bias_grid: list[float] = Field(
+        default_factory=lambda: [round(0.25 * i, 2) for i in range(0, 41)],
+        description="candidate biases of fit_class_bias")
+    cache_teacher: bool = Field(
+        True, description="compute the teachers' targets once per transfer item when the transfer set is "
+                          "not augmented")
 
 
 class TrainConfig(Section):
@@ -177,6 +215,7 @@ class RunConfig(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mutual: MutualConfig = Field(default_factory=MutualConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("recipe")

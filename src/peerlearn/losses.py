@@ -91,6 +91,25 @@ def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) ->
     return total / len(peer_features)
 
 
+def teacher_probs(teacher_logits: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """Soft targets of one or several teachers: q = 1/M · Σ_m softmax(v_m / T) (detached).
+
+    Several teachers are combined by averaging their probabilities at T (Hinton et al.'s ensemble).
+    """
+    if not teacher_logits:
+        raise ValueError("teacher_probs needs at least one teacher's logits")
+    return torch.stack([soft_probs(v, temperature) for v in teacher_logits]).mean(0)
+
+
+def soft_target_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(q_teacher,T ‖ softmax(z / T)), batch mean.
+
+    The gradient with respect to the student's logits is T · (softmax(z / T) − q_teacher,T) / N: the T²
+    factor keeps its size comparable to that of the hard-label CE whatever T is.
+    """
+    return kl_to_target(target_probs, student_logits, temperature) * temperature**2
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,
@@ -100,17 +119,25 @@ def distillation_loss(
 ) -> torch.Tensor:
     """Hinton et al. 2015: α · CE(student, y) + (1 − α) · T² · KL(q_teacher,T ‖ q_student,T).
 
-    KL and the soft cross-entropy CE(q_teacher,T, q_student,T) differ by the teacher's entropy,
-    a constant, so their gradients are equal. With α = 0 no label is needed.
+    ``teacher_probs`` are the teachers' probabilities at T (see ``teacher_probs``; several teachers
+    averaged). KL and the soft cross-entropy CE(q_teacher,T, q_student,T) differ by the teacher's
+    entropy, a constant, so their gradients are equal. With α = 0 no label is needed (``labels`` may
+    be None); with α > 0 labels are required, and items labelled −1 are left out of the CE term.
     """
-    soft = kl_to_target(teacher_probs, student_logits, temperature) * temperature**2
-    if alpha == 0 or labels is None:
-        return (1 - alpha) * soft
+    soft = soft_target_loss(student_logits, teacher_probs, temperature)
+    if alpha == 0:
+        return soft
+    if labels is None:
+        raise ValueError("distillation_loss with alpha > 0 needs labels (use alpha = 0 on unlabelled data)")
     return alpha * cross_entropy(student_logits, labels) + (1 - alpha) * soft
 
 
 def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Caruana / Ba & Caruana: ½ · Σ_i (z_i − v_i)², summed over classes, averaged over the batch."""
+    """Caruana / Ba & Caruana: ½ · Σ_i (z_i − v_i)², summed over classes, averaged over the batch.
+
+    The high-temperature limit of distillation: for zero-mean logits, the gradient of T²·KL tends to
+    (z − v) / C as T → ∞ (C classes), i.e. 1/C times the gradient of this loss.
+    """
     return 0.5 * ((student_logits - teacher_logits.detach()) ** 2).sum(1).mean()
 
 

@@ -9,6 +9,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from peerlearn.engine.constraints import apply_max_norm
 from peerlearn.engine.optim import Schedule
 
 
@@ -22,6 +23,7 @@ class Member:
     schedule: Optional[Schedule] = None
     trainable: bool = True
     info: dict = field(default_factory=dict)  # e.g. the model name and args, for export and reports
+    max_norm: Optional[float] = None  # max-norm weight constraint applied after every optimizer step
 
     def zero_grad(self) -> None:
         if self.optimizer is not None:
@@ -30,6 +32,8 @@ class Member:
     def step(self) -> None:
         if self.optimizer is not None:
             self.optimizer.step()
+            if self.max_norm is not None:
+                apply_max_norm(self.model, self.max_norm)
             if self.schedule is not None:
                 self.schedule.step("step")
 

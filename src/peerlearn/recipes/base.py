@@ -57,14 +57,17 @@ class Recipe:
             load_member_weights(model, member_config.weights, member_config.name, index)
         return model.to(self.device)
 
-    def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None) -> Member:
+    def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None,
+                     steps_per_epoch: int | None = None) -> Member:
         model = self.build_model(member_config, index)
         member = Member(member_config.name, model, trainable=member_config.trainable,
-                        info={"model": member_config.model, "model_args": member_config.model_args})
+                        info={"model": member_config.model, "model_args": member_config.model_args},
+                        max_norm=member_config.max_norm)
         if member_config.trainable:
             member.optimizer = build_optimizer(model, self.config.member_optim(member_config))
             member.schedule = build_schedule(member.optimizer, self.config.member_schedule(member_config),
-                                             epochs or self.config.train.epochs, len(self.train_stream))
+                                             epochs or self.config.train.epochs,
+                                             steps_per_epoch or len(self.train_stream))
         else:
             model.requires_grad_(False)
         return member

@@ -1,0 +1,310 @@
+"""Knowledge distillation (Hinton, Vinyals, Dean 2015): frozen teachers, students trained on soft targets.
+
+Loss of a student with logits z, on a transfer item x with label y:
+
+    kl        : L = α · CE(softmax(z), y) + (1 − α) · T² · KL(q ‖ softmax(z / T)),
+                q = 1/M · Σ_m softmax(v_m / T)        (M teachers with logits v_m, probabilities averaged)
+    logit_mse : L = α · CE(softmax(z), y) + (1 − α) · ½ ‖z − v̄‖²,   v̄ = 1/M · Σ_m v_m
+
+With α = 0 the transfer set needs no label. The CE term is ``Recipe.supervised_loss`` (items labelled −1
+are left out of it), so the shared regularisers reach it.
+
+Teachers are members with ``trainable: false`` (or listed in ``distill.teachers``). They come with
+``weights`` (a run directory or a .safetensors file), or are trained first in a "teacher" stage of
+``distill.teacher_epochs`` epochs (CE, their own augmentation), then frozen. Frozen teachers stay in
+eval mode and run under ``torch.inference_mode``; when the transfer set is not augmented their targets
+are computed once per transfer item (indexed by its position in the transfer set) and reused every epoch,
+so a distillation step costs about what a student-only step costs.
+
+Transfer set: the training split, the training split without labels, or another dataset; classes can
+be left out of it (``omit_classes``). At prediction, ``class_bias`` is added to the students' logits,
+and ``fit_class_bias`` searches that bias for the omitted classes on the validation split.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+
+from peerlearn.data.augment import BatchAugment
+from peerlearn.data.batches import Batch, BatchStream
+from peerlearn.data.bundle import Split
+from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.evaluation import score
+from peerlearn.engine.trainer import Callback, Stage, check_finite
+from peerlearn.errors import ConfigError
+from peerlearn.losses import logit_matching, soft_target_loss, teacher_probs
+from peerlearn.recipes.base import Recipe
+from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
+
+
+class DistillRecipe(Recipe):
+    name = "distill"
+
+    def __init__(self, config, data, device):
+        super().__init__(config, data, device)
+        self.settings = config.distill
+        self.teacher_names, self.student_names = self._roles()
+        self._check_settings()
+        teacher_augment = self.settings.teacher_augment or config.data.augment
+        self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
+                                          seed=config.seed, augment=BatchAugment(**teacher_augment.model_dump()),
+                                          shuffle=True, drop_last=True)
+        self.transfer = self._transfer_split()
+        # the trainer's default stream (the distillation stage's) is the transfer set
+        self.train_stream = BatchStream(self.transfer, config.data.batch_size, self.normalizer, device,
+                                        seed=config.seed, augment=BatchAugment(**config.data.augment.model_dump()),
+                                        shuffle=True, drop_last=True)
+        self.target_cache: Optional[torch.Tensor] = None
+        self.cache_seconds = 0.0
+        self.bias_report: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ checks
+    def _roles(self) -> tuple[list[str], list[str]]:
+        members = self.config.members
+        names = [m.name for m in members]
+        teachers = self.settings.teachers
+        if teachers is None:
+            teachers = [m.name for m in members if not m.trainable]
+        unknown = [t for t in teachers if t not in names]
+        if unknown:
+            raise ConfigError(f"Invalid config: key 'distill.teachers' names {unknown[0]!r}, which is not a member; "
+                              f"allowed: {', '.join(names)}.")
+        if not teachers:
+            raise ConfigError("Invalid config: the distill recipe needs a teacher: give the teacher member(s) "
+                              "'trainable: false' or list them in 'distill.teachers'.")
+        students = [n for n in names if n not in teachers]
+        if not students:
+            raise ConfigError("Invalid config: the distill recipe needs a student: every member is a teacher "
+                              f"({', '.join(teachers)}); add a trainable member.")
+        for index, member in enumerate(members):
+            if member.name in students and not member.trainable:
+                raise ConfigError(f"Invalid config: key 'members.{index}.trainable' is false, but member "
+                                  f"{member.name!r} is not listed in 'distill.teachers' ({', '.join(teachers)}); "
+                                  "a student must be trainable.")
+            if member.name in teachers and self.settings.teacher_epochs == 0 and not member.weights:
+                raise ConfigError(f"Invalid config: teacher member {member.name!r} (members.{index}) has no "
+                                  "'weights' and 'distill.teacher_epochs' is 0: give it weights (a run directory "
+                                  "or a .safetensors file) or train it first with distill.teacher_epochs > 0.")
+        return teachers, students
+
+    def _check_settings(self) -> None:
+        s, classes = self.settings, self.data.num_classes
+        if s.transfer in ("unlabelled", "data") and s.alpha > 0:
+            raise ConfigError(f"Invalid config: key 'distill.alpha' has the value {s.alpha}, but the transfer set "
+                              f"'{s.transfer}' has no labels; use distill.alpha=0 (soft targets only).")
+        if s.transfer == "data" and s.transfer_data is None:
+            raise ConfigError("Invalid config: key 'distill.transfer' is 'data' but 'distill.transfer_data' is not "
+                              "set; give the other dataset there, e.g. {source: fashion_mnist}.")
+        if s.transfer != "data" and s.transfer_data is not None:
+            raise ConfigError(f"Invalid config: key 'distill.transfer_data' is set but 'distill.transfer' is "
+                              f"{s.transfer!r}; set distill.transfer=data to use it.")
+        for key, values in (("omit_classes", s.omit_classes), ("class_bias", list(s.class_bias))):
+            bad = [c for c in values if not 0 <= c < classes]
+            if bad:
+                raise ConfigError(f"Invalid config: key 'distill.{key}' has the class {bad[0]}; allowed: "
+                                  f"class indices 0..{classes - 1}.")
+        if s.fit_class_bias and not s.omit_classes:
+            raise ConfigError("Invalid config: key 'distill.fit_class_bias' is true but 'distill.omit_classes' is "
+                              "empty; the bias is searched for omitted classes.")
+        if s.fit_class_bias and len(self.data.val) == 0:
+            raise ConfigError("Invalid config: key 'distill.fit_class_bias' needs a validation split, but "
+                              "'data.val_fraction' is 0.")
+        if s.fit_class_bias and not s.bias_grid:
+            raise ConfigError("Invalid config: key 'distill.bias_grid' is empty; give the candidate biases.")
+
+    # ------------------------------------------------------------------ transfer set
+    def _transfer_split(self) -> Split:
+        """The items the students learn from: x, and y (−1 where no label may be used)."""
+        s, data = self.settings, self.data
+        if s.transfer == "data":
+            from peerlearn.data.prepare import load_data
+
+            other = load_data(s.transfer_data, seed=self.config.seed).train
+            if tuple(other.x.shape[1:]) != data.input_shape:
+                raise ConfigError(f"Invalid config: 'distill.transfer_data' ({s.transfer_data.source}) has inputs of "
+                                  f"shape {tuple(other.x.shape[1:])}, the run's data {data.input_shape}; set "
+                                  "distill.transfer_data.image_size (or choose a dataset of the same shape).")
+            x, true_labels = other.x, other.y
+            labels = torch.full_like(other.y, -1)
+        else:
+            x = data.train.x
+            true_labels = data.train_labels_full if data.train_labels_full is not None else data.train.y
+            labels = data.train.y.clone() if s.transfer == "train" else torch.full_like(data.train.y, -1)
+        if s.omit_classes:
+            keep = ~torch.isin(true_labels, torch.tensor(s.omit_classes, dtype=true_labels.dtype))
+            x, labels = x[keep], labels[keep]
+        if len(labels) == 0:
+            raise ConfigError("Invalid config: the transfer set is empty after 'distill.omit_classes' "
+                              f"{s.omit_classes}.")
+        return Split(x, labels)
+
+    # ------------------------------------------------------------------ members
+    def build_cohort(self) -> Cohort:
+        s = self.settings
+        members: list[Member] = []
+        for index, member_config in enumerate(self.config.members):
+            if member_config.name in self.teacher_names:
+                trains_first = s.teacher_epochs > 0
+                member = self.build_member(member_config.model_copy(update={"trainable": trains_first}), index,
+                                           epochs=s.teacher_epochs or None, steps_per_epoch=len(self.teacher_stream))
+            else:
+                member = self.build_member(member_config, index, steps_per_epoch=len(self.train_stream))
+                if s.teacher_epochs > 0:
+                    member.trainable = False  # waits (eval mode, schedule still) during the teacher stage
+                if s.class_bias:
+                    set_class_bias(member.model, bias_vector(s.class_bias, self.data.num_classes, self.device))
+            members.append(member)
+        self.cohort = Cohort(members)
+        return self.cohort
+
+    def stages(self) -> list[Stage]:
+        stages = []
+        if self.settings.teacher_epochs > 0:
+            stages.append(Stage("teacher", self.settings.teacher_epochs, self.teacher_step,
+                                eval_members=self.teacher_names, ensemble_members=self.teacher_names,
+                                train_stream=self.teacher_stream))
+        stages.append(Stage("distill", self.config.train.epochs, self.step, start=self.start_distillation,
+                            eval_members=self.teacher_names + self.student_names,
+                            ensemble_members=self.student_names))
+        return stages
+
+    def teacher_step(self, batch: Batch) -> dict[str, Any]:
+        """Stage 1: each teacher takes one CE step on the (augmented) training batch."""
+        log: dict[str, Any] = {}
+        total = 0.0
+        for name in self.teacher_names:
+            member = self.cohort[name]
+            loss = self.supervised_loss(name, member.model(batch.x), batch.y)
+            check_finite(loss, name, getattr(self, "trainer", None))
+            member.zero_grad()
+            loss.backward()
+            member.step()
+            log[f"{name}/ce"] = loss.detach()
+            total = total + loss.detach()
+        log["loss"] = total / len(self.teacher_names)
+        return log
+
+    def start_distillation(self) -> None:
+        """Freeze the teachers, wake the students, and cache the teachers' targets when possible."""
+        for name in self.teacher_names:
+            member = self.cohort[name]
+            member.trainable, member.optimizer, member.schedule = False, None, None
+            member.model.requires_grad_(False)
+            member.model.eval()
+        for name in self.student_names:
+            self.cohort[name].trainable = True
+        self.target_cache = None
+        if self.settings.cache_teacher and not self.train_stream.augment.active:
+            started = time.perf_counter()
+            stream = BatchStream(self.transfer, self.config.data.eval_batch_size, self.normalizer, self.device,
+                                 shuffle=False)
+            with torch.inference_mode():
+                parts = [self.teacher_targets(batch.x) for _, batch in stream.epoch(0)]
+            self.target_cache = torch.cat(parts).clone()  # a normal tensor, usable next to autograd
+            self.cache_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ loss
+    def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse."""
+        logits = [self.cohort[name].model(x) for name in self.teacher_names]
+        if self.settings.loss == "kl":
+            return teacher_probs(logits, self.settings.temperature)
+        return torch.stack(logits).mean(0)
+
+    def targets_for(self, batch: Batch) -> torch.Tensor:
+        if self.target_cache is not None:
+            return self.target_cache[batch.index]
+        with torch.inference_mode():
+            targets = self.teacher_targets(batch.x)
+        return targets.clone()  # out of inference mode, so the loss may keep it for backward
+
+    def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor,
+                     batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.settings
+        if s.loss == "kl":
+            soft = soft_target_loss(logits, targets, s.temperature)
+        else:
+            soft = logit_matching(logits, targets)
+        parts = {"soft": soft.detach()}
+        if s.alpha == 0:
+            return soft, parts
+        ce = self.supervised_loss(name, logits, batch.y)
+        parts["ce"] = ce.detach()
+        return s.alpha * ce + (1 - s.alpha) * soft, parts
+
+    def step(self, batch: Batch) -> dict[str, Any]:
+        targets = self.targets_for(batch)
+        students = [self.cohort[n] for n in self.student_names]
+        total = 0.0
+        log: dict[str, Any] = {}
+        for member in students:
+            loss, parts = self.student_loss(member.name, member.model(batch.x), targets, batch)
+            check_finite(loss, member.name, getattr(self, "trainer", None))
+            total = total + loss
+            log.update({f"{member.name}/{k}": v for k, v in parts.items()})
+        for member in students:
+            member.zero_grad()
+        total.backward()  # students' graphs are disjoint: each gets the gradient of its own loss
+        for member in students:
+            member.step()
+        log["loss"] = total.detach() / len(students)
+        return log
+
+    # ------------------------------------------------------------------ class bias
+    def callbacks(self) -> list[Callback]:
+        return [FitClassBias(self)] if self.settings.fit_class_bias else []
+
+    def fit_biases(self) -> None:
+        """For each student: search the omitted classes' biases on validation, report, and install them."""
+        s = self.settings
+        omitted = torch.tensor(s.omit_classes)
+        start = {c: b for c, b in s.class_bias.items() if c not in s.omit_classes}
+        for name in self.student_names:
+            model = self.cohort[name].model
+            logits = {split: raw_logits(model, stream) for split, stream in self.eval_streams.items()
+                      if len(stream.split) > 0}
+            found = find_class_bias(*logits["val"], s.omit_classes, s.bias_grid, start)
+            report: dict[str, Any] = {"bias": found["bias"], "val_accuracy": found["accuracy"], "splits": {}}
+            for label, biases in (("configured", dict(s.class_bias)), ("fitted", found["bias"])):
+                vector = bias_vector(biases, self.data.num_classes)
+                for split, (z, y) in logits.items():
+                    predicted = (z + vector).argmax(1)
+                    on_omitted = torch.isin(y, omitted)
+                    report["splits"].setdefault(split, {})[label] = {
+                        **score(torch.softmax(z + vector, 1), y),
+                        "errors": int((predicted != y).sum()),
+                        "errors_on_omitted": int((predicted != y)[on_omitted].sum()),
+                        "omitted_items": int(on_omitted.sum()),
+                    }
+            self.bias_report[name] = report
+            set_class_bias(model, bias_vector(found["bias"], self.data.num_classes, self.device))
+
+    def summary_extra(self) -> dict[str, Any]:
+        s = self.settings
+        return {"distill": {
+            "teachers": self.teacher_names,
+            "students": self.student_names,
+            "loss": s.loss,
+            "temperature": s.temperature,
+            "alpha": s.alpha,
+            "transfer": s.transfer,
+            "transfer_size": len(self.transfer),
+            "omit_classes": list(s.omit_classes),
+            "class_bias": {str(c): b for c, b in s.class_bias.items()},
+            "teacher_cache": self.target_cache is not None,
+            "cache_seconds": round(self.cache_seconds, 3),
+            "fitted_class_bias": self.bias_report,
+        }}
+
+
+class FitClassBias(Callback):
+    """At the end of training (before the final evaluation), fit and install the omitted classes' biases."""
+
+    def __init__(self, recipe: DistillRecipe):
+        self.recipe = recipe
+
+    def on_fit_end(self, trainer) -> None:
+        self.recipe.fit_biases()
