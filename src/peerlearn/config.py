@@ -166,7 +166,8 @@ class DistillConfig(Section):
         "train", description="transfer set: the training split, the training split without labels, or "
                              "distill.transfer_data")
     transfer_data: Optional[DataConfig] = Field(
-        None, description="transfer: data. another dataset whose training split (labels dropped) is the transfer set")
+        None, description="for transfer: data, another dataset; its whole training set (train + val parts, "
+                          "labels dropped) is the transfer set")
     omit_classes: list[int] = Field(default_factory=list,
                                     description="classes removed from the transfer set (e.g. [3])")
     class_bias: dict[int, float] = Field(default_factory=dict,
@@ -174,9 +175,8 @@ class DistillConfig(Section):
     fit_class_bias: bool = Field(
         False, description="after training, grid-search on the validation split the bias of each omitted class "
                            "that maximises accuracy, apply it and report it in summary.json")
-    bias_grid: list[float] = Field(
-        default_factory=lambda: [round(0.25 * i, 2) for i in range(0, 41)],
-        description="candidate biases of fit_class_bias")
+    bias_grid: Optional[list[float]] = Field(
+        None, description="candidate biases of fit_class_bias (default: 0, 0.25, ..., 10)")
     cache_teacher: bool = Field(
         True, description="compute the teachers' targets once per transfer item when the transfer set is "
                           "not augmented")

@@ -40,6 +40,9 @@ from peerlearn.recipes.base import Recipe
 from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
 
 
+DEFAULT_BIAS_GRID = [0.25 * i for i in range(41)]  # 0, 0.25, ..., 10
+
+
 class DistillRecipe(Recipe):
     name = "distill"
 
@@ -112,7 +115,7 @@ class DistillRecipe(Recipe):
         if s.fit_class_bias and len(self.data.val) == 0:
             raise ConfigError("Invalid config: key 'distill.fit_class_bias' needs a validation split, but "
                               "'data.val_fraction' is 0.")
-        if s.fit_class_bias and not s.bias_grid:
+        if s.fit_class_bias and s.bias_grid is not None and not s.bias_grid:
             raise ConfigError("Invalid config: key 'distill.bias_grid' is empty; give the candidate biases.")
 
     # ------------------------------------------------------------------ transfer set
@@ -122,13 +125,13 @@ class DistillRecipe(Recipe):
         if s.transfer == "data":
             from peerlearn.data.prepare import load_data
 
-            other = load_data(s.transfer_data, seed=self.config.seed).train
-            if tuple(other.x.shape[1:]) != data.input_shape:
+            other = load_data(s.transfer_data, seed=self.config.seed)
+            x, true_labels = torch.cat([other.train.x, other.val.x]), torch.cat([other.train.y, other.val.y])
+            if tuple(x.shape[1:]) != data.input_shape:
                 raise ConfigError(f"Invalid config: 'distill.transfer_data' ({s.transfer_data.source}) has inputs of "
-                                  f"shape {tuple(other.x.shape[1:])}, the run's data {data.input_shape}; set "
+                                  f"shape {tuple(x.shape[1:])}, the run's data {data.input_shape}; set "
                                   "distill.transfer_data.image_size (or choose a dataset of the same shape).")
-            x, true_labels = other.x, other.y
-            labels = torch.full_like(other.y, -1)
+            labels = torch.full_like(true_labels, -1)
         else:
             x = data.train.x
             true_labels = data.train_labels_full if data.train_labels_full is not None else data.train.y
@@ -266,7 +269,7 @@ class DistillRecipe(Recipe):
             model = self.cohort[name].model
             logits = {split: raw_logits(model, stream) for split, stream in self.eval_streams.items()
                       if len(stream.split) > 0}
-            found = find_class_bias(*logits["val"], s.omit_classes, s.bias_grid, start)
+            found = find_class_bias(*logits["val"], s.omit_classes, s.bias_grid or DEFAULT_BIAS_GRID, start)
             report: dict[str, Any] = {"bias": found["bias"], "val_accuracy": found["accuracy"], "splits": {}}
             for label, biases in (("configured", dict(s.class_bias)), ("fitted", found["bias"])):
                 vector = bias_vector(biases, self.data.num_classes)

@@ -1,0 +1,210 @@
+"""Knowledge distillation on MNIST (Hinton et al. 2015): teacher / student alone / distilled student,
+the omitted-3 experiment with and without the bias fix, and the cost of a distillation step.
+
+    python benchmarks/bench_kd.py            # full: 3 seeds, sized for ~10 minutes on one CPU core
+    python benchmarks/bench_kd.py --quick    # smoke run of the whole script (under a minute)
+
+Writes the section kd-mnist of docs/results.md. Per seed: one teacher run (configs/mnist_kd_teacher.yaml),
+whose run directory is then loaded as the frozen teacher of the distilled and omitted-3 students
+(members.0.weights=RUN_DIR, distill.teacher_epochs=0). Every choice (epochs, lr, T, α) was fixed
+before running; the class-3 bias is searched on the validation split; test is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import peerlearn  # noqa: E402
+from benchmarks.results_doc import markdown_table, mean_std, write_section  # noqa: E402
+from peerlearn.api import prepare_run  # noqa: E402
+from peerlearn.config import load_config  # noqa: E402
+from peerlearn.recipes.class_bias import bias_vector, raw_logits  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PAPER = {"teacher": 67, "alone": 146, "distilled": 74, "omit3": 206, "omit3_bias": 109}
+PAPER_BIAS = 3.5
+
+
+def budget(quick: bool) -> dict:
+    if quick:
+        return {"subset": 2000, "teacher_epochs": 2, "student_epochs": 2, "seeds": 1}
+    return {"subset": 20000, "teacher_epochs": 12, "student_epochs": 12, "seeds": 3}
+
+
+def common(seed: int, subset: int, epochs: int) -> dict:
+    return {"seed": seed, "data.train_subset": subset, "train.epochs": epochs, "train.eval_every": epochs,
+            "train.eval_test": False, "train.threads": 1, "train.progress": "off", "tracking.tensorboard": False}
+
+
+def test_errors(summary: dict, member: str, test_size: int) -> int:
+    return round((1.0 - summary["members"][member]["test"]["top1"]) * test_size)
+
+
+def one_seed(seed: int, plan: dict, out: Path) -> dict:
+    runs = {}
+    started = time.perf_counter()
+    teacher = peerlearn.train(CONFIGS / "mnist_kd_teacher.yaml", out=out,
+                              **common(seed, plan["subset"], plan["teacher_epochs"]))
+    runs["teacher_seconds"] = time.perf_counter() - started
+    test_size = teacher.summary["sizes"]["test"]
+    runs["teacher"] = test_errors(teacher.summary, "teacher", test_size)
+    runs["teacher_dir"] = teacher.run_dir
+    student_args = common(seed, plan["subset"], plan["student_epochs"])
+    from_teacher = {"members.0.weights": str(teacher.run_dir), "distill.teacher_epochs": 0}
+
+    started = time.perf_counter()
+    alone = peerlearn.train(CONFIGS / "mnist_kd_student_alone.yaml", out=out, **student_args)
+    runs["alone_seconds"] = time.perf_counter() - started
+    runs["alone"] = test_errors(alone.summary, "student", test_size)
+
+    started = time.perf_counter()
+    distilled = peerlearn.train(CONFIGS / "mnist_kd_distilled.yaml", out=out, **student_args, **from_teacher)
+    runs["distilled_seconds"] = time.perf_counter() - started
+    runs["distilled"] = test_errors(distilled.summary, "student", test_size)
+    runs["distilled_teacher_check"] = test_errors(distilled.summary, "teacher", test_size)
+    runs["cache_seconds"] = distilled.summary["distill"]["cache_seconds"]
+
+    started = time.perf_counter()
+    omit = peerlearn.train(CONFIGS / "mnist_kd_omit3_bias.yaml", out=out, **student_args, **from_teacher)
+    runs["omit_seconds"] = time.perf_counter() - started
+    report = omit.summary["distill"]["fitted_class_bias"]["student"]
+    test = report["splits"]["test"]
+    runs["omit3"], runs["omit3_on3"] = test["configured"]["errors"], test["configured"]["errors_on_omitted"]
+    runs["omit3_bias"], runs["omit3_bias_on3"] = test["fitted"]["errors"], test["fitted"]["errors_on_omitted"]
+    runs["threes"] = test["fitted"]["omitted_items"]
+    runs["bias"] = report["bias"][3]
+    # the paper's fixed value, for comparison (reported only, never chosen on test)
+    logits, labels = raw_logits(omit.cohort["student"].model, omit.recipe.eval_streams["test"])
+    predicted = (logits + bias_vector({3: PAPER_BIAS}, logits.shape[1])).argmax(1)
+    runs["omit3_paper_bias"] = int((predicted != labels).sum())
+    runs["omit3_paper_bias_on3"] = int((predicted != labels)[labels == 3].sum())
+    runs["transfer_size"] = omit.summary["distill"]["transfer_size"]
+    runs["train_size"] = omit.summary["sizes"]["train"]
+    runs["val_size"] = omit.summary["sizes"]["val"]
+    print(f"seed {seed}: " + ", ".join(f"{k}={v}" for k, v in runs.items() if k != "teacher_dir"), flush=True)
+    return runs
+
+
+def time_steps(config, steps: int, repeats: int, distill: bool) -> float:
+    """Median seconds per training step of the recipe ``config`` describes (one process, warmed up)."""
+    _, _, recipe = prepare_run(config)
+    if distill:
+        recipe.stages()[-1].start()  # freezes the teacher, fills the target cache when allowed
+    recipe.cohort.train()
+    batches = [b for _, b in zip(range(steps), (b for _, b in recipe.train_stream.epoch(0)))]
+    for batch in batches[:3]:
+        recipe.step(batch)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for batch in batches:
+            recipe.step(batch)
+        timings.append((time.perf_counter() - started) / len(batches))
+    return statistics.median(timings)
+
+
+def speed(teacher_dir: Path, plan: dict, quick: bool) -> dict:
+    steps, repeats, rounds = (5, 2, 1) if quick else (20, 5, 3)
+    base = {"data.train_subset": plan["subset"], "train.threads": 1, "tracking.tensorboard": False}
+    alone = load_config(CONFIGS / "mnist_kd_student_alone.yaml", base)
+    distilled = load_config(CONFIGS / "mnist_kd_distilled.yaml",
+                            {**base, "members.0.weights": str(teacher_dir), "distill.teacher_epochs": 0})
+    jittered = load_config(distilled, {"data.augment.jitter": 2})  # augmented transfer set: no cache
+    times = {"alone": [], "cached": [], "uncached": []}
+    for _ in range(rounds):  # interleaved, so that machine noise hits all three alike
+        times["alone"].append(time_steps(alone, steps, repeats, distill=False))
+        times["cached"].append(time_steps(distilled, steps, repeats, distill=True))
+        times["uncached"].append(time_steps(jittered, steps, repeats, distill=True))
+    result = {k: statistics.median(v) for k, v in times.items()}
+    # the student-only step on jittered batches, the fair baseline of the uncached step
+    result["alone_jitter"] = statistics.median(
+        time_steps(load_config(alone, {"data.augment.jitter": 2}), steps, repeats, distill=False) for _ in range(rounds))
+    print("speed", result, flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script end to end")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    plan = budget(args.quick)
+    tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [one_seed(seed, plan, Path(tmp)) for seed in range(plan["seeds"])]
+        timing = speed(runs[0]["teacher_dir"], plan, args.quick)
+    wall = time.perf_counter() - began
+
+    def col(key):
+        return [float(r[key]) for r in runs]
+
+    def errors(key, on3=None):
+        text = mean_std(col(key), digits=1)
+        return text + (f" ({mean_std(col(on3), digits=1)} on 3s)" if on3 else "")
+
+    gap = [(r["alone"] - r["distilled"]) / (r["alone"] - r["teacher"]) if r["alone"] != r["teacher"] else float("nan")
+           for r in runs]
+    r0 = runs[0]
+    rows = [
+        ["teacher 784-1200-1200-10, dropout 0.2/0.5, max-norm 3.5, ±2 px jitter", PAPER["teacher"],
+         errors("teacher"), f"{statistics.mean(col('teacher_seconds')):.0f}"],
+        ["student 784-800-800-10 alone (no regularisation)", PAPER["alone"], errors("alone"),
+         f"{statistics.mean(col('alone_seconds')):.0f}"],
+        ["student distilled, T = 20, α = 0.1", PAPER["distilled"], errors("distilled"),
+         f"{statistics.mean(col('distilled_seconds')):.0f}"],
+        ["distilled without any 3 in the transfer set, no bias", f"{PAPER['omit3']} (133 on 3s)",
+         errors("omit3", "omit3_on3"), f"{statistics.mean(col('omit_seconds')):.0f}"],
+        [f"same, class-3 bias fitted on validation ({mean_std(col('bias'))})", f"{PAPER['omit3_bias']} (14 on 3s)",
+         errors("omit3_bias", "omit3_bias_on3"), "same run"],
+        [f"same, the paper's bias {PAPER_BIAS}", f"{PAPER['omit3_bias']} (14 on 3s)",
+         errors("omit3_paper_bias", "omit3_paper_bias_on3"), "same run"],
+    ]
+    body = (
+        f"## Knowledge distillation on MNIST (Hinton et al. 2015){tag}\n\n"
+        f"**Budget.** The issue asks for about an hour of the 2-core machine; this script had about 12 minutes of "
+        f"wall time on one core (`train.threads: 1`, run under the shared benchmark lock, the machine shared with "
+        f"other jobs, so timings are noisy). It therefore runs a reduced version of the experiment: a stratified "
+        f"{plan['subset']:,}-image subset of the MNIST training set ({r0['train_size']:,} train / "
+        f"{r0['val_size']:,} validation), the teacher for {plan['teacher_epochs']} epochs and each student for "
+        f"{plan['student_epochs']} epochs (the paper trains on all 60,000 images for far longer), batch 128, SGD "
+        f"Nesterov lr 0.05 with a cosine schedule, {plan['seeds']} seeds. The configs in `configs/mnist_kd_*.yaml` "
+        f"hold the full-size settings (all images, 60 epochs); this script overrides `data.train_subset` and "
+        f"`train.epochs`. Epochs, lr, T = 20 and α = 0.1 were fixed before running, not tuned; the only fitted "
+        f"value, the class-3 bias, is searched on the validation split (grid 0…10, step 0.25). The teacher of "
+        f"every seed is trained once and loaded, frozen, by the distilled and omitted-3 students. Whole script: "
+        f"{wall / 60:.1f} minutes.\n\n"
+        f"Test **errors** (count out of the 10,000 official test images; mean ± std over {len(runs)} seeds):\n\n"
+        + markdown_table(["model", "paper errors", "our errors", "seconds / run"], rows)
+        + f"\n\nThe omitted-3 transfer set has {r0['transfer_size']:,} images (the {r0['train_size']:,} training "
+        f"images without their 3s); the test set has {r0['threes']} 3s. Share of the teacher–student gap closed "
+        f"by distillation, (alone − distilled) / (alone − teacher): {mean_std(gap)}.\n\n"
+        "**Step time** (one process, one thread, median of repeated timings of 20 steps after warm-up, the "
+        "recipes interleaved; batch 128 of the 784-800-800-10 student). With an un-augmented transfer set the "
+        f"teacher's soft targets are computed once ({statistics.mean(col('cache_seconds')):.1f} s for the "
+        f"whole transfer set, under `torch.inference_mode`) and looked up by item index. Goal: distill / "
+        "student-only ≤ 1.05.\n\n"
+        + markdown_table(["step", "ms / step", "ratio to student-only"], [
+            ["student alone (CE)", f"{timing['alone'] * 1000:.1f}", "1.000"],
+            ["distilled, cached teacher targets", f"{timing['cached'] * 1000:.1f}",
+             f"{timing['cached'] / timing['alone']:.3f}"],
+            ["student alone on jittered batches", f"{timing['alone_jitter'] * 1000:.1f}",
+             f"{timing['alone_jitter'] / timing['alone']:.3f}"],
+            ["distilled, jittered transfer set (teacher runs every step)", f"{timing['uncached'] * 1000:.1f}",
+             f"{timing['uncached'] / timing['alone']:.3f} ({timing['uncached'] / timing['alone_jitter']:.3f} "
+             "vs jittered student)"]]))
+    write_section("kd-mnist", body)
+
+
+if __name__ == "__main__":
+    main()
