@@ -38,7 +38,7 @@ PAPER_BIAS = 3.5
 def budget(quick: bool) -> dict:
     if quick:
         return {"subset": 2000, "teacher_epochs": 2, "student_epochs": 2, "seeds": 1}
-    return {"subset": 20000, "teacher_epochs": 12, "student_epochs": 12, "seeds": 3}
+    return {"subset": 20000, "teacher_epochs": 20, "student_epochs": 10, "seeds": 3}
 
 
 def common(seed: int, subset: int, epochs: int) -> dict:
@@ -178,10 +178,15 @@ def main() -> None:
         f"{plan['subset']:,}-image subset of the MNIST training set ({r0['train_size']:,} train / "
         f"{r0['val_size']:,} validation), the teacher for {plan['teacher_epochs']} epochs and each student for "
         f"{plan['student_epochs']} epochs (the paper trains on all 60,000 images for far longer), batch 128, SGD "
-        f"Nesterov lr 0.05 with a cosine schedule, {plan['seeds']} seeds. The configs in `configs/mnist_kd_*.yaml` "
-        f"hold the full-size settings (all images, 60 epochs); this script overrides `data.train_subset` and "
-        f"`train.epochs`. Epochs, lr, T = 20 and α = 0.1 were fixed before running, not tuned; the only fitted "
-        f"value, the class-3 bias, is searched on the validation split (grid 0…10, step 0.25). The teacher of "
+        f"Nesterov momentum 0.9 with a cosine schedule, lr 0.1 for the teacher and 0.05 for every student, "
+        f"{plan['seeds']} seeds. The configs in `configs/mnist_kd_*.yaml` hold the full-size settings (all images, "
+        f"60 epochs); this script overrides `data.train_subset` and `train.epochs`. T = 20 and α = 0.1 were fixed "
+        f"from the paper before running. One validation probe (a separate seed, never test) with lr 0.05 and "
+        f"12 epochs for everyone found the dropout+jitter teacher barely better than the student alone (97.0 % "
+        f"vs 96.6 % validation accuracy), so the teacher was given lr 0.1 and more of the budget (more teacher "
+        f"epochs, fewer student epochs); nothing else was tuned. The class-3 bias is searched on the "
+        f"validation split (grid 0…10, step 0.25). "
+        f"The teacher of "
         f"every seed is trained once and loaded, frozen, by the distilled and omitted-3 students. Whole script: "
         f"{wall / 60:.1f} minutes.\n\n"
         f"Test **errors** (count out of the 10,000 official test images; mean ± std over {len(runs)} seeds):\n\n"
