@@ -233,3 +233,21 @@ def test_resume_across_and_inside_stages_equals_uninterrupted_run(tiny, tmp_path
         str(resumed.run_dir / "model.safetensors"))
     for key, value in expected.items():
         assert torch.equal(value, got[key]), key
+
+
+def test_load_run_of_a_distilled_student_does_not_need_the_teacher_run_any_more(tiny, tmp_path):
+    import shutil
+
+    teacher_run = peerlearn.train(tiny(recipe="independent", members=[{**TEACHER, "trainable": True}],
+                                       train={"epochs": 2, "progress": "off", "threads": 1}), out=tmp_path / "t")
+    config = distill_config(tiny, members=[{**TEACHER, "weights": str(teacher_run.run_dir)}, STUDENT],
+                            teacher_epochs=0, class_bias={3: 1.0})
+    config["train"] = {"epochs": 1, "progress": "off", "threads": 1}
+    result = peerlearn.train(config, out=tmp_path / "s")
+    shutil.rmtree(tmp_path / "t")
+    _, _, recipe = peerlearn.load_run(result.run_dir)
+    from peerlearn.engine.evaluation import evaluate_cohort
+
+    scores = evaluate_cohort(recipe.cohort, recipe.eval_streams["test"], ["teacher", "student"])
+    for name in ("teacher", "student"):  # the student's class bias is applied again
+        assert scores[name]["top1"] == pytest.approx(result.summary["members"][name]["test"]["top1"])

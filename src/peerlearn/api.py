@@ -154,6 +154,10 @@ def load_run(run_dir: Union[str, Path], device: str = "cpu"):
     if not (run_dir / CONFIG_NAME).is_file():
         raise PeerlearnError(f"{str(run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
     config = load_config(run_dir / CONFIG_NAME, [f"train.device={device}"])
+    # initial weights (e.g. a teacher's run directory) may be gone: the run's own final weights replace them
+    weighted = {f"members.{i}.weights": str(run_dir) for i, m in enumerate(config.members) if m.weights}
+    if weighted and (run_dir / "model.safetensors").is_file():
+        config = load_config(config, weighted)
     data, _, recipe = prepare_run(config)
     weights_path = run_dir / "model.safetensors"
     if not weights_path.is_file():
