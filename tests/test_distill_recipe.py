@@ -251,3 +251,21 @@ def test_load_run_of_a_distilled_student_does_not_need_the_teacher_run_any_more(
     scores = evaluate_cohort(recipe.cohort, recipe.eval_streams["test"], ["teacher", "student"])
     for name in ("teacher", "student"):  # the student's class bias is applied again
         assert scores[name]["top1"] == pytest.approx(result.summary["members"][name]["test"]["top1"])
+
+
+def test_find_class_bias_picks_the_smallest_best_bias_by_hand():
+    from peerlearn.recipes.class_bias import find_class_bias
+
+    # class 2's logit trails the winner by 0.5, 1.5 and 3.0 on its three items; the class-0 item beats
+    # class 2 by 1.0, so it turns wrong once b > 1.0.
+    logits = torch.tensor([[1.0, 0.0, 0.5],   # y=2, needs b > 0.5
+                           [2.0, 0.0, 0.5],   # y=2, needs b > 1.5
+                           [3.5, 0.0, 0.5],   # y=2, needs b > 3.0
+                           [1.5, 0.0, 0.5]])  # y=0, wrong once b > 1.0
+    labels = torch.tensor([2, 2, 2, 0])
+    found = find_class_bias(logits, labels, [2], grid=[0.0, 0.75, 1.25, 1.75, 3.25])
+    # accuracies: 0 → 1/4, 0.75 → 2/4, 1.25 → 1/4, 1.75 → 2/4, 3.25 → 3/4
+    assert found["bias"] == {2: 3.25} and found["accuracy"] == pytest.approx(0.75)
+    found = find_class_bias(logits, labels, [2], grid=[0.0, 0.75, 1.25, 1.75])
+    assert found["bias"] == {2: 0.75}  # ties go to the value closest to 0
+    assert dict((b, a) for b, a in found["curves"][2]) == {0.0: 0.25, 0.75: 0.5, 1.25: 0.25, 1.75: 0.5}
