@@ -75,6 +75,10 @@ def load_market1501(config) -> RawDataset:
     root = Path(config.path).expanduser()
     if not root.is_dir():
         raise DataError(f"The Market-1501 folder {root} (data.path) does not exist or is not a folder.")
+    missing = [name for name in FOLDERS.values() if not (root / name).is_dir()]
+    if missing:
+        raise DataError(f"The Market-1501 folder {root} lacks {', '.join(missing)}: data.path must hold "
+                        f"{', '.join(FOLDERS.values())}.")
     mode, size, workers = _options(config)
     files, identities, _ = list_folder(root / FOLDERS["train"])
     keep = [i for i, identity in enumerate(identities) if identity > 0]  # no junk/distractors in training

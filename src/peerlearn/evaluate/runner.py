@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.evaluation import ENSEMBLE
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
@@ -31,7 +31,7 @@ COHORT = "cohort"
 def split_stream(recipe, split: str) -> BatchStream:
     """An unshuffled, un-augmented stream over the run's ``split`` ('train', 'val' or 'test')."""
     if split not in SPLITS:
-        raise PeerlearnError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
+        raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
     return BatchStream(getattr(recipe.data, split), recipe.config.data.eval_batch_size, recipe.normalizer,
                        recipe.device, shuffle=False)
 
@@ -41,7 +41,7 @@ def select_members(recipe, members: Sequence[str] | None) -> list[str]:
     names = recipe.cohort.names
     unknown = [m for m in members or [] if m not in names]
     if unknown:
-        raise PeerlearnError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
+        raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
     return list(members or names)
 
 
@@ -106,7 +106,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
     from peerlearn.api import load_run
 
     if split not in SPLITS:
-        raise PeerlearnError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
+        raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
     _, data, recipe = load_run(run_dir, device=device)
     names = select_members(recipe, members)
     result = {
