@@ -154,3 +154,36 @@ def test_tsne_keeps_clusters_apart_and_round_trips(tmp_path):
     loaded = load_embedding(tmp_path)
     assert loaded["members"] == ["a", "b"] and loaded["coordinates"]["a"].shape == (90, 2)
     assert (loaded["labels"] == labels).all()
+
+
+# --------------------------------------------------------------------------- property checks
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _reference_query(distances, query_id, query_cam, ids, cams):
+    """A plain loop over the gallery in distance order: skip junk, count hits."""
+    ranked = sorted(range(len(distances)), key=lambda i: (distances[i], i))
+    rank, hits, precisions, first = 0, 0, [], None
+    for i in ranked:
+        if ids[i] == -1 or (ids[i] == query_id and cams[i] == query_cam):
+            continue
+        rank += 1
+        if ids[i] == query_id:
+            hits += 1
+            precisions.append(hits / rank)
+            first = first or rank
+    return (sum(precisions) / hits, first) if hits else None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-1, 3), st.integers(1, 3), st.integers(0, 20)), min_size=1, max_size=25),
+       st.integers(1, 3), st.integers(1, 3))
+def test_score_query_matches_a_plain_loop(gallery, query_id, query_cam):
+    ids, cams, distances = (np.array(column) for column in zip(*gallery))
+    expected = _reference_query(distances.astype(float), query_id, query_cam, ids, cams)
+    got = score_query(distances.astype(float), query_id, query_cam, ids, cams)
+    if expected is None:
+        assert got is None
+    else:
+        assert got[0] == pytest.approx(expected[0]) and got[1] == expected[1]
