@@ -38,7 +38,8 @@ def feature_analyses(recipe, stream: BatchStream, names: Sequence[str], tsne_ite
     if tsne_items and len(labels) >= 4:
         keep = min(tsne_items, len(labels))
         embedding = tsne_embedding({n: features[n][:keep] for n in names[:2]}, labels[:keep], names[:2],
-                                   perplexity=perplexity, seed=seed, class_names=recipe.data.class_names)
+                                   perplexity=perplexity, seed=seed, class_names=recipe.data.class_names,
+                                   threads=recipe.config.train.threads or 1)
     return cka, embedding
 
 

@@ -19,25 +19,33 @@ from peerlearn.evaluate.metrics import as_numpy
 TSNE_FILE = "tsne.json"
 
 
-def tsne_coordinates(features, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE coordinates [N, 2] of features [N, D] (PCA initialisation; perplexity capped at (N − 1)/3)."""
+def tsne_coordinates(features, perplexity: float = 30.0, seed: int = 0, threads: int | None = 1) -> np.ndarray:
+    """2-D t-SNE coordinates [N, 2] of features [N, D] (PCA initialisation; perplexity capped at (N − 1)/3).
+
+    ``threads`` caps the OpenMP/BLAS threads for the call (None: the libraries' default). One thread is the
+    default: a map of a few thousand points takes seconds, while oversubscribed threads on a busy machine can
+    make it many times slower.
+    """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = as_numpy(features).astype(np.float64)
     if x.ndim != 2 or len(x) < 4:
         raise ValueError(f"t-SNE needs features [N, D] with N >= 4, got shape {x.shape}")
     perplexity = float(min(perplexity, (len(x) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    with threadpool_limits(limits=threads):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
 def tsne_embedding(features: Mapping[str, Any], labels, names: Sequence[str] | None = None,
-                   perplexity: float = 30.0, seed: int = 0, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                   perplexity: float = 30.0, seed: int = 0, class_names: Sequence[str] | None = None,
+                   threads: int | None = 1) -> dict[str, Any]:
     """t-SNE of each named member's features of the same items: coordinates per member and the items' labels."""
     names = list(names or features)
     labels = as_numpy(labels).astype(np.int64)
     return {
         "members": names,
-        "coordinates": {name: tsne_coordinates(features[name], perplexity, seed).round(5).tolist() for name in names},
+        "coordinates": {name: tsne_coordinates(features[name], perplexity, seed, threads).round(5).tolist() for name in names},
         "labels": labels.tolist(),
         "class_names": list(class_names) if class_names is not None else None,
         "perplexity": float(min(perplexity, (len(labels) - 1) / 3)),
