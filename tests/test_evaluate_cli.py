@@ -8,6 +8,7 @@ import pytest
 import peerlearn
 from conftest import run_cli, tiny_config
 from peerlearn.cli import main
+from peerlearn.evaluate.embedding import load_embedding
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_analyze_adds_cka_and_saves_tsne(run_dir, capsys):
     cka = analysis["cka"]
     assert cka["a"]["a"] == 1.0 and cka["a"]["b"] == cka["b"]["a"]
     assert 0.0 < cka["a"]["b"] < 1.0
-    tsne = peerlearn.evaluate.embedding.load_embedding(run_dir)
+    tsne = load_embedding(run_dir)
     assert tsne["members"] == ["a", "b"] and tsne["coordinates"]["a"].shape == (200, 2)
     assert len(tsne["labels"]) == 200 and tsne["class_names"][:2] == ["0", "1"]
 
