@@ -8,7 +8,6 @@ epochs it runs and a ``step(batch)`` function that does one optimisation step of
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.tracking import MetricsLog
 from peerlearn.errors import TrainingError
+from peerlearn.progress import progress_enabled
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 WEIGHTS_NAME = "model.safetensors"
@@ -192,7 +192,7 @@ class Trainer:
 
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
         stream = stage.train_stream or self.train_stream
-        show = {"on": True, "off": False}.get(self.config.train.progress, sys.stderr.isatty())
+        show = progress_enabled(self.config.train.progress)
         while self.position.epoch < stage.epochs and not self.stop_requested:
             epoch = self.position.epoch
             started = time.perf_counter()
@@ -243,7 +243,8 @@ class Trainer:
         ensemble = stage.ensemble_members or [m.name for m in self.cohort.trainable]
         splits = splits or [s for s in ("val", "test") if s in self.eval_streams
                             and (s != "test" or self.config.train.eval_test)]
-        return {split: evaluate_cohort(self.cohort, self.eval_streams[split], names, ensemble) for split in splits
+        return {split: evaluate_cohort(self.cohort, self.eval_streams[split], names, ensemble,
+                                       progress=self.config.train.progress) for split in splits
                 if len(self.eval_streams[split].split) > 0}
 
     def _final_summary(self) -> dict[str, Any]:
