@@ -21,7 +21,7 @@ from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import evaluate_cohort
-from peerlearn.engine.tracking import MetricsLog
+from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import TrainingError
 from peerlearn.progress import progress_enabled
 
@@ -166,7 +166,7 @@ class Trainer:
         if resume_from is not None:
             self.restore(load_state(resume_from))
         resume_step = self.position.global_step if resume_from is not None else None
-        self.log = MetricsLog(self.run_dir, self.config.tracking.tensorboard, resume_step=resume_step)
+        self.log = open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
         for logger in getattr(self, "extra_loggers", []):
             self.log.extra_loggers.append(logger)
         try:
@@ -186,8 +186,10 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_fit_end(self)
             summary = self._final_summary()
-        finally:
-            self.log.close()
+        except BaseException:
+            self.log.close(finished=False)
+            raise
+        self.log.close()
         return summary
 
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
