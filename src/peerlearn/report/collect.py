@@ -29,6 +29,12 @@ from peerlearn.report.metrics import confusion_matrix, item_entropy
 SPLITS = ("train", "val", "test")
 
 
+class ReportOptionError(PeerlearnError):
+    """A report option out of range (exit 2, like any bad input)."""
+
+    exit_code = 2
+
+
 @dataclass
 class ReportOptions:
     """How much of each run the report analyses (defaults: a few seconds per run for small models)."""
@@ -47,13 +53,13 @@ class ReportOptions:
     def check(self) -> None:
         for key in ("split", "flatness_split"):
             if getattr(self, key) not in SPLITS:
-                raise PeerlearnError(f"{key} must be one of {', '.join(SPLITS)}, got {getattr(self, key)!r}.")
+                raise ReportOptionError(f"{key} must be one of {', '.join(SPLITS)}, got {getattr(self, key)!r}.")
         for key in ("limit", "flatness_items", "tsne_items", "draws"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise PeerlearnError(f"{key} must be at least 1, got {value}.")
+                raise ReportOptionError(f"{key} must be at least 1, got {value}.")
         if any(s < 0 for s in self.sigmas):
-            raise PeerlearnError(f"noise levels σ must be ≥ 0, got {list(self.sigmas)}.")
+            raise ReportOptionError(f"noise levels σ must be ≥ 0, got {list(self.sigmas)}.")
 
 
 @dataclass
@@ -116,7 +122,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     chosen = list(options.tsne_members or trainable[:2])
     unknown = [n for n in chosen if n not in names]
     if unknown:
-        raise PeerlearnError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
+        raise ReportOptionError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
     tsne_stream = analysis_stream(recipe, options.split, min(options.tsne_items, options.limit or options.tsne_items))
     if len(tsne_stream.split) >= 5:
         features, tsne_labels = member_features(cohort, tsne_stream, chosen, progress=options.progress)
