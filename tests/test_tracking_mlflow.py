@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
@@ -44,6 +45,16 @@ def test_mlflow_store_in_the_run_dir_holds_config_and_metrics(tmp_path, monkeypa
     again = MlflowLogger(run_dir, {}, "resumed", resume=True)
     assert again.run_id == run_id
     again.close()
+    # a run that stops with an error is marked FAILED, with what it logged so far
+    other = tmp_path / "diverged"
+    other.mkdir()
+    shutil.copy(run_dir / MLFLOW_DB, other / MLFLOW_DB)  # an existing store: no schema migrations to wait for
+    failed = MlflowLogger(other, {"optim.lr": "1e9"}, "diverged")
+    failed.log("train", 7, {"a/ce": 2.5})
+    failed.close(finished=False)
+    other_client = MlflowClient(tracking_uri=failed.uri)
+    assert failed.run_id != run_id and other_client.get_run(failed.run_id).info.status == "FAILED"
+    assert [(m.step, m.value) for m in other_client.get_metric_history(failed.run_id, "train/a/ce")] == [(7, 2.5)]
 
 
 def test_mlflow_off_by_default_and_clear_error_when_missing(tmp_path, monkeypatch, capsys):
