@@ -35,7 +35,7 @@ def loaded_run(tmp_path_factory):
     run_dir = peerlearn.train(tiny_config(train={"epochs": 1, "progress": "off", "threads": 1}),
                               out=tmp_path_factory.mktemp("runs")).run_dir
     config, data, recipe = load_run(run_dir)
-    return recipe, analysis_stream(recipe, "test", 200)
+    return recipe, analysis_stream(recipe, "test", 200), run_dir
 
 
 def _bars(work, mode, monkeypatch) -> str:
@@ -46,17 +46,21 @@ def _bars(work, mode, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("where", ["terminal", "file"])
-def test_evaluation_flatness_and_features_show_bars_only_on_a_terminal(loaded_run, monkeypatch, where):
+def test_evaluation_flatness_features_and_export_show_bars_only_on_a_terminal(loaded_run, monkeypatch, where,
+                                                                              tmp_path):
     from peerlearn.engine.evaluation import evaluate_cohort
     from peerlearn.evaluate.analyses import cohort_flatness
+    from peerlearn.export import export_member
     from peerlearn.report.features import member_features
 
-    recipe, stream = loaded_run
+    recipe, stream, run_dir = loaded_run
     cohort = recipe.cohort
     works = {
         "predict": lambda mode: evaluate_cohort(cohort, stream, cohort.names, progress=mode),
         "flatness a": lambda mode: cohort_flatness(cohort, stream, (0.0, 0.01), draws=1, progress=mode),
         "features": lambda mode: member_features(cohort, stream, ["a"], progress=mode),
+        "export a (torchscript)": lambda mode: export_member(run_dir, "a", "torchscript", out=tmp_path / mode,
+                                                             progress=mode),
     }
     for label, work in works.items():
         output = _bars(work, where, monkeypatch)

@@ -22,7 +22,7 @@ from peerlearn.engine.evaluation import ENSEMBLE, predict
 from peerlearn.engine.tracking import read_metrics
 from peerlearn.errors import PeerlearnError
 from peerlearn.evaluate.analyses import cohort_flatness
-from peerlearn.progress import Mode
+from peerlearn.progress import Mode, progress_bar
 from peerlearn.report.features import member_features, tsne_map
 from peerlearn.report.metrics import confusion_matrix, item_entropy
 
@@ -126,6 +126,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     tsne_stream = analysis_stream(recipe, options.split, min(options.tsne_items, options.limit or options.tsne_items))
     if len(tsne_stream.split) >= 5:
         features, tsne_labels = member_features(cohort, tsne_stream, chosen, progress=options.progress)
-        result.tsne = {name: tsne_map(f, seed=options.seed) for name, f in features.items()}
+        result.tsne = {name: tsne_map(features[name], seed=options.seed)
+                       for name in progress_bar(chosen, desc="t-SNE", mode=options.progress)}
         result.tsne_labels = tsne_labels.numpy()
     return result
