@@ -113,6 +113,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from peerlearn.report import ReportOptions, build_report
+
+    options = ReportOptions(split=args.split, limit=args.limit, flatness_items=args.flatness_items,
+                            sigmas=tuple(args.sigmas), draws=args.draws, tsne_items=args.tsne_items,
+                            tsne_members=args.tsne_member, progress=args.progress)
+    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from peerlearn.export import export_member
+
+    result = export_member(args.run_dir, member=args.member, fmt=args.format, out=args.out,
+                           exporter=args.exporter, check_items=args.check_items, progress=args.progress)
+    print(f"exported member {result.member!r} as {result.format}: {result.model_path}")
+    print(f"preprocessing and class names: {result.info_path}")
+    print(f"check on {result.check_items} {result.check_split} items: max |Δ logits| = {result.max_abs_diff:.3g} "
+          f"(tolerance {result.tolerance:g})")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
@@ -120,6 +143,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
     "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "export": cmd_export,
 }
 
 
@@ -186,6 +211,43 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
     evaluate.add_argument("--member", action="append", help="only this member (repeatable)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
+                            description="Write one HTML file (plots embedded as PNG) with learning curves, a "
+                                        "comparison table, confusion matrices, posterior entropy, flatness and "
+                                        "t-SNE of members' features. Needs matplotlib (peerlearn[report]).")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    report.add_argument("--out", default=None, help="output file (default: RUN_DIR/report.html for one run, "
+                                                    "./report.html for several)")
+    report.add_argument("--title", default="peerlearn report")
+    report.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="split of the confusion matrices, entropy and t-SNE (default: test)")
+    report.add_argument("--limit", type=int, default=5000, help="use the first N items of that split")
+    report.add_argument("--flatness-items", type=int, default=1000, help="training items of the flatness probe")
+    report.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05],
+                        help="noise levels σ of the flatness probe")
+    report.add_argument("--draws", type=int, default=2, help="noise draws per σ")
+    report.add_argument("--tsne-items", type=int, default=500, help="items in the t-SNE picture")
+    report.add_argument("--tsne-member", action="append", help="member in the t-SNE picture (repeatable; "
+                                                               "default: the first two)")
+    report.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                        help="progress bars (auto: only on a terminal)")
+
+    export = sub.add_parser("export", help="export one member as ONNX, TorchScript or safetensors",
+                            description="Export a member of a finished run for inference. The model is checked "
+                                        "against PyTorch on a batch of test items (ONNX with onnxruntime; max "
+                                        "|Δ logits| must be < 1e-4). The preprocessing (mean/std, input size, "
+                                        "channels) and the class names are saved beside it in a JSON file.")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    export.add_argument("--member", default=None, help="member to export (may be left out for a single member)")
+    export.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    export.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export)")
+    export.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
+                        help="ONNX exporter: torch.export-based (dynamo, needs onnxscript), the TorchScript-"
+                             "based legacy one, or auto (dynamo when onnxscript is installed, else legacy)")
+    export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
+    export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                        help="progress bars (auto: only on a terminal)")
     return parser
 
 

@@ -156,8 +156,11 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
-    tensorboard: bool = True
-    mlflow: bool = False
+    """Where metrics go besides metrics.jsonl (always written)."""
+
+    tensorboard: bool = Field(True, description="TensorBoard events in RUN_DIR/tensorboard")
+    mlflow: bool = Field(False, description="also log the flattened config and per-epoch metrics to MLflow, "
+                                            "SQLite file RUN_DIR/mlflow.db (needs peerlearn[mlflow])")
 
 
 # --------------------------------------------------------------------------- root
