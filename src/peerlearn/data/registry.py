@@ -55,4 +55,9 @@ SOURCES: dict[str, SourceSpec] = {
         "a folder with one subfolder per class (data.path; optional train/ and test/ subfolders)",
         needs_path=True,
     ),
+    "tabular": SourceSpec(
+        "peerlearn.data.tabular:load_tabular",
+        "rows of a CSV file (data.path) or of a SQL query on a database (data.options.url + query); "
+        "numeric feature columns and a label column named in data.options",
+    ),
 }
