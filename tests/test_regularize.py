@@ -217,3 +217,17 @@ def test_val_size_draws_validation_from_outside_the_subset(tiny):
     assert overlap <= 2  # digits has a few duplicate images; no item is in both splits
     with pytest.raises(PeerlearnError, match="val_size"):
         prepare_run(load_config(tiny(data={"source": "digits", "train_subset": 1300, "val_size": 200})))
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "resnet20", "cifar_resnet", "mobilenet", "wrn"])
+def test_models_take_a_dropout_option_that_acts_in_training_only(name):
+    from peerlearn.models import create_model
+
+    torch.manual_seed(0)
+    args = {"depth": 10, "widen_factor": 1} if name == "wrn" else {"width_mult": 0.25} if name == "mobilenet" else {}
+    model = create_model(name, num_classes=3, in_channels=1, image_size=8, dropout=0.5, **args)
+    x = torch.randn(4, 1, 8, 8)
+    model.train()
+    assert not torch.equal(model(x), model(x))  # a fresh dropout mask each pass
+    model.eval()
+    assert torch.equal(model(x), model(x))
