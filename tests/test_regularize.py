@@ -129,11 +129,13 @@ def test_early_stopping_halts_and_restores_the_best_epoch(tiny, tmp_path):
 
 
 def test_early_stopping_config_errors(tiny, tmp_path):
+    out = tmp_path / "runs"
     with pytest.raises(ConfigError, match="early_stopping.of"):
-        peerlearn.train(tiny(regularize={"early_stopping": {"enabled": True, "of": "zz"}}), out=tmp_path)
+        peerlearn.train(tiny(regularize={"early_stopping": {"enabled": True, "of": "zz"}}), out=out)
     with pytest.raises(ConfigError, match="validation split"):
         peerlearn.train(tiny(data={"source": "digits", "val_fraction": 0.0},
-                             regularize={"early_stopping": {"enabled": True}}), out=tmp_path)
+                             regularize={"early_stopping": {"enabled": True}}), out=out)
+    assert not out.exists()  # refused before a run directory was made
     with pytest.raises(ConfigError, match="regularize.l1"):
         load_config(tiny(regularize={"l1": -1}))
 

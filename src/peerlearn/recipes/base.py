@@ -13,9 +13,9 @@ from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
 from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Callback, Stage
-from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.errors import ConfigError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
@@ -47,7 +47,7 @@ class Recipe:
         }
         self.cohort: Cohort | None = None
         self.regularizer = Regularizer(config.regularize, data.num_classes)
-        self.early_stopping: EarlyStopping | None = None
+        self.early_stopping: EarlyStopping | None = self._build_early_stopping()
 
     # ------------------------------------------------------------------ members
     def build_model(self, member_config: MemberConfig, index: int) -> torch.nn.Module:
@@ -102,9 +102,13 @@ class Recipe:
 
     def callbacks(self) -> list[Callback]:
         """Callbacks of the trainer; recipes that add their own extend ``super().callbacks()``."""
+        return [self.early_stopping] if self.early_stopping is not None else []
+
+    def _build_early_stopping(self) -> EarlyStopping | None:
+        """``regularize.early_stopping``, checked against the data and the cohort before anything runs."""
         settings = self.config.regularize.early_stopping
         if not settings.enabled:
-            return []
+            return None
         if len(self.data.val) == 0:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.enabled' is true, but there is no "
                               "validation split; set data.val_fraction > 0 (or data.val_size).")
@@ -116,8 +120,7 @@ class Recipe:
         if settings.of == "ensemble" and len(trainable) < 2:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.of' is 'ensemble', but the cohort has "
                               "fewer than two trainable members; use mean or a member name.")
-        self.early_stopping = EarlyStopping(settings)
-        return [self.early_stopping]
+        return EarlyStopping(settings)
 
     def extra_state(self) -> dict[str, Any]:
         """Recipe state saved in checkpoints besides the models (here: the centre-loss centres)."""
