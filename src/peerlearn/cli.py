@@ -79,7 +79,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from peerlearn.tables import format_table
 
     result = analyze_run(args.run_dir, split=args.split, sigmas=args.sigmas, draws=args.draws, limit=args.limit,
-                         members=args.member)
+                         members=args.member, tsne_items=args.tsne_items, perplexity=args.perplexity)
     if args.json:
         _print_json(result)
         return 0
@@ -91,6 +91,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sigma_heads = [f"loss σ={s:g}" for s in next(iter(result["flatness"].values()))]
     print(f"analyses on the {result['split']} split ({result['items']} items)")
     print(format_table(["member", "entropy", "rank-1 mass", "rank-2 mass", *sigma_heads], rows))
+    names = list(result["cka"])
+    if len(names) > 1:
+        print("\nlinear CKA between members' penultimate features")
+        print(format_table(["member", *names], [[a, *[result["cka"][a][b] for b in names]] for a in names]))
+    if result.get("tsne"):
+        tsne = result["tsne"]
+        print(f"\nt-SNE of {', '.join(tsne['members'])} on {tsne['items']} items: {tsne['file']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from peerlearn.evaluate.printing import format_evaluation
+    from peerlearn.evaluate.runner import evaluate_run
+
+    result = evaluate_run(args.run_dir, split=args.split, members=args.member)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_evaluation(result))
     return 0
 
 
@@ -100,6 +119,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
+    "evaluate": cmd_evaluate,
 }
 
 
@@ -139,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", help="sources to verify (default: all with official files)")
     verify.add_argument("--root", default=None, help="data directory (default: $PEERLEARN_DATA)")
 
-    analyze = sub.add_parser("analyze", help="posterior entropy, rank mass and flatness of a finished run",
+    analyze = sub.add_parser("analyze", help="entropy, rank mass, flatness, CKA and t-SNE of a finished run",
                              description="The DML paper's analyses on a finished run: mean posterior entropy, "
-                                         "probability mass at ranks 1..5, and the training loss after adding "
-                                         "Gaussian noise of std σ to every parameter (flatness of the minimum).")
+                                         "probability mass at ranks 1..5, the training loss after adding "
+                                         "Gaussian noise of std σ to every parameter (flatness of the minimum), "
+                                         "linear CKA between members' penultimate features and a t-SNE map of two "
+                                         "members' features (saved as RUN_DIR/tsne.json).")
     analyze.add_argument("run_dir", help="a finished run directory")
     analyze.add_argument("--split", default="train", choices=["train", "val", "test"])
     analyze.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02, 0.05])
@@ -150,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--limit", type=int, default=5000, help="use the first N items of the split")
     analyze.add_argument("--member", action="append", help="only this member (repeatable)")
     analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    analyze.add_argument("--tsne-items", type=int, default=1000,
+                         help="t-SNE of the first two members' features on the first N items (0: no t-SNE)")
+    analyze.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+
+    evaluate = sub.add_parser("evaluate", help="accuracy, P/R/F1, confusion, ROC-AUC (and CMC/mAP) of a run",
+                              description="Evaluate a finished run on one split: top-1/top-5, per-class precision, "
+                                          "recall and F1, macro F1, confusion matrix and one-vs-rest ROC-AUC of "
+                                          "every member and the ensemble; on re-id runs (market1501) also CMC "
+                                          "rank-1/5/10 and mAP per member and for the cohort's concatenated "
+                                          "features. Saved as RUN_DIR/evaluation_<split>.json.")
+    evaluate.add_argument("run_dir", help="a finished run directory")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
+    evaluate.add_argument("--member", action="append", help="only this member (repeatable)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,8 @@ def load_raw(config) -> RawDataset:
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    if images.shape[0] == 0:  # an empty split (e.g. a re-id source has no classification test set)
+        return images.new_zeros((0, images.shape[1], size, size))
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -92,6 +96,10 @@ def load_data(config, seed: int) -> DataBundle:
     if config.labelled is not None:
         mask = labelled_mask(train.y, config.labelled, seed=seed + 303)
         train.y[~mask] = -1
+    retrieval = dict(raw.extras.get("retrieval", {}))
+    if config.image_size and raw.is_image:
+        for key, part in retrieval.items():
+            retrieval[key] = replace(part, x=resize_images(part.x, config.image_size))
     mean, std = channel_stats(train.x)
     if not config.normalize:  # images stay in 0..1, features as given
         mean, std = [0.0] * len(mean), [1.0] * len(std)
@@ -104,4 +112,5 @@ def load_data(config, seed: int) -> DataBundle:
         mean=mean,
         std=std,
         train_labels_full=full_labels,
+        retrieval=retrieval,
     )

@@ -60,8 +60,10 @@ class MutualRecipe(Recipe):
         settings = self.settings
         loss = self.supervised_loss(name, logits, batch.y, features)
         parts = dict(self.regularizer.last_parts.get(name, {}))  # ce and any regulariser terms
-        if self.mimicry_weight > 0 and len(probs) > 1:
-            rows = batch.labelled if settings.mimic_on == "labelled" else slice(None)
+        rows = batch.labelled if settings.mimic_on == "labelled" else slice(None)
+        # a batch may hold no labelled item at all: then DML-labelled has nothing to mimic on
+        has_rows = settings.mimic_on != "labelled" or bool(rows.any())
+        if self.mimicry_weight > 0 and len(probs) > 1 and has_rows:
             peers = [p[rows] for other, p in probs.items() if other != name]
             mimicry = mutual_mimicry(logits[rows], peers, settings.temperature, settings.divergence, settings.teacher)
             loss = loss + self.mimicry_weight * mimicry
