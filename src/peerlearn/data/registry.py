@@ -60,4 +60,9 @@ SOURCES: dict[str, SourceSpec] = {
         "Market-1501 person re-id folder (data.path): identity classification + query/gallery retrieval",
         needs_path=True,
     ),
+    "tabular": SourceSpec(
+        "peerlearn.data.tabular:load_tabular",
+        "rows of a CSV file (data.path) or of a SQL query on a database (data.options.url + query); "
+        "numeric feature columns and a label column named in data.options",
+    ),
 }
