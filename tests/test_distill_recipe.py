@@ -269,3 +269,20 @@ def test_find_class_bias_picks_the_smallest_best_bias_by_hand():
     found = find_class_bias(logits, labels, [2], grid=[0.0, 0.75, 1.25, 1.75])
     assert found["bias"] == {2: 0.75}  # ties go to the value closest to 0
     assert dict((b, a) for b, a in found["curves"][2]) == {0.0: 0.25, 0.75: 0.5, 1.25: 0.25, 1.75: 0.5}
+
+
+def test_shared_regularisers_reach_the_hard_term(tiny, tmp_path):
+    import torch.nn.functional as F
+
+    config = distill_config(tiny, alpha=1.0)
+    config["regularize"] = {"label_smoothing": 0.2}
+    recipe = _prepared(config)
+    batch = _batches(recipe.train_stream, 1)[0]
+    z = recipe.cohort["student"].model(batch.x)
+    loss, _ = recipe.student_loss("student", z, recipe.targets_for(batch), batch)
+    torch.testing.assert_close(loss, F.cross_entropy(z, batch.y, label_smoothing=0.2))
+    # the centre loss needs penultimate features: the distill steps pass them
+    config["regularize"] = {"center_loss": 0.01}
+    config["train"] = {"epochs": 1, "progress": "off", "threads": 1}
+    result = peerlearn.train(config, out=tmp_path)
+    assert result.summary["members"]["student"]["test"]["top1"] > 0.3

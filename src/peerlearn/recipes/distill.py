@@ -180,7 +180,8 @@ class DistillRecipe(Recipe):
         total = 0.0
         for name in self.teacher_names:
             member = self.cohort[name]
-            loss = self.supervised_loss(name, member.model(batch.x), batch.y)
+            logits, features = self._forward(member, batch.x)
+            loss = self.supervised_loss(name, logits, batch.y, features)
             check_finite(loss, name, getattr(self, "trainer", None))
             member.zero_grad()
             loss.backward()
@@ -224,8 +225,14 @@ class DistillRecipe(Recipe):
             targets = self.teacher_targets(batch.x)
         return targets.clone()  # out of inference mode, so the loss may keep it for backward
 
-    def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor,
-                     batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits, and the penultimate features when a shared regulariser (centre loss) needs them."""
+        if self.regularizer.needs_features:
+            return member.model.forward_with_features(x)
+        return member.model(x), None
+
+    def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, batch: Batch,
+                     features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.settings
         if s.loss == "kl":
             soft = soft_target_loss(logits, targets, s.temperature)
@@ -234,7 +241,7 @@ class DistillRecipe(Recipe):
         parts = {"soft": soft.detach()}
         if s.alpha == 0:
             return soft, parts
-        ce = self.supervised_loss(name, logits, batch.y)
+        ce = self.supervised_loss(name, logits, batch.y, features)
         parts["ce"] = ce.detach()
         return s.alpha * ce + (1 - s.alpha) * soft, parts
 
@@ -244,7 +251,8 @@ class DistillRecipe(Recipe):
         total = 0.0
         log: dict[str, Any] = {}
         for member in students:
-            loss, parts = self.student_loss(member.name, member.model(batch.x), targets, batch)
+            logits, features = self._forward(member, batch.x)
+            loss, parts = self.student_loss(member.name, logits, targets, batch, features)
             check_finite(loss, member.name, getattr(self, "trainer", None))
             total = total + loss
             log.update({f"{member.name}/{k}": v for k, v in parts.items()})
@@ -258,7 +266,9 @@ class DistillRecipe(Recipe):
 
     # ------------------------------------------------------------------ class bias
     def callbacks(self) -> list[Callback]:
-        return [FitClassBias(self)] if self.settings.fit_class_bias else []
+        # after the shared ones: early stopping restores the best weights before the bias is fitted
+        callbacks = super().callbacks()
+        return callbacks + [FitClassBias(self)] if self.settings.fit_class_bias else callbacks
 
     def fit_biases(self) -> None:
         """For each student: search the omitted classes' biases on validation, report, and install them."""
@@ -287,7 +297,7 @@ class DistillRecipe(Recipe):
 
     def summary_extra(self) -> dict[str, Any]:
         s = self.settings
-        return {"distill": {
+        return {**super().summary_extra(), "distill": {
             "teachers": self.teacher_names,
             "students": self.student_names,
             "loss": s.loss,
