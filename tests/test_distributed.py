@@ -1,6 +1,9 @@
 """Distributed DML on CPU (gloo, local launcher): same weights as one process; resume; data parallel replicas."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 import peerlearn
-from conftest import run_cli
+from conftest import REPO, run_cli
 from peerlearn.engine.distributed import check_distributed_config, world_from_env
 from peerlearn.config import load_config
 from peerlearn.errors import ConfigError
@@ -56,14 +59,19 @@ def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_
     assert _eval_epochs(run) == [1, 2]  # rank 0 alone writes the log
 
     # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes
-    short = run_cli("train", str(tmp_path / "c.yaml"), "train.epochs=1", "--out", str(tmp_path / "cut"),
-                    "--launcher", "local", "--nproc", "2")
+    short = run_cli("train", str(tmp_path / "c.yaml"), "train.epochs=1", "train.checkpoint_every_steps=2",
+                    "--out", str(tmp_path / "cut"), "--launcher", "local", "--nproc", "2")
     assert short.returncode == 0, short.stderr
     cut = _only_run(tmp_path / "cut")
     saved = yaml.safe_load((cut / "config.yaml").read_text())
     saved["train"]["epochs"] = 2  # constant schedule: the first epoch is the same as in the 2-epoch run
     (cut / "config.yaml").write_text(yaml.safe_dump(saved))
-    resumed = run_cli("train", "--resume", str(cut), "--launcher", "local", "--nproc", "2")
+    saved["train"]["checkpoint_every_steps"] = None
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
+    # resumed under torchrun this time: the processes find their rank in the environment
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "peerlearn", "train", "--resume", str(cut)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_weights(single.run_dir, cut)
     assert _eval_epochs(cut) == [1, 2]
