@@ -1,6 +1,6 @@
 """Throughput of a cohort by execution mode and cohort size: loop vs fused, independent vs DML.
 
-    python benchmarks/bench_scale.py            # the full measurement (about 8 minutes on a loaded 2-core machine, one thread)
+    python benchmarks/bench_scale.py            # the full measurement (about 6 minutes on a loaded 2-core machine, one thread)
     python benchmarks/bench_scale.py --quick    # a smoke run (under a minute), marked as not a result
 
 Writes section ``scale`` of docs/results.md. Every timing is taken in this one process, on the CPU,
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script end to end")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sizes, steps, repeats, rounds = ([2, 4], 6, 1, 1) if args.quick else ([2, 4, 8], 15, 3, 3)
+    sizes, steps, repeats, rounds = ([2, 4], 6, 1, 1) if args.quick else ([2, 4, 8], 12, 2, 3)
     times = measure(sizes, steps, repeats, rounds)
     rows, scaling = tables(times)
     tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
