@@ -69,13 +69,20 @@ def _normalise_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
-def prepare_run(config: RunConfig):
-    """Data, device, recipe and cohort for a validated config (nothing trained yet)."""
+def prepare_run(config: RunConfig, distributed=None):
+    """Data, device, recipe and cohort for a validated config (nothing trained yet).
+
+    ``distributed`` (a DistContext) places this process on its rank's device and member.
+    """
+    from peerlearn.engine.acceleration import configure
+
     set_determinism(config)
-    device = resolve_device(config.train.device)
+    device = distributed.device if distributed is not None else resolve_device(config.train.device)
     data = load_data(config.data, seed=config.seed)
     recipe = get_recipe(config.recipe)(config, data, device)
+    recipe.distributed = distributed
     recipe.build_cohort()
+    configure(recipe, device)
     return data, device, recipe
 
 
@@ -103,21 +110,43 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         from peerlearn.engine.tracking import require_mlflow
 
         require_mlflow()
-    data, device, recipe = prepare_run(run_config)
+    from peerlearn.engine.distributed import init_distributed, shared_value, shutdown
+
+    distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
+    try:
+        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value)
+    except BaseException:
+        shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
+        raise
+    shutdown(distributed)
+    return result
+
+
+def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value) -> RunResult:
+    data, device, recipe = prepare_run(run_config, distributed)
+    is_main = distributed is None or distributed.is_main
     if resume is None:
-        run_dir = create_run_dir(Path(out), run_config.name)
-        save_config(run_config, run_dir / CONFIG_NAME)
+        run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
+        run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
+        if is_main:
+            save_config(run_config, run_dir / CONFIG_NAME)
+    else:
+        run_dir = Path(resume)
     trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
                       run_dir, callbacks=recipe.callbacks(),
                       extra_state=getattr(recipe, "extra_state", None),
                       load_extra_state=getattr(recipe, "load_extra_state", None))
     recipe.trainer = trainer
+    trainer.distributed = distributed
     for logger in getattr(recipe, "extra_loggers", lambda: [])():
         trainer.extra_loggers = getattr(trainer, "extra_loggers", []) + [logger]
     started = time.perf_counter()
     final = trainer.fit(resume_from=checkpoint)
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)
-    (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    if distributed is not None:
+        summary["processes"] = distributed.world_size
+    if is_main:
+        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 
