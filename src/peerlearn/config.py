@@ -174,6 +174,8 @@ class BackboneConfig(Section):
                                                                    "else members.0.model_args)")
     input_size: Optional[int] = Field(None, gt=0, description="resize inputs to this size for this backbone "
                                                               "(e.g. two backbones at two resolutions)")
+    input_pad: int = Field(0, ge=0, description="after the resize, pad this many background pixels on each side "
+                                                "(digits: input_size 20 + input_pad 4 = MNIST's 28x28 layout)")
     pretrained: bool = Field(True, description="timm only: download the pretrained weights")
 
 

@@ -118,13 +118,17 @@ class TransferRecipe(Recipe):
         backbones = []
         for index, spec in enumerate(self.settings.backbones):
             kwargs = dict(base)
-            if spec.input_size:
-                kwargs["image_size"] = spec.input_size
-                kwargs["in_features"] = base["in_channels"] * spec.input_size * spec.input_size
+            if spec.input_size or spec.input_pad:
+                size = (spec.input_size or base["image_size"]) + 2 * spec.input_pad
+                kwargs["image_size"] = size
+                kwargs["in_features"] = base["in_channels"] * size * size
             backbones.append(load_backbone(spec, index, member_config, kwargs))
         torch.manual_seed(member_seed(self.config.seed, 0))
+        mean, std = self.data.mean, self.data.std
+        background = [-m / s for m, s in zip(mean, std)] if self.data.is_image else None
         model = TransferModel(backbones, self.data.num_classes, [s.input_size for s in self.settings.backbones],
-                              dropout=self.settings.head_dropout)
+                              dropout=self.settings.head_dropout,
+                              input_pads=[s.input_pad for s in self.settings.backbones], background=background)
         return model.to(self.device)
 
     def build_cohort(self) -> Cohort:
@@ -158,6 +162,7 @@ class TransferRecipe(Recipe):
                                               self.settings.cache_dir, self.config.data.eval_batch_size)
         self.cache_info = {"cache_file": str(path), "cache_hit": hit}
         model.head_only = True
+        model.set_feature_standardisation(features["train"])
         normalizer = identity_normalizer(model.feature_dim, self.device)
         self.train_stream = self._stream(feature_split(features["train"], self.train_split), normalizer, weights)
         self.train_stream.augment = None

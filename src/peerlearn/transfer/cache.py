@@ -40,7 +40,8 @@ def features_key(model: torch.nn.Module, splits: dict[str, Split], normalizer: N
     digest = hashlib.sha256(CACHE_VERSION.encode())
     for name, tensor in model.backbones.state_dict().items():
         _update_tensor(digest, f"w:{name}", tensor)
-    digest.update(repr(model.input_sizes).encode())
+    digest.update(repr((model.input_sizes, model.input_pads)).encode())
+    _update_tensor(digest, "background", model.background)
     for split_name, split in splits.items():
         _update_tensor(digest, f"x:{split_name}", split.x)
     _update_tensor(digest, "mean", normalizer.mean)

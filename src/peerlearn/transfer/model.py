@@ -1,8 +1,11 @@
 """The transfer network: pretrained backbone(s) → concatenated bottleneck features → a new head.
 
-With B backbones f_1 … f_B (each optionally fed the input resized to its own resolution),
+With B backbones f_1 … f_B (each fed the input resized, and optionally padded, to its own
+resolution: x_b), features standardised by a fixed shift μ and scale σ,
 
-    z(x) = W · [f_1(x_1) ; … ; f_B(x_B)] + b
+    z(x) = W · ([f_1(x_1) ; … ; f_B(x_B)] − μ) / σ + b
+
+(μ, σ are the mean and std of the training features in ``features`` mode, 0 and 1 otherwise).
 
 The backbone parameters are split into ordered groups for staged unfreezing and per-group learning
 rates: group 0 is the new head, group 1 the deepest part of the backbones, group G the shallowest.
@@ -30,28 +33,49 @@ class TransferModel(PeerModel):
     """
 
     def __init__(self, backbones: Sequence[PeerModel], num_classes: int,
-                 input_sizes: Optional[Sequence[Optional[int]]] = None, dropout: float = 0.0):
+                 input_sizes: Optional[Sequence[Optional[int]]] = None, dropout: float = 0.0,
+                 input_pads: Optional[Sequence[int]] = None, background: Optional[Sequence[float]] = None):
         super().__init__()
         self.backbones = nn.ModuleList(backbones)
         self.input_sizes = list(input_sizes or [None] * len(backbones))
+        self.input_pads = list(input_pads or [0] * len(backbones))
         self.feature_dim = sum(int(b.feature_dim) for b in backbones)
+        # value of a blank (0) pixel after normalisation, per channel: what padding fills in
+        self.register_buffer("background", torch.tensor(list(background or [0.0])).reshape(1, -1, 1, 1))
+        # features are standardised, (f − shift) / scale: identity unless set from the training features
+        self.register_buffer("feature_shift", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_scale", torch.ones(self.feature_dim))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.head_only = False
         self.frozen_bn: list[nn.Module] = []
 
+    def adapt_input(self, x: torch.Tensor, size: Optional[int], pad: int) -> torch.Tensor:
+        """Resize to ``size`` (bilinear), then pad ``pad`` blank pixels on each side."""
+        if x.dim() != 4:
+            return x
+        if size is not None and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if pad:
+            x = F.pad(x - self.background, (pad, pad, pad, pad)) + self.background
+        return x
+
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for backbone, size in zip(self.backbones, self.input_sizes):
-            xi = x
-            if size is not None and x.dim() == 4 and x.shape[-1] != size:
-                xi = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            parts.append(backbone.features(xi))
+        """Raw concatenated bottleneck features [f_1(x_1); …; f_B(x_B)] (not standardised)."""
+        parts = [backbone.features(self.adapt_input(x, size, pad))
+                 for backbone, size, pad in zip(self.backbones, self.input_sizes, self.input_pads)]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised bottleneck features; with ``head_only`` ``x`` already holds the raw features."""
         feats = x if self.head_only else self.backbone_features(x)
-        return self.dropout(feats)
+        return self.dropout((feats - self.feature_shift) / self.feature_scale)
+
+    def set_feature_standardisation(self, train_features: torch.Tensor) -> None:
+        """shift, scale = mean and std of the training features (a linear head trains far better on them)."""
+        self.feature_shift.copy_(train_features.mean(0))
+        self.feature_scale.copy_(train_features.std(0).clamp_min(1e-6) if len(train_features) > 1
+                                 else torch.ones_like(self.feature_scale))
 
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
