@@ -183,10 +183,10 @@ class DomainDataConfig(Section):
     """Labelled source-domain data trained on together with the (few-label) target data."""
 
     source: str = Field("mnist", description="dataset source of the source domain")
-    root: Optional[str] = None
-    path: Optional[str] = None
+    root: Optional[str] = Field(None, description="its data directory (default: data.root)")
+    path: Optional[str] = Field(None, description="folder or file, for sources that need one")
     train_subset: Optional[int] = Field(None, gt=0, description="use only this many source images")
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
 
     @field_validator("source")
     @classmethod
