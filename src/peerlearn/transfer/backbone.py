@@ -38,7 +38,7 @@ def _where(index: int) -> str:
     return f"transfer.backbones.{index}"
 
 
-def load_timm(spec: BackboneConfig, index: int) -> PeerModel:
+def load_timm(spec: BackboneConfig, index: int, in_channels: int) -> PeerModel:
     name = spec.source[len(TIMM_PREFIX):]
     try:
         import timm
@@ -46,7 +46,8 @@ def load_timm(spec: BackboneConfig, index: int) -> PeerModel:
         raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}, but timm is "
                           "not installed; install the optional extra: pip install 'peerlearn[timm]'.") from None
     try:
-        model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0)
+        # in_chans: timm adapts the first convolution to the target's channels (summing pretrained filters)
+        model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, in_chans=in_channels)
     except Exception as error:  # unknown name, download failure, ...
         raise ConfigError(f"Invalid config: key '{_where(index)}.source': timm cannot build {name!r} ({error}).") \
             from None
@@ -100,7 +101,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
                   data_kwargs: dict[str, Any]) -> PeerModel:
     """Build backbone ``index`` with its pretrained weights, its classifier removed."""
     if spec.source.startswith(TIMM_PREFIX):
-        return load_timm(spec, index)
+        return load_timm(spec, index, data_kwargs["in_channels"])
     path = Path(spec.source)
     model_name, model_args, member = spec.model, spec.model_args, spec.member
     if path.is_dir():
