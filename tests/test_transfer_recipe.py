@@ -224,3 +224,14 @@ def test_bad_transfer_configs_are_clear_errors(source_run, tmp_path):
     completed = run_cli("train", str(path), "--out", str(tmp_path / "runs"))
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert "transfer.backbones.0.source" in completed.stderr
+
+
+def test_shared_regularisers_reach_the_transfer_recipe(source_run, tmp_path):
+    """Label smoothing, centre loss and early stopping come through Recipe.supervised_loss / callbacks."""
+    config = transfer_config(source_run.run_dir, tmp_path, mode="features")
+    config["regularize"] = {"center_loss": 0.1, "label_smoothing": 0.1,
+                            "early_stopping": {"enabled": True, "patience": 1}}
+    result = peerlearn.train(config, out=tmp_path / "runs", **{"train.epochs": 3})
+    logged = result.recipe.trainer.history[0]["train"]
+    assert logged["center"] > 0 and logged["ce"] > 0
+    assert "early_stopping" in result.summary and "transfer" in result.summary

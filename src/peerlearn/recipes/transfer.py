@@ -237,9 +237,8 @@ class TransferRecipe(Recipe):
     def step(self, batch) -> dict[str, Any]:
         member = self.cohort.trainable[0]
         logits, features = member.model.forward_with_features(batch.x)
-        ce = self.supervised_loss(member.name, logits, batch.y, features)
-        loss = ce
-        log: dict[str, Any] = {"ce": ce.detach()}
+        loss = self.supervised_loss(member.name, logits, batch.y, features)
+        log: dict[str, Any] = dict(self.regularizer.last_parts.get(member.name, {}))  # ce and any regulariser terms
         if self.settings.align != "none":
             is_source = domain_of(batch.index, self.n_target)
             if int(is_source.sum()) >= 2 and int((~is_source).sum()) >= 2:
@@ -256,8 +255,9 @@ class TransferRecipe(Recipe):
     def summary_extra(self) -> dict[str, Any]:
         model: TransferModel = self.cohort.trainable[0].model
         info: dict[str, Any] = {"mode": self.settings.mode, "feature_dim": model.feature_dim, **self.cache_info}
+        extra = super().summary_extra()
         if self.n_target is not None:
             info["source_items"] = len(self.train_split) - self.n_target
         if self.source_weights is not None:
             info["importance_ess"] = round(effective_sample_size(self.source_weights), 1)
-        return {"transfer": info}
+        return {**extra, "transfer": info}
