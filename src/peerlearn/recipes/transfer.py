@@ -77,7 +77,8 @@ class TransferRecipe(Recipe):
         spec = self.settings.source_data
         source_config = self.config.data.model_copy(update={
             "source": spec.source, "root": spec.root or self.config.data.root, "path": spec.path,
-            "train_subset": spec.train_subset, "labelled": None, "val_fraction": 0.0, "options": spec.options})
+            "train_subset": spec.train_subset, "labelled": None, "val_fraction": 0.0, "options": spec.options,
+            **({"val_size": None} if "val_size" in type(self.config.data).model_fields else {})})
         source = load_data(source_config, seed=self.config.seed + 17)
         if source.num_classes != data.num_classes:
             raise ConfigError(f"Invalid config: key 'transfer.source_data.source' ({spec.source!r}) has "
