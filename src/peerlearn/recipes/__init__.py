@@ -10,6 +10,7 @@ import importlib
 _RECIPES = {
     "independent": "peerlearn.recipes.mutual:IndependentRecipe",
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
+    "transfer": "peerlearn.recipes.transfer:TransferRecipe",
 }
 
 RECIPE_NAMES = tuple(_RECIPES)
