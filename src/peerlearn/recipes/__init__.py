@@ -11,6 +11,7 @@ _RECIPES = {
     "independent": "peerlearn.recipes.mutual:IndependentRecipe",
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
     "distill": "peerlearn.recipes.distill:DistillRecipe",
+    "transfer": "peerlearn.recipes.transfer:TransferRecipe",
 }
 
 RECIPE_NAMES = tuple(_RECIPES)

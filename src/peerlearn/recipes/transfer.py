@@ -1,0 +1,264 @@
+"""Transfer learning: a pretrained backbone, a new head for the target classes, and a choice of
+how much of the backbone trains.
+
+* ``features``: the backbone is fixed; its bottleneck features of every split are computed once,
+  cached on disk, and only the new linear head trains on them (seconds on MNIST-sized data).
+* ``finetune``: every layer trains from the start.
+* ``staged``: the head trains alone, then backbone group 1 (deepest), 2, … join at the epochs
+  ``unfreeze_at``. Each stage starts a new optimizer over the trainable groups.
+
+Learning rate of group k (head k = 0): lr · m_k with ``lr_multipliers`` m, or lr · decay^k with
+``layer_decay``. BatchNorm layers of frozen groups (and all of them with ``freeze_bn``) stay in eval
+mode: their running statistics and affine parameters do not change.
+
+Optional, with labelled ``source_data`` added to the training set: importance weights of source
+items from a domain classifier (instance transfer) and a CORAL / MMD loss between the source and
+target features of each batch (feature transfer):
+
+    L = CE(z, y) + λ_align · D(features of source items, features of target items)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from peerlearn.config import RunConfig
+from peerlearn.data.batches import BatchStream
+from peerlearn.data.bundle import DataBundle, Split
+from peerlearn.data.prepare import load_data
+from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.optim import build_optimizer, build_schedule
+from peerlearn.engine.trainer import Stage, check_finite
+from peerlearn.errors import ConfigError
+from peerlearn.recipes.base import Recipe, member_seed
+from peerlearn.transfer.alignment import ALIGNMENT_LOSSES
+from peerlearn.transfer.backbone import load_backbone
+from peerlearn.transfer.cache import cached_features, compute_features
+from peerlearn.transfer.importance import effective_sample_size, importance_weights
+from peerlearn.transfer.model import TransferModel, batchnorm_layers
+from peerlearn.transfer.streams import (WeightedBatchStream, concat_splits, domain_of, feature_split,
+                                        identity_normalizer)
+
+
+class TransferRecipe(Recipe):
+    name = "transfer"
+
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+        settings = config.transfer
+        if not settings.backbones:
+            raise ConfigError("Invalid config: recipe 'transfer' needs key 'transfer.backbones' (at least one "
+                              "backbone: a run directory, a weights file or timm:<name>).")
+        if len(config.members) != 1:
+            raise ConfigError(f"Invalid config: recipe 'transfer' trains one member; key 'members' has "
+                              f"{len(config.members)}.")
+        if settings.unfreeze_at and settings.unfreeze_at[-1] >= config.train.epochs:
+            raise ConfigError(f"Invalid config: key 'transfer.unfreeze_at' has the value {settings.unfreeze_at}: "
+                              f"every epoch must be below train.epochs = {config.train.epochs}.")
+        if settings.mode == "features" and any(v for v in config.data.augment.model_dump().values()):
+            raise ConfigError("Invalid config: key 'data.augment' is set, but transfer.mode=features trains on "
+                              "cached features of the unaugmented images; use mode finetune or staged.")
+        super().__init__(config, data, device)
+        self.settings = settings
+        self.n_target: Optional[int] = None
+        self.source_weights: Optional[torch.Tensor] = None
+        self.cache_info: dict[str, Any] = {}
+        self.train_split = data.train
+        if settings.align == "none" and not bool((data.train.y >= 0).all()):
+            # unlabelled target items carry no signal without an alignment term: train on the labelled ones
+            keep = data.train.y >= 0
+            self.train_split = Split(data.train.x[keep], data.train.y[keep])
+        if settings.source_data is not None:
+            self.train_split = self._with_source_data(data)
+
+    # ------------------------------------------------------------------ data
+    def _with_source_data(self, data: DataBundle) -> Split:
+        spec = self.settings.source_data
+        source_config = self.config.data.model_copy(update={
+            "source": spec.source, "root": spec.root or self.config.data.root, "path": spec.path,
+            "train_subset": spec.train_subset, "labelled": None, "val_fraction": 0.0, "options": spec.options,
+            **({"val_size": None} if "val_size" in type(self.config.data).model_fields else {})})
+        source = load_data(source_config, seed=self.config.seed + 17)
+        if source.num_classes != data.num_classes:
+            raise ConfigError(f"Invalid config: key 'transfer.source_data.source' ({spec.source!r}) has "
+                              f"{source.num_classes} classes but the target data has {data.num_classes}.")
+        if source.input_shape != data.input_shape:
+            raise ConfigError(f"Invalid config: key 'transfer.source_data.source' gives inputs of shape "
+                              f"{source.input_shape} but the target data {data.input_shape}; set data.image_size.")
+        self.n_target = len(self.train_split)
+        self.source_split = source.train
+        return concat_splits(self.train_split, source.train)
+
+    def _stream(self, split: Split, normalizer, weights: Optional[torch.Tensor] = None) -> BatchStream:
+        augment = self.train_stream.augment
+        if weights is not None:
+            return WeightedBatchStream(split, self.config.data.batch_size, normalizer, self.device, weights,
+                                       seed=self.config.seed, augment=augment)
+        return BatchStream(split, self.config.data.batch_size, normalizer, self.device, seed=self.config.seed,
+                           augment=augment, shuffle=True, drop_last=True)
+
+    def _item_weights(self, model: TransferModel) -> Optional[torch.Tensor]:
+        """Importance weights of the concatenated training split (target items weigh 1)."""
+        if self.settings.importance == "none" or self.n_target is None:
+            return None
+        target, source = Split(self.data.train.x, self.data.train.y), self.source_split
+        if self.settings.importance == "features":
+            xs = compute_features(model, source, self.normalizer, self.device)
+            xt = compute_features(model, target, self.normalizer, self.device)
+        else:
+            xs, xt = self.normalizer(source.x.to(self.device)).cpu(), self.normalizer(target.x.to(self.device)).cpu()
+        self.source_weights = importance_weights(xs, xt, clip=tuple(self.settings.importance_clip),
+                                                 seed=self.config.seed)
+        return torch.cat([torch.ones(self.n_target), self.source_weights])
+
+    # ------------------------------------------------------------------ members
+    def build_transfer_model(self) -> TransferModel:
+        member_config = self.config.members[0]
+        base = self.data.model_kwargs()
+        backbones = []
+        for index, spec in enumerate(self.settings.backbones):
+            kwargs = dict(base)
+            if spec.input_size or spec.input_pad:
+                size = (spec.input_size or base["image_size"]) + 2 * spec.input_pad
+                kwargs["image_size"] = size
+                kwargs["in_features"] = base["in_channels"] * size * size
+            backbones.append(load_backbone(spec, index, member_config, kwargs))
+        torch.manual_seed(member_seed(self.config.seed, 0))
+        mean, std = self.data.mean, self.data.std
+        background = [-m / s for m, s in zip(mean, std)] if self.data.is_image else None
+        model = TransferModel(backbones, self.data.num_classes, [s.input_size for s in self.settings.backbones],
+                              dropout=self.settings.head_dropout,
+                              input_pads=[s.input_pad for s in self.settings.backbones], background=background)
+        return model.to(self.device)
+
+    def build_cohort(self) -> Cohort:
+        model = self.build_transfer_model()
+        self._check_input_fits(model)
+        weights = self._item_weights(model)
+        if self.settings.mode == "features":
+            self._use_cached_features(model, weights)
+        elif self.train_split is not self.data.train:
+            self.train_stream = self._stream(self.train_split, self.normalizer, weights)
+        member = Member(self.config.members[0].name, model, trainable=True,
+                        info={"model": "transfer", "backbones": [s.model_dump() for s in self.settings.backbones]})
+        self.cohort = Cohort([member])
+        return self.cohort
+
+    def _check_input_fits(self, model: TransferModel) -> None:
+        x = self.normalizer(self.data.train.x[:2].to(self.device))
+        try:
+            with torch.no_grad():
+                model.eval()
+                model.backbone_features(x)
+        except RuntimeError as error:
+            raise ConfigError(f"Invalid config: the backbone cannot read the target inputs of shape "
+                              f"{tuple(self.data.input_shape)} ({str(error).splitlines()[0][:200]}); set "
+                              "data.image_size (or transfer.backbones.N.input_size) to the source's input size."
+                              ) from None
+
+    def _use_cached_features(self, model: TransferModel, weights: Optional[torch.Tensor]) -> None:
+        splits = {"train": self.train_split, "val": self.data.val, "test": self.data.test}
+        features, path, hit = cached_features(model, splits, self.normalizer, self.device,
+                                              self.settings.cache_dir, self.config.data.eval_batch_size)
+        self.cache_info = {"cache_file": str(path), "cache_hit": hit}
+        model.head_only = True
+        model.set_feature_standardisation(features["train"])
+        normalizer = identity_normalizer(model.feature_dim, self.device)
+        self.train_stream = self._stream(feature_split(features["train"], self.train_split), normalizer, weights)
+        self.train_stream.augment = None
+        self.eval_streams = {
+            name: BatchStream(feature_split(features[name], splits[name]), self.config.data.eval_batch_size,
+                              normalizer, self.device, shuffle=False)
+            for name in ("val", "test")
+        }
+
+    # ------------------------------------------------------------------ stages
+    def trainable_groups(self, stage_index: int) -> int:
+        """How many backbone groups train in stage ``stage_index`` (0 = head only)."""
+        mode = self.settings.mode
+        if mode == "features":
+            return 0
+        if mode == "finetune":
+            return self.settings.groups
+        return stage_index if stage_index < len(self.settings.unfreeze_at) else len(self.settings.unfreeze_at)
+
+    def group_lr_factors(self) -> list[float]:
+        groups = self.settings.groups
+        if self.settings.lr_multipliers is not None:
+            return list(self.settings.lr_multipliers)
+        decay = self.settings.layer_decay or 1.0
+        return [decay ** k for k in range(groups + 1)]
+
+    def configure(self, trainable: int, epochs: int) -> None:
+        """Freeze all but the head and the ``trainable`` deepest groups; new optimizer and schedule."""
+        member = self.cohort.trainable[0]
+        model: TransferModel = member.model
+        groups = self.settings.groups
+        param_groups = model.parameter_groups(groups)
+        module_groups = model.group_modules(groups)
+        frozen_bn = []
+        for k, (params, modules) in enumerate(zip(param_groups, module_groups)):
+            active = k <= trainable
+            for p in params:
+                p.requires_grad_(active)
+            if k > 0 and (not active or self.settings.freeze_bn):
+                frozen_bn.extend(batchnorm_layers(modules))
+        for bn in frozen_bn:
+            for p in bn.parameters(recurse=False):
+                p.requires_grad_(False)
+        model.frozen_bn = frozen_bn
+        optim_config = self.config.member_optim(self.config.members[0])
+        factors = self.group_lr_factors()
+        entries = []
+        for k in range(trainable + 1):
+            params = [p for p in param_groups[k] if p.requires_grad]
+            if params:
+                entries.append({"params": params, "lr": optim_config.lr * factors[k]})
+        member.optimizer = build_optimizer(entries, optim_config)
+        member.schedule = build_schedule(member.optimizer, self.config.member_schedule(self.config.members[0]),
+                                         epochs, len(self.train_stream))
+        model.train(model.training)
+
+    def stages(self) -> list[Stage]:
+        epochs = self.config.train.epochs
+        if self.settings.mode != "staged":
+            name = "head" if self.settings.mode == "features" else "finetune"
+            trainable = self.trainable_groups(0)
+            return [Stage(name, epochs, self.step, start=lambda: self.configure(trainable, epochs))]
+        bounds = [0, *self.settings.unfreeze_at, epochs]
+        stages = []
+        for index in range(len(bounds) - 1):
+            length = bounds[index + 1] - bounds[index]
+            stages.append(Stage(f"unfreeze{index}" if index else "head", length, self.step,
+                                start=lambda i=index, n=length: self.configure(self.trainable_groups(i), n)))
+        return stages
+
+    # ------------------------------------------------------------------ step
+    def step(self, batch) -> dict[str, Any]:
+        member = self.cohort.trainable[0]
+        logits, features = member.model.forward_with_features(batch.x)
+        loss = self.supervised_loss(member.name, logits, batch.y, features)
+        log: dict[str, Any] = dict(self.regularizer.last_parts.get(member.name, {}))  # ce and any regulariser terms
+        if self.settings.align != "none":
+            is_source = domain_of(batch.index, self.n_target)
+            if int(is_source.sum()) >= 2 and int((~is_source).sum()) >= 2:
+                align = ALIGNMENT_LOSSES[self.settings.align](features[is_source], features[~is_source])
+                loss = loss + self.settings.align_weight * align
+                log["align"] = align.detach()
+        check_finite(loss, member.name, getattr(self, "trainer", None))
+        member.zero_grad()
+        loss.backward()
+        member.step()
+        log["loss"] = loss.detach()
+        return log
+
+    def summary_extra(self) -> dict[str, Any]:
+        model: TransferModel = self.cohort.trainable[0].model
+        info: dict[str, Any] = {"mode": self.settings.mode, "feature_dim": model.feature_dim, **self.cache_info}
+        extra = super().summary_extra()
+        if self.n_target is not None:
+            info["source_items"] = len(self.train_split) - self.n_target
+        if self.source_weights is not None:
+            info["importance_ess"] = round(effective_sample_size(self.source_weights), 1)
+        return {**extra, "transfer": info}

@@ -1,0 +1,158 @@
+"""Pretrained feature extractors for transfer: from a peerlearn run, a weights file or timm.
+
+Every backbone ends as a ``PeerModel`` whose ``features(x)`` give the bottleneck (penultimate)
+features; its own classifier is dropped. ``.pt`` files are read with ``torch.load(weights_only=True)``
+only, so a downloaded file cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from peerlearn.config import BackboneConfig, MemberConfig
+from peerlearn.engine.checkpoint import load_weights
+from peerlearn.errors import ConfigError
+from peerlearn.models import PeerModel, create_model
+
+TIMM_PREFIX = "timm:"
+
+
+class TimmBackbone(PeerModel):
+    """A timm model built with ``num_classes=0`` (its pooled features are the bottleneck)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.body = model
+        self.feature_dim = int(model.num_features)
+        self.classifier = nn.Identity()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _where(index: int) -> str:
+    return f"transfer.backbones.{index}"
+
+
+def load_timm(spec: BackboneConfig, index: int, in_channels: int) -> PeerModel:
+    name = spec.source[len(TIMM_PREFIX):]
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}, but timm is "
+                          "not installed; install the optional extra: pip install 'peerlearn[timm]'.") from None
+    try:
+        # in_chans: timm adapts the first convolution to the target's channels (summing pretrained filters)
+        model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, in_chans=in_channels)
+    except Exception as error:  # unknown name, download failure, ...
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source': timm cannot build {name!r} ({error}).") \
+            from None
+    return TimmBackbone(model)
+
+
+def read_state(path: Path, member: Optional[str], index: int) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pt file; a peerlearn multi-member file is cut to one member."""
+    where = _where(index)
+    if path.suffix == ".pt" or path.suffix == ".pth":
+        try:
+            state: Any = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ConfigError(f"Invalid config: key '{where}.source': {str(path)!r} cannot be read as a weights-only "
+                              f"state dict ({type(error).__name__}: {str(error).splitlines()[0][:200]}).") from None
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConfigError(f"Invalid config: key '{where}.source': {str(path)!r} does not hold a state dict "
+                              "(a mapping of names to tensors).")
+        tensors = dict(state)
+    else:
+        try:
+            tensors = load_weights(path)
+        except Exception as error:
+            raise ConfigError(f"Invalid config: key '{where}.source': {str(path)!r} is not a readable .safetensors "
+                              f"file ({error}).") from None
+    prefixes = sorted({k.split(".", 1)[0] for k in tensors})
+    if member is not None:
+        own = {k[len(member) + 1:]: v for k, v in tensors.items() if k.startswith(member + ".")}
+        if not own:
+            raise ConfigError(f"Invalid config: key '{where}.member' has the value {member!r}, but {str(path)!r} "
+                              f"holds no such member; it has: {', '.join(prefixes)}.")
+        return own
+    return tensors
+
+
+def _strip_member(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    """A peerlearn model.safetensors prefixes keys with member names: take the first member that fits."""
+    if set(tensors) & model_keys:
+        return tensors
+    for prefix in dict.fromkeys(k.split(".", 1)[0] for k in tensors):
+        own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        if set(own) & model_keys:
+            return own
+    return tensors
+
+
+def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig,
+                  data_kwargs: dict[str, Any]) -> PeerModel:
+    """Build backbone ``index`` with its pretrained weights, its classifier removed."""
+    if spec.source.startswith(TIMM_PREFIX):
+        return load_timm(spec, index, data_kwargs["in_channels"])
+    path = Path(spec.source)
+    model_name, model_args, member = spec.model, spec.model_args, spec.member
+    if path.is_dir():
+        run_config = path / "config.yaml"
+        weights = path / "model.safetensors"
+        if not run_config.is_file() or not weights.is_file():
+            raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}: a folder "
+                              "must be a finished peerlearn run (config.yaml and model.safetensors).")
+        from peerlearn.config import load_config
+
+        source_config = load_config(run_config)
+        members = {m.name: m for m in source_config.members}
+        chosen = members.get(member) if member else source_config.members[0]
+        if chosen is None:
+            raise ConfigError(f"Invalid config: key '{_where(index)}.member' has the value {member!r}; the run "
+                              f"{spec.source!r} has members: {', '.join(members)}.")
+        member = chosen.name
+        model_name = model_name or chosen.model
+        model_args = chosen.model_args if model_args is None else model_args
+        path = weights
+    elif not path.is_file():
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}, which is "
+                          "not a run directory, a .safetensors / .pt file, or timm:<name>.")
+    model_name = model_name or default_member.model
+    model_args = default_member.model_args if model_args is None else model_args
+    tensors = read_state(path, member, index)
+    classifier = tensors.get("classifier.weight")
+    if classifier is None:
+        tensors_try = _strip_member(tensors, {"classifier.weight"})
+        classifier = tensors_try.get("classifier.weight")
+        tensors = tensors_try
+    source_classes = int(classifier.shape[0]) if classifier is not None else data_kwargs["num_classes"]
+    try:
+        model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"Invalid config: key '{_where(index)}.model': {error}.") from None
+    tensors = _strip_member(tensors, set(model.state_dict()))
+    shape_hint = (f" The weights may come from inputs of another size: the target data gives "
+                  f"{data_kwargs['in_channels']} channel(s) of {data_kwargs['image_size']} px; set data.image_size "
+                  f"or {_where(index)}.input_size to the source's size.")
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as error:
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {str(path)!r} does not fit model "
+                          f"{model_name!r}: {str(error).splitlines()[-1].strip()[:300]}.{shape_hint}") from None
+    if result.missing_keys or result.unexpected_keys:
+        shape_hint = (f" The weights may come from inputs of another size: the target data gives "
+                      f"{data_kwargs['in_channels']} channel(s) of {data_kwargs['image_size']} px; set data.image_size "
+                      f"or {_where(index)}.input_size to the source's size.")
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {str(path)!r} does not fit model "
+                          f"{model_name!r} (missing {len(result.missing_keys)} tensors, e.g. "
+                          f"{result.missing_keys[:3]}; unexpected {result.unexpected_keys[:3]}).{shape_hint}")
+    model.classifier = nn.Identity()
+    return model
