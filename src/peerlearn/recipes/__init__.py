@@ -10,6 +10,7 @@ import importlib
 _RECIPES = {
     "independent": "peerlearn.recipes.mutual:IndependentRecipe",
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
+    "greedy": "peerlearn.recipes.greedy:GreedyRecipe",
 }
 
 RECIPE_NAMES = tuple(_RECIPES)
