@@ -153,20 +153,20 @@ class GreedyRecipe(Recipe):
         stream = BatchStream(self.data.train, self.config.data.eval_batch_size, self.normalizer, self.device,
                              shuffle=False)
         model = self.model
-        with torch.no_grad():
-            probe = model.prefix(stream.normalizer(stream.x[:1]), block)
-        size = probe[0].numel() * probe.element_size() * len(self.data.train)
-        report["bytes"] = size
-        if size > self.settings.cache_max_mb * MIB:
-            report["reason"] = f"{size / MIB:.0f} MiB is above greedy.cache_max_mb={self.settings.cache_max_mb:g}"
-            return None
         was_training = model.training
-        model.eval()
-        parts = []
-        with torch.no_grad():
-            for _, batch in stream.epoch(0):
-                parts.append(model.prefix(batch.x, block))
-        model.train(was_training)
+        model.eval()  # the prefix is frozen: eval mode, whatever the cohort's mode
+        try:
+            with torch.no_grad():
+                probe = model.prefix(stream.normalizer(stream.x[:1]), block)
+                size = probe[0].numel() * probe.element_size() * len(self.data.train)
+                report["bytes"] = size
+                if size > self.settings.cache_max_mb * MIB:
+                    report["reason"] = (f"{size / MIB:.1f} MiB is above greedy.cache_max_mb="
+                                        f"{self.settings.cache_max_mb:g}")
+                    return None
+                parts = [model.prefix(batch.x, block) for _, batch in stream.epoch(0)]
+        finally:
+            model.train(was_training)
         report["cached"] = True
         return torch.cat(parts)
 
