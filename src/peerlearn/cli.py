@@ -94,12 +94,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from peerlearn.evaluate.probe import probe_run
+    from peerlearn.tables import format_table
+
+    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C)
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [[r["name"], r["features"], 100 * r["train"], 100 * r["test"]] for r in result["depths"]]
+    print(f"linear probe of member {result['member']!r} on {result['pool']}x{result['pool']}-averaged features "
+          f"(scored on {result['split']})")
+    print(format_table(["depth", "features", "train acc %", f"{result['split']} acc %"], rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
+    "probe": cmd_probe,
 }
 
 
@@ -150,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--limit", type=int, default=5000, help="use the first N items of the split")
     analyze.add_argument("--member", action="append", help="only this member (repeatable)")
     analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    probe = sub.add_parser("probe", help="linear separability of each block's features (layerwise_cnn runs)",
+                           description="Fit a linear classifier (logistic regression) on the spatially averaged "
+                                       "output of every block of a finished run's network, and print its train and "
+                                       "held-out accuracy per depth.")
+    probe.add_argument("run_dir", help="a finished run directory")
+    probe.add_argument("--member", default=None, help="member to probe (default: the first)")
+    probe.add_argument("--split", default="test", choices=["val", "test"], help="held-out split to score on")
+    probe.add_argument("--limit", type=int, default=5000, help="fit on the first N training items")
+    probe.add_argument("--pool", type=int, default=2, help="average each map to POOL x POOL (default 2)")
+    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
