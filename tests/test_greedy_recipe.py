@@ -78,6 +78,8 @@ def test_greedy_learns_and_reports_heads_and_ensemble(tiny, tmp_path):
     assert heads[-1] > heads[0]  # deeper heads classify better
     assert greedy["test"]["ensemble"]["top1"] > 0.9
     assert greedy["stage_epochs"] == [3, 3, 3]
+    assert set(greedy["stage_seconds"]) == {"block0", "block1", "block2"}
+    assert all(seconds > 0 for seconds in greedy["stage_seconds"].values())
     stages = [json.loads(l)["stage"] for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()
               if json.loads(l)["kind"] == "eval"]
     assert stages == ["block0"] * 3 + ["block1"] * 3 + ["block2"] * 3

@@ -17,6 +17,7 @@ heads' ensemble Z = Σ_j 2^j z_j / Σ_j 2^j is scored in the summary.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 import torch
@@ -28,7 +29,7 @@ from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.evaluation import score
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Stage, check_finite
+from peerlearn.engine.trainer import Callback, Stage, check_finite
 from peerlearn.errors import ConfigError
 from peerlearn.models.layerwise import LayerwiseCNN, weighted_ensemble
 from peerlearn.recipes.base import Recipe
@@ -54,7 +55,9 @@ class GreedyRecipe(Recipe):
                               "prefix outputs change with every augmented batch. Use cache: auto or off.")
         self.active_block = 0
         self.cache_report: dict[str, dict[str, Any]] = {}
+        self.stage_seconds: dict[str, float] = {}  # wall time of each stage: caching, training, evaluation
         self._cached_stage = False
+        self._clock: Optional[tuple[str, float]] = None
 
     # ------------------------------------------------------------------ members and settings
     @property
@@ -119,6 +122,8 @@ class GreedyRecipe(Recipe):
 
     def start_stage(self, stage: Stage, index: int) -> None:
         """Freeze blocks < j (eval mode), build stage j's optimizer and schedule, cache x_j if possible."""
+        self._stop_clock()
+        self._clock = (stage.name, time.perf_counter())
         block = self.plan()[index]
         model = self.model
         end_to_end = self.settings.mode == "end_to_end"
@@ -190,11 +195,26 @@ class GreedyRecipe(Recipe):
         return {"loss": loss.detach()}
 
     # ------------------------------------------------------------------ state and summary
+    def callbacks(self) -> list[Callback]:
+        return [StageClock(self)]
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            name, started = self._clock
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - started
+            self._clock = None
+
     def extra_state(self) -> dict:
-        return {"cache_report": self.cache_report}
+        if self._clock is not None:  # bank the running stage's time so far, keep the clock running
+            name, started = self._clock
+            now = time.perf_counter()
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + now - started
+            self._clock = (name, now)
+        return {"cache_report": self.cache_report, "stage_seconds": self.stage_seconds}
 
     def load_extra_state(self, state: dict) -> None:
         self.cache_report = dict(state.get("cache_report", {}))
+        self.stage_seconds = dict(state.get("stage_seconds", {}))
 
     @torch.no_grad()
     def head_scores(self) -> dict[str, Any]:
@@ -221,8 +241,22 @@ class GreedyRecipe(Recipe):
         return result
 
     def summary_extra(self) -> dict[str, Any]:
+        self._stop_clock()
         extra: dict[str, Any] = {"mode": self.settings.mode, "blocks": self.model.num_blocks,
-                                 "stage_epochs": [r[0] for r in self.resolved], "cache": self.cache_report}
+                                 "stage_epochs": [r[0] for r in self.resolved], "cache": self.cache_report,
+                                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
         if self.settings.mode == "greedy":
             extra.update(self.head_scores())
         return {"greedy": extra}
+
+
+class StageClock(Callback):
+    """Stops the recipe's stage clock after a stage's last epoch (before the final evaluation of the run)."""
+
+    def __init__(self, recipe: GreedyRecipe):
+        self.recipe = recipe
+
+    def on_epoch_end(self, trainer, results) -> None:
+        position = trainer.position
+        if position.epoch == trainer.stages[position.stage].epochs:
+            self.recipe._stop_clock()
