@@ -97,7 +97,10 @@ def test_each_stage_has_its_own_epochs_optimizer_and_schedule(tiny, tmp_path):
     assert lrs == [("block0", 0.05), ("block1", 0.02), ("block1", 0.02), ("block1", 0.02),
                    ("block2", 0.0015), ("block2", 0.00075)]  # logged after each epoch's schedule step
     assert result.summary["greedy"]["stage_epochs"] == [1, 3, 2]
-    assert isinstance(result.cohort["net"].optimizer, torch.optim.Adam)
+    optimizer = result.cohort["net"].optimizer
+    assert isinstance(optimizer, torch.optim.Adam)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in result.cohort["net"].model.stage_parameters(2)}
 
 
 def test_prefix_cache_gives_the_same_training_without_recomputing_the_prefix(tiny, tmp_path, monkeypatch):

@@ -80,3 +80,7 @@ def test_freeze_below_keeps_the_prefix_in_eval_mode_without_gradients():
     assert model.heads[2].training and not model.heads[0].training
     trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"blocks.2", "heads.2"}
+    model.depth = 2  # stage 1 of 3: the unused block 2 is frozen too, not only the prefix
+    model.freeze_below(1)
+    trainable = {n.split(".")[0] + "." + n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"blocks.1", "heads.1"}

@@ -145,10 +145,10 @@ class LayerwiseCNN(PeerModel):
         return [*self.blocks[j].parameters(), *self.heads[j].parameters()]
 
     def freeze_below(self, j: int) -> None:
-        """Freeze blocks < j and every head except head[depth − 1]; the rest trains."""
+        """Train blocks j..depth−1 and head[depth − 1]; freeze blocks < j (and the unused ones after depth)."""
         self.frozen_below = j
         for index, block in enumerate(self.blocks):
-            block.requires_grad_(index >= j)
+            block.requires_grad_(j <= index < self.depth)
         for index, head in enumerate(self.heads):
             head.requires_grad_(index == self.depth - 1)
         self.train(self.training)
