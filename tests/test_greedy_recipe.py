@@ -201,3 +201,21 @@ def test_bad_greedy_configs_stop_before_training(tiny, tmp_path):
     done = run_cli("train", str(path), "--out", str(tmp_path))
     assert done.returncode == 2
     assert "greedy.mode" in done.stderr and "end_to_end" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_shared_regularisers_reach_every_greedy_stage(tiny, tmp_path, monkeypatch):
+    """The CE goes through Recipe.supervised_loss, with the head's features when the centre loss needs them."""
+    seen = []
+    original = GreedyRecipe.supervised_loss
+
+    def spy(self, member, logits, labels, features=None):
+        seen.append((self.active_block, None if features is None else features.shape[1]))
+        return original(self, member, logits, labels, features)
+
+    monkeypatch.setattr(GreedyRecipe, "supervised_loss", spy)
+    result = peerlearn.train(greedy_config(tiny, greedy={"epochs": 1}, regularize={"center_loss": 0.01,
+                                                                                 "label_smoothing": 0.1}),
+                             out=tmp_path)
+    widths = {block: dim for block, dim in seen}
+    assert widths == {0: 8 * 4, 1: 16 * 4, 2: 16 * 4}  # each head's 2×2-pooled features
+    assert result.summary["members"]["net"]["test"]["top1"] > 0.5

@@ -186,8 +186,11 @@ class GreedyRecipe(Recipe):
                 hidden = model.prefix(batch.x, block)
         for trained in model.blocks[block:model.depth]:
             hidden = trained(hidden)
-        logits = model.heads[model.depth - 1](hidden)
-        loss = self.supervised_loss(self.member.name, logits, batch.y)
+        head = model.heads[model.depth - 1]
+        features = head.body(hidden)  # the head's pooled features, for feature regularisers (centre loss)
+        logits = head.linear(features)
+        loss = self.supervised_loss(self.member.name, logits, batch.y,
+                                    features if self.regularizer.needs_features else None)
         check_finite(loss, self.member.name, getattr(self, "trainer", None))
         self.member.zero_grad()
         loss.backward()
@@ -196,7 +199,7 @@ class GreedyRecipe(Recipe):
 
     # ------------------------------------------------------------------ state and summary
     def callbacks(self) -> list[Callback]:
-        return [StageClock(self)]
+        return [*super().callbacks(), StageClock(self)]
 
     def _stop_clock(self) -> None:
         if self._clock is not None:
