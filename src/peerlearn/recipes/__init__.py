@@ -11,6 +11,7 @@ _RECIPES = {
     "independent": "peerlearn.recipes.mutual:IndependentRecipe",
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
     "transfer": "peerlearn.recipes.transfer:TransferRecipe",
+    "greedy": "peerlearn.recipes.greedy:GreedyRecipe",
 }
 
 RECIPE_NAMES = tuple(_RECIPES)
