@@ -10,20 +10,23 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from peerlearn.config import RunConfig, load_config, save_config
 from peerlearn.data import load_data
+from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
-from peerlearn.engine.run_dir import create_run_dir
+from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable
 from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 
 CONFIG_NAME = "config.yaml"
@@ -55,7 +58,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_determinism(config: RunConfig) -> None:
+    """Seed every global generator (torch, numpy, Python) so a run, and its checkpoints, repeat exactly."""
     torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if config.train.deterministic:
@@ -88,21 +94,38 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     keyword overrides are dotted keys (``**{"optim.lr": 0.05}``) or ``optim__lr=0.05``.
     ``resume`` continues the run in that directory from its last checkpoint (the config is the run's own).
     """
+    lock = None
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = run_dir / CHECKPOINT_NAME
         if not checkpoint.is_file():
             raise PeerlearnError(f"Cannot resume {str(run_dir)!r}: it holds no {CHECKPOINT_NAME}.")
         run_config = load_config(run_dir / CONFIG_NAME)
+        ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
+        lock = RunLock(run_dir).acquire()
+        remove_stale_temporaries(run_dir)  # half-written files of a killed process; the lock is ours
     else:
         run_config = load_config(config, overrides)
         if keyword_overrides:
             run_config = load_config(run_config, _normalise_overrides(keyword_overrides))
         checkpoint = None
-    data, device, recipe = prepare_run(run_config)
-    if resume is None:
-        run_dir = create_run_dir(Path(out), run_config.name)
-        save_config(run_config, run_dir / CONFIG_NAME)
+        ensure_writable(Path(out))  # fail before loading data or training
+    try:
+        data, device, recipe = prepare_run(run_config)
+        if resume is None:
+            run_dir = create_run_dir(Path(out), run_config.name)
+            lock = RunLock(run_dir).acquire()
+            try:
+                save_config(run_config, run_dir / CONFIG_NAME)
+            except OSError as error:
+                raise ResourceError(f"Cannot write {str(run_dir / CONFIG_NAME)!r}: {error.strerror or error}.") from None
+        return _fit(run_config, run_dir, checkpoint, data, device, recipe)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(run_config: RunConfig, run_dir: Path, checkpoint: Optional[Path], data, device, recipe) -> RunResult:
     trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
                       run_dir, callbacks=recipe.callbacks(),
                       extra_state=getattr(recipe, "extra_state", None),
@@ -113,7 +136,11 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     started = time.perf_counter()
     final = trainer.fit(resume_from=checkpoint)
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)
-    (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    try:
+        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    except OSError as error:
+        raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the weights "
+                            f"are in {str(run_dir / 'model.safetensors')!r}.") from None
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 

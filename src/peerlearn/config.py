@@ -116,7 +116,7 @@ class MemberConfig(Section):
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
     optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this member")
     schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
-    weights: Optional[str] = Field(None, description="initial weights: a .safetensors file or a peerlearn run directory")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running code) or a peerlearn run directory")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
 
     @field_validator("model")

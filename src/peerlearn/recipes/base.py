@@ -15,7 +15,7 @@ from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Callback, Stage
-from peerlearn.errors import ConfigError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.losses import cross_entropy
 from peerlearn.models import create_model
 
@@ -104,12 +104,22 @@ def load_member_weights(model: torch.nn.Module, source: str, name: str, index: i
         path = path / "model.safetensors"
     if not path.is_file():
         raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
-                          "a .safetensors file nor a peerlearn run directory holding model.safetensors.")
-    tensors = load_weights(path)
+                          "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")
+    try:
+        tensors = load_weights(path)
+    except ConfigError:
+        raise
+    except PeerlearnError as error:
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
     prefix = f"{name}."
     own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     state = own or tensors
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit the model of "
+                          f"member {name!r} ({detail}).") from None
     if missing:
         raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
                           f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")
