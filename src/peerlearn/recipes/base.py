@@ -50,12 +50,37 @@ class Recipe:
         torch.manual_seed(member_seed(self.config.seed, index))
         try:
             model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RuntimeError) as error:
             raise ConfigError(f"Invalid config: key 'members.{index}.model_args' for model "
                               f"{member_config.model!r}: {error}.") from None
         if member_config.weights:
             load_member_weights(model, member_config.weights, member_config.name, index)
-        return model.to(self.device)
+        model = model.to(self.device)
+        self.check_fits_data(model, member_config, index)
+        return model
+
+    def check_fits_data(self, model: torch.nn.Module, member_config: MemberConfig, index: int) -> None:
+        """One forward pass on two training inputs (eval mode, no gradient: nothing changes, no random
+        draw) so a model that does not fit the dataset fails now, naming the member, not mid-training."""
+        sample = self.normalizer(self.data.train.x[:2].to(self.device))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(sample)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"Invalid config: key 'members.{index}.model' ({member_config.model!r} with model_args "
+                f"{member_config.model_args}) does not fit the dataset {self.config.data.source!r} "
+                f"(inputs {tuple(sample.shape[1:])}, {self.data.num_classes} classes): {detail}.") from None
+        finally:
+            model.train(was_training)
+        if logits.dim() != 2 or logits.shape[1] != self.data.num_classes:
+            raise ConfigError(
+                f"Invalid config: key 'members.{index}.model' ({member_config.model!r}) gives outputs of shape "
+                f"{tuple(logits.shape)}, but the dataset {self.config.data.source!r} has {self.data.num_classes} "
+                "classes; remove num_classes from model_args.")
 
     def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None) -> Member:
         model = self.build_model(member_config, index)
