@@ -128,7 +128,7 @@ def _train_in_process(tree: dict, overrides: list[str], capsys) -> tuple[int, st
     return code, capsys.readouterr().err
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=malformed())
 def test_malformed_configs_exit_2_naming_the_key(case, capsys):
     tree, overrides, key = case

@@ -81,7 +81,8 @@ class DataConfig(Section):
     def _known_options(self) -> "DataConfig":
         from peerlearn.data.registry import SOURCES
 
-        allowed = SOURCES[self.source].options
+        own = SOURCES[self.source].options
+        allowed = None if own is None else ("verify", *(o for o in own if o != "verify"))  # verify: every source
         unknown = sorted(set(self.options) - set(allowed)) if allowed is not None else []
         if unknown:
             raise ValueError(f"key 'data.options.{unknown[0]}' is not an option of the source {self.source!r}; "

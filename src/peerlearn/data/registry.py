@@ -17,7 +17,7 @@ class SourceSpec:
     description: str
     needs_path: bool = False  # the config's data.path names the folder/file
     files: tuple[str, ...] = ()  # official files checked by `peerlearn datasets verify`
-    options: Optional[tuple[str, ...]] = None  # the data.options keys it reads (None: not checked)
+    options: Optional[tuple[str, ...]] = None  # data.options keys it reads besides verify (None: not checked)
 
     def load_function(self) -> Callable:
         module, function = self.loader.split(":")
