@@ -196,3 +196,15 @@ def test_full_disk_exits_with_code_4_naming_the_checkpoint(tiny, tmp_path, monke
     assert main(["train", str(config), "--out", str(tmp_path / "runs")]) == 4
     err = capsys.readouterr().err
     assert "No space left on device" in err and "none (nothing was saved yet)" in err and "Traceback" not in err
+
+
+def test_resume_drops_a_metrics_line_torn_by_a_kill(tmp_path):
+    from peerlearn.engine.tracking import MetricsLog
+
+    good = ['{"kind": "train", "step": 16, "epoch": 1, "loss": 1.5}', '{"kind": "eval", "step": 16, "epoch": 1}',
+            '{"kind": "train", "step": 32, "epoch": 2, "loss": 1.0}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(good) + "\n" + '{"kind": "eval", "st')  # killed mid-line
+    log = MetricsLog(tmp_path, tensorboard=False, resume_step=20)
+    log.log("train", 32, 2, {"loss": 0.9})
+    log.close()
+    assert [(r["kind"], r["step"]) for r in read_metrics(tmp_path)] == [("train", 16), ("eval", 16), ("train", 32)]
