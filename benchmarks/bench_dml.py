@@ -96,39 +96,48 @@ def accuracy_table(variants: dict, seeds: list[int], out: Path, quick: bool, wit
     return rows, flat_rows
 
 
-def time_steps(config, steps: int, repeats: int) -> float:
-    """Median seconds per training step of the recipe ``config`` describes (one process, warmed up)."""
+def prepared_recipe(config, steps: int):
+    """A ready recipe in training mode and ``steps`` fixed batches to time it on."""
     _, _, recipe = prepare_run(config)
     recipe.cohort.train()
     batches = [b for _, b in zip(range(steps), (b for _, b in recipe.train_stream.epoch(0)))]
-    for batch in batches[:3]:
+    for batch in batches[:3]:  # warm-up
         recipe.step(batch)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            recipe.step(batch)
-        timings.append((time.perf_counter() - started) / len(batches))
-    return statistics.median(timings)
+    return recipe, batches
 
 
-def speed_rows(quick: bool) -> list[list[str]]:
+def seconds_per_step(recipe, batches) -> float:
+    started = time.perf_counter()
+    for batch in batches:
+        recipe.step(batch)
+    return (time.perf_counter() - started) / len(batches)
+
+
+def speed_rows(quick: bool, threads: int) -> list[list[str]]:
+    """Step times of independent / DML simultaneous / DML sequential, measured round-robin in one process.
+
+    The three recipes take turns, one pass over the same batches each, for many rounds; each recipe's time is
+    the minimum over rounds, the estimate least disturbed by other work on the machine.
+    """
     rows = []
-    steps, repeats = (5, 2) if quick else (20, 5)
+    steps, rounds = (5, 3) if quick else (20, 15)
     for k in (2, 4):
         base = {"data": {"source": "fashion_mnist", "train_subset": 2000, "val_fraction": 0.0, "image_size": 14,
                          "batch_size": 64},
                 "members": [{"name": f"m{i}", "model": "small_cnn", "model_args": {"width": 16}} for i in range(k)],
-                "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": {"threads": 2},
+                "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": {"threads": threads},
                 "tracking": {"tensorboard": False}}
-        # interleave the three measurements so that machine noise hits them alike
-        t_ind, t_sim, t_seq = [], [], []
-        for _ in range(2 if quick else 3):
-            t_ind.append(time_steps(load_config({**base, "recipe": "independent"}), steps, repeats))
-            t_sim.append(time_steps(load_config({**base, "recipe": "mutual"}), steps, repeats))
-            t_seq.append(time_steps(load_config({**base, "recipe": "mutual", "mutual": {"update": "sequential"}}),
-                                    steps, repeats))
-        ind, sim, seq = (statistics.median(t) for t in (t_ind, t_sim, t_seq))
+        recipes = {
+            "independent": prepared_recipe(load_config({**base, "recipe": "independent"}), steps),
+            "simultaneous": prepared_recipe(load_config({**base, "recipe": "mutual"}), steps),
+            "sequential": prepared_recipe(load_config({**base, "recipe": "mutual",
+                                                       "mutual": {"update": "sequential"}}), steps),
+        }
+        times: dict[str, list[float]] = {name: [] for name in recipes}
+        for _ in range(rounds):
+            for name, (recipe, batches) in recipes.items():
+                times[name].append(seconds_per_step(recipe, batches))
+        ind, sim, seq = (min(times[n]) for n in ("independent", "simultaneous", "sequential"))
         rows.append([str(k), f"{ind * 1000:.1f}", f"{sim * 1000:.1f}", f"{seq * 1000:.1f}",
                      f"{sim / ind:.3f}", f"{seq / sim:.3f}"])
         print(rows[-1], flush=True)
@@ -140,8 +149,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script end to end")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", choices=["accuracy", "semisup", "speed"], action="append")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     seeds = list(range(1 if args.quick else args.seeds))
     parts = args.only or ["accuracy", "semisup", "speed"]
     tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
@@ -179,11 +189,12 @@ def main() -> None:
                 + markdown_table(["method", "test top-1 % (member)", "best member", "ensemble", "seconds / run"], rows))
             write_section("dml-semisup", body)
         if "speed" in parts:
-            rows = speed_rows(args.quick)
+            rows = speed_rows(args.quick, args.threads)
             body = (
                 f"## DML step time{tag}\n\n"
-                "Seconds per training step measured in one process (warm-up, then the median of repeated timings, "
-                "the three recipes interleaved): K small CNNs (width 16) on 14×14 Fashion-MNIST batches of 64. "
+                "Seconds per training step measured in one process: after a warm-up the three recipes take turns, one "
+                "pass over the same 20 batches each, for 15 rounds, and each keeps its fastest round (the machine was "
+                "shared with other jobs; the minimum is the estimate they disturb least): K small CNNs (width 16) on 14×14 Fashion-MNIST batches of 64. "
                 "*independent* = K members each doing its own CE step on the same batch. Goals: DML simultaneous / "
                 "independent ≤ 1.03, sequential / simultaneous ≤ 1.25.\n\n"
                 + markdown_table(["K", "independent ms", "DML simultaneous ms", "DML sequential ms",

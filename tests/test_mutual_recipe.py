@@ -123,3 +123,18 @@ def test_semi_supervised_uses_labels_only_where_kept(tiny, tmp_path):
     assert min(result.member_accuracy().values()) > 0.3
     labelled_only = peerlearn.train({**config, "mutual": {"mimic_on": "labelled"}}, out=tmp_path)
     assert labelled_only.summary["sizes"] == sizes
+
+
+@pytest.mark.parametrize("mimic_on", ["labelled", "all"])
+def test_batch_without_any_label_gives_a_finite_loss(tiny, mimic_on):
+    """With few labels a batch can hold none: CE and DML-labelled mimicry must then be 0, not NaN."""
+    recipe = _recipe(tiny, "simultaneous", mimic_on=mimic_on)
+    batch = _batches(recipe, 1)[0]
+    unlabelled = copy.copy(batch)
+    unlabelled.y = torch.full_like(batch.y, -1)
+    log = recipe.step(unlabelled)
+    assert torch.isfinite(log["loss"])
+    if mimic_on == "labelled":
+        assert float(log["loss"]) == 0.0
+    else:
+        assert float(log["loss"]) > 0.0

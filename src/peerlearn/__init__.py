@@ -10,5 +10,20 @@ from peerlearn.api import RunResult, load_run, train  # noqa: E402
 from peerlearn.config import RunConfig, load_config  # noqa: E402
 from peerlearn.models import available_models, create_model  # noqa: E402
 
-__all__ = ["RunConfig", "RunResult", "available_models", "create_model", "load_config", "load_run", "train",
-           "__version__"]
+
+def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True) -> dict:
+    """Metrics of a finished run (see ``peerlearn.evaluate.runner.evaluate_run``)."""
+    from peerlearn.evaluate.runner import evaluate_run as run
+
+    return run(run_dir, split=split, members=members, device=device, save=save)
+
+
+def analyze_run(run_dir, **options) -> dict:
+    """The paper's analyses, CKA and t-SNE of a finished run (see ``peerlearn.analysis_runner.analyze_run``)."""
+    from peerlearn.analysis_runner import analyze_run as run
+
+    return run(run_dir, **options)
+
+
+__all__ = ["RunConfig", "RunResult", "analyze_run", "available_models", "create_model", "evaluate_run",
+           "load_config", "load_run", "train", "__version__"]

@@ -9,8 +9,12 @@ from typing import Any, Sequence
 from peerlearn.api import load_run
 from peerlearn.data.batches import BatchStream
 from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank_mass
+from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
+from peerlearn.evaluate.features import predict_with_features
+from peerlearn.evaluate.similarity import cka_matrix
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
+DEFAULT_TSNE_ITEMS = 1000
 
 
 def analysis_stream(recipe, split: str, limit: int | None = None) -> BatchStream:
@@ -24,18 +28,43 @@ def analysis_stream(recipe, split: str, limit: int | None = None) -> BatchStream
     return BatchStream(data_split, recipe.config.data.eval_batch_size, recipe.normalizer, recipe.device, shuffle=False)
 
 
+def feature_analyses(recipe, stream: BatchStream, names: Sequence[str], tsne_items: int = DEFAULT_TSNE_ITEMS,
+                     perplexity: float = 30.0, seed: int = 0) -> tuple[dict, dict | None]:
+    """Linear CKA between every pair of members, and the t-SNE of the first two members' features
+    on the first ``tsne_items`` items of ``stream`` (None when ``tsne_items`` is 0)."""
+    _, features, labels = predict_with_features(recipe.cohort, stream, names)
+    cka = cka_matrix(features, names)
+    embedding = None
+    if tsne_items and len(labels) >= 4:
+        keep = min(tsne_items, len(labels))
+        embedding = tsne_embedding({n: features[n][:keep] for n in names[:2]}, labels[:keep], names[:2],
+                                   perplexity=perplexity, seed=seed, class_names=recipe.data.class_names,
+                                   threads=recipe.config.train.threads or 1)
+    return cka, embedding
+
+
 def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[float] = DEFAULT_SIGMAS,
-                draws: int = 3, limit: int | None = 5000, members: Sequence[str] | None = None) -> dict[str, Any]:
-    """Posterior entropy, rank-1..5 mass and the flatness curve of every member; saved as analysis.json."""
+                draws: int = 3, limit: int | None = 5000, members: Sequence[str] | None = None,
+                tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0) -> dict[str, Any]:
+    """Posterior entropy, rank-1..5 mass, the flatness curve of every member, linear CKA between members'
+    features and a t-SNE map of two members' features; saved as analysis.json (the map as tsne.json)."""
+    from peerlearn.evaluate.runner import select_members
+
     config, data, recipe = load_run(run_dir)
-    names = list(members or recipe.cohort.names)
+    names = select_members(recipe, members)
     stream = analysis_stream(recipe, split, limit)
+    cka, embedding = feature_analyses(recipe, stream, names, tsne_items, perplexity, seed=config.seed)
     result = {
         "split": split,
         "items": len(stream.split),
         "entropy": posterior_entropy(recipe.cohort, stream, names),
         "rank_mass": rank_mass(recipe.cohort, stream, names),
         "flatness": cohort_flatness(recipe.cohort, stream, sigmas, draws, seed=config.seed, names=names),
+        "cka": cka,
+        "tsne": None,
     }
+    if embedding is not None:
+        path = save_embedding(embedding, run_dir)
+        result["tsne"] = {"file": str(path), "members": embedding["members"], "items": len(embedding["labels"])}
     (Path(run_dir) / "analysis.json").write_text(json.dumps(result, indent=2))
     return result

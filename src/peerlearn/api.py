@@ -111,6 +111,10 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         checkpoint = None
         ensure_writable(Path(out))  # fail before loading data or training
     try:
+        if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
+            from peerlearn.engine.tracking import require_mlflow
+
+            require_mlflow()
         data, device, recipe = prepare_run(run_config)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name)

@@ -58,6 +58,10 @@ class DataConfig(Section):
     download: bool = Field(True, description="download missing official files when a network is available")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training set held out for validation")
     train_subset: Optional[int] = Field(None, gt=0, description="use only this many training images (stratified, seeded)")
+    val_size: Optional[int] = Field(
+        None, gt=0, description="validation items instead of val_fraction; with train_subset they are drawn "
+        "from the training items the subset left out"
+    )
     labelled: Optional[float] = Field(
         None, gt=0, description="semi-supervised: fraction (<=1) or per-class count (>1) of training labels kept"
     )
@@ -171,8 +175,39 @@ class TrainConfig(Section):
 
 
 class TrackingConfig(Section):
-    tensorboard: bool = True
-    mlflow: bool = False
+    """Where metrics go besides metrics.jsonl (always written)."""
+
+    tensorboard: bool = Field(True, description="TensorBoard events in RUN_DIR/tensorboard")
+    mlflow: bool = Field(False, description="also log the flattened config and per-epoch metrics to MLflow, "
+                                            "SQLite file RUN_DIR/mlflow.db (needs peerlearn[mlflow])")
+
+
+# --------------------------------------------------------------------------- regularisation
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric has not improved for ``patience`` evaluations; restore the best weights."""
+
+    enabled: bool = Field(False, description="turn early stopping on (needs a validation split)")
+    metric: Literal["top1", "top5", "nll"] = Field("top1", description="validation metric watched (nll: lower is better)")
+    of: str = Field("mean", description="whose metric: mean (over the evaluated members), ensemble, or a member name")
+    patience: int = Field(10, ge=0, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+    restore_best: bool = Field(True, description="load the best evaluation's weights at the end")
+
+
+class RegularizeConfig(Section):
+    """Overfitting controls shared by every recipe (added to each member's supervised term).
+
+    L = CE_ε(z, y) + l1 · Σ|w| + l2/2 · Σw² + center_loss · 1/(2m) Σ_i ‖f_i − c_{y_i}‖²
+    (w: weight matrices and kernels, not biases or normalisation parameters).
+    """
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="ε: target (1−ε)·onehot + ε/C")
+    l1: float = Field(0.0, ge=0, description="λ₁ of the L1 penalty λ₁·Σ|w| on weights")
+    l2: float = Field(0.0, ge=0, description="λ₂ of the explicit L2 penalty λ₂/2·Σw² on weights "
+                      "(optim.weight_decay is the optimizer's own, on every parameter)")
+    center_loss: float = Field(0.0, ge=0, description="λ_C of the centre loss (Wen et al. 2016), 0 = off")
+    center_alpha: float = Field(0.5, gt=0, le=1, description="α: learning rate of the class centres")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
 # --------------------------------------------------------------------------- root
@@ -192,6 +227,7 @@ class RunConfig(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mutual: MutualConfig = Field(default_factory=MutualConfig)
+    regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("recipe")

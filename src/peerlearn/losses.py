@@ -117,3 +117,47 @@ def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """H(p) = −Σ_m p_m log p_m for each row (nats)."""
     return -torch.xlogy(probs, probs).sum(1)
+
+
+# --------------------------------------------------------------------------- regularisers
+def l1_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_w Σ_j |w_j| over the given weight tensors (multiply by λ₁ outside)."""
+    return sum(w.abs().sum() for w in weights)
+
+
+def l2_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """½ Σ_w Σ_j w_j² over the given weight tensors (multiply by λ₂ outside; gradient λ₂·w)."""
+    return 0.5 * sum((w**2).sum() for w in weights)
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Centre loss (Wen, Zhang, Li, Qiao, ECCV 2016), averaged over the labelled items of the batch:
+
+        L_C = 1/(2m) · Σ_i ‖f_i − c_{y_i}‖²
+
+    The paper sums over the mini-batch (½ Σ_i) and sums its softmax loss too; here both the CE and this
+    term are batch means, so the weight λ has the paper's meaning. The centres are constants here (they
+    move by ``update_centers``), so the gradient is ∂L_C/∂f_i = (f_i − c_{y_i}) / m. Items with label −1
+    are ignored; a batch without labels gives 0.
+    """
+    labelled = labels >= 0
+    if not bool(labelled.any()):
+        return features.sum() * 0.0
+    diff = features[labelled] - centers.detach()[labels[labelled]]
+    return 0.5 * (diff**2).sum(1).mean()
+
+
+@torch.no_grad()
+def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float) -> None:
+    """The centre update of Wen et al. (eq. 4), in place, for the classes present in the batch:
+
+        Δc_j = Σ_i δ(y_i = j)(c_j − f_i) / (1 + Σ_i δ(y_i = j)),    c_j ← c_j − α · Δc_j
+    """
+    labelled = labels >= 0
+    feats, ys = features.detach()[labelled].to(centers.dtype), labels[labelled]
+    if len(ys) == 0:
+        return
+    counts = torch.bincount(ys, minlength=centers.shape[0]).to(centers.dtype)
+    sums = torch.zeros_like(centers).index_add_(0, ys, feats)
+    delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
+    centers.sub_(alpha * delta)

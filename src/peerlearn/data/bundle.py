@@ -23,6 +23,19 @@ class Split:
 
 
 @dataclass
+class RetrievalSplit:
+    """Images for retrieval (re-identification): identity and camera of each; identity −1 = junk, 0 = distractor."""
+
+    x: torch.Tensor
+    identities: torch.Tensor
+    cameras: torch.Tensor
+    files: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.identities)
+
+
+@dataclass
 class DataBundle:
     name: str
     train: Split
@@ -32,6 +45,7 @@ class DataBundle:
     mean: list[float] = field(default_factory=list)  # per channel (images, in 0..1 units) or per feature
     std: list[float] = field(default_factory=list)
     train_labels_full: torch.Tensor | None = None  # true labels of train, including hidden ones
+    retrieval: dict[str, RetrievalSplit] = field(default_factory=dict)  # re-id sources: "query", "gallery"
 
     @property
     def num_classes(self) -> int:

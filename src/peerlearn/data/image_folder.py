@@ -60,23 +60,25 @@ def list_images(folder: Path, class_names: list[str]) -> tuple[list[Path], list[
     return files, labels
 
 
-def read_image(path: Path, mode: str, size: int) -> np.ndarray:
-    """One image as uint8 [C, size, size]; an unreadable file raises ``DataError`` naming it."""
+def read_image(path: Path, mode: str, size: int | tuple[int, int]) -> np.ndarray:
+    """One image as uint8 [C, H, W] (``size`` is H = W, or (H, W)); an unreadable file raises ``DataError``."""
     Image = _pillow()
+    height, width = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as image:
             image = image.convert(mode)
-            if image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
             pixels = np.asarray(image, dtype=np.uint8)
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
         raise DataError(f"Cannot read the image {path}: {error}. Delete or replace the file.") from error
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def read_images(files: list[Path], mode: str, size: int, workers: int) -> torch.Tensor:
-    """Decode many images (threads: Pillow releases the GIL while decoding) into uint8 [N, C, size, size]."""
-    out = np.empty((len(files), MODES[mode], size, size), dtype=np.uint8)
+def read_images(files: list[Path], mode: str, size: int | tuple[int, int], workers: int) -> torch.Tensor:
+    """Decode many images (threads: Pillow releases the GIL while decoding) into uint8 [N, C, H, W]."""
+    height, width = (size, size) if isinstance(size, int) else size
+    out = np.empty((len(files), MODES[mode], height, width), dtype=np.uint8)
     if workers <= 1 or len(files) < 64:
         for i, path in enumerate(files):
             out[i] = read_image(path, mode, size)

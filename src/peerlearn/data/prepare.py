@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,8 @@ def load_raw(config) -> RawDataset:
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    if images.shape[0] == 0:  # an empty split (e.g. a re-id source has no classification test set)
+        return images.new_zeros((0, images.shape[1], size, size))
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -40,10 +44,30 @@ def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return values.mean(0).tolist(), values.std(0).clamp_min(1e-6).tolist()
 
 
+def _size_fraction(size: int, total: int) -> float:
+    if size >= total:
+        raise DataError(f"Invalid config: key 'data.val_size' has the value {size}, but there are only {total} "
+                        "training items; leave some for training.")
+    return size / total
+
+
+def _held_out_validation(x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor, size: int, seed: int) -> Split:
+    """A stratified, seeded validation split of ``size`` items among those not in ``kept``."""
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[kept] = False
+    rest_idx = rest.nonzero().flatten()
+    if size > len(rest_idx):
+        raise DataError(f"Invalid config: key 'data.val_size' has the value {size}, but only {len(rest_idx)} "
+                        "training items are left outside data.train_subset.")
+    chosen = rest_idx[stratified_subset(y[rest_idx], size, seed=seed + 202)]
+    return Split(x[chosen], y[chosen])
+
+
 def load_data(config, seed: int) -> DataBundle:
     """Build the splits that a run trains and evaluates on.
 
-    The validation split is a stratified, seeded fraction of the (sub-sampled) training set; the
+    The validation split is a stratified, seeded fraction of the (sub-sampled) training set (or
+    ``val_size`` items; with ``train_subset``, drawn from the training items outside the subset); the
     test split is the source's official test set and is only ever used for reporting.
     """
     raw = load_raw(config)
@@ -58,14 +82,24 @@ def load_data(config, seed: int) -> DataBundle:
                 f"{config.source!r} has only {len(train_y)} training items."
             )
         keep = stratified_subset(train_y, config.train_subset, seed=seed + 101)
+        if config.val_size is not None:  # validation from the items the subset left out
+            val = _held_out_validation(train_x, train_y, keep, config.val_size, seed)
         train_x, train_y = train_x[keep], train_y[keep]
-    train_idx, val_idx = validation_split(train_y, config.val_fraction, seed=seed + 202)
-    train = Split(train_x[train_idx], train_y[train_idx].clone())
-    val = Split(train_x[val_idx], train_y[val_idx])
+    if config.val_size is not None and config.train_subset is not None:
+        train = Split(train_x, train_y.clone())
+    else:
+        fraction = config.val_fraction if config.val_size is None else _size_fraction(config.val_size, len(train_y))
+        train_idx, val_idx = validation_split(train_y, fraction, seed=seed + 202)
+        train = Split(train_x[train_idx], train_y[train_idx].clone())
+        val = Split(train_x[val_idx], train_y[val_idx])
     full_labels = train.y.clone()
     if config.labelled is not None:
         mask = labelled_mask(train.y, config.labelled, seed=seed + 303)
         train.y[~mask] = -1
+    retrieval = dict(raw.extras.get("retrieval", {}))
+    if config.image_size and raw.is_image:
+        for key, part in retrieval.items():
+            retrieval[key] = replace(part, x=resize_images(part.x, config.image_size))
     mean, std = channel_stats(train.x)
     if not config.normalize:  # images stay in 0..1, features as given
         mean, std = [0.0] * len(mean), [1.0] * len(std)
@@ -78,4 +112,5 @@ def load_data(config, seed: int) -> DataBundle:
         mean=mean,
         std=std,
         train_labels_full=full_labels,
+        retrieval=retrieval,
     )

@@ -62,4 +62,14 @@ SOURCES: dict[str, SourceSpec] = {
         needs_path=True,
         options=("mode", "size", "test_fraction", "split_seed", "workers"),
     ),
+    "market1501": SourceSpec(
+        "peerlearn.data.market1501:load_market1501",
+        "Market-1501 person re-id folder (data.path): identity classification + query/gallery retrieval",
+        needs_path=True,
+    ),
+    "tabular": SourceSpec(
+        "peerlearn.data.tabular:load_tabular",
+        "rows of a CSV file (data.path) or of a SQL query on a database (data.options.url + query); "
+        "numeric feature columns and a label column named in data.options",
+    ),
 }

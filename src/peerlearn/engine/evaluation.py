@@ -9,19 +9,23 @@ import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
 from peerlearn.engine.cohort import Cohort
+from peerlearn.progress import Mode, progress_bar
 
 ENSEMBLE = "ensemble"
 
 
 @torch.inference_mode()
-def predict(cohort: Cohort, stream: BatchStream, names: Iterable[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Logits of each named member on every item of ``stream`` (in order), and the labels."""
+def predict(cohort: Cohort, stream: BatchStream, names: Iterable[str],
+            progress: Mode = "auto") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits of each named member on every item of ``stream`` (in order), and the labels.
+
+    ``progress``: ``train.progress`` mode of the bar over batches (``auto``: only on a terminal)."""
     names = list(names)
     was_training = {m.name: m.model.training for m in cohort}
     cohort.eval()
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     labels = []
-    for _, batch in stream.epoch(0):
+    for _, batch in progress_bar(stream.epoch(0), total=len(stream), desc="predict", mode=progress):
         for name in names:
             logits[name].append(cohort[name].model(batch.x).float().cpu())
         labels.append(batch.y.cpu())
@@ -46,10 +50,10 @@ def score(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 
 def evaluate_cohort(cohort: Cohort, stream: BatchStream, names: Iterable[str],
-                    ensemble: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+                    ensemble: Iterable[str] | None = None, progress: Mode = "auto") -> dict[str, dict[str, float]]:
     """Scores of every named member and of the ensemble (mean of probabilities of ``ensemble``)."""
     names = list(names)
-    logits, labels = predict(cohort, stream, names)
+    logits, labels = predict(cohort, stream, names, progress=progress)
     probs = {n: F.softmax(z, dim=1) for n, z in logits.items()}
     results = {n: score(p, labels) for n, p in probs.items()}
     ensemble = [n for n in (ensemble if ensemble is not None else names) if n in probs]

@@ -13,14 +13,22 @@ from peerlearn.errors import ResourceError
 LOCK_NAME = ".lock"
 
 
-def ensure_writable(folder: Path, what: str = "output directory", hint: str = "Choose another with --out.") -> Path:
-    """Create ``folder`` if needed and prove it takes a file (a real write, not only permission bits,
-    which say nothing on read-only mounts or for root). Raises ``ResourceError`` otherwise."""
+def ensure_writable(folder: Path, what: str = "output directory", hint: str = "Choose another with --out.",
+                    create: bool = False) -> Path:
+    """Prove that files can be made in ``folder`` (a real write, not only permission bits, which say
+    nothing on read-only mounts or for root). A folder that does not exist yet is checked through its
+    nearest existing parent, and made only when ``create`` is true. Raises ``ResourceError`` otherwise."""
     folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".peerlearn-probe-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(20, f"{str(probe)!r} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=probe, prefix=".peerlearn-probe-"):
             pass
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         reason = error.strerror or str(error)
         raise ResourceError(f"The {what} {str(folder)!r} is not writable ({reason}); nothing was trained. {hint}") from None
@@ -29,7 +37,7 @@ def ensure_writable(folder: Path, what: str = "output directory", hint: str = "C
 
 def create_run_dir(out: Path, name: str) -> Path:
     """Make ``out/<name>-<YYYYmmdd-HHMMSS>`` (with -2, -3, ... if taken); fail early if unwritable."""
-    out = ensure_writable(Path(out))
+    out = ensure_writable(Path(out), create=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = out / f"{name}-{stamp}"
     candidate, suffix = base, 1

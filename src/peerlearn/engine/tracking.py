@@ -1,12 +1,22 @@
-"""Where a run's numbers go: ``metrics.jsonl`` (one JSON object per line) and TensorBoard events."""
+"""Where a run's numbers go: ``metrics.jsonl`` (one JSON object per line), TensorBoard events and,
+when ``tracking.mlflow`` is on, an MLflow store (SQLite file ``mlflow.db`` in the run directory)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
+from peerlearn.errors import ConfigError
+
+MLFLOW_DB = "mlflow.db"
+MLFLOW_RUN_ID = "mlflow_run_id.txt"
+MLFLOW_EXPERIMENT = "peerlearn"
 
 
 class MetricsLog:
@@ -16,7 +26,8 @@ class MetricsLog:
     run had never stopped.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: Optional[int] = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: Optional[int] = None,
+                 mlflow: Optional["MlflowLogger"] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
@@ -30,6 +41,7 @@ class MetricsLog:
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
         self.extra_loggers: list[Any] = []
+        self.mlflow = mlflow
 
     def log(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
         record = {"kind": kind, "step": step, "epoch": epoch, **values}
@@ -40,13 +52,115 @@ class MetricsLog:
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
         for logger in self.extra_loggers:
             logger.log(kind, step, scalars)
+        if self.mlflow is not None:
+            self.mlflow.log(kind, step, scalars)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Close every sink; ``finished=False`` marks the MLflow run as failed."""
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
         for logger in self.extra_loggers:
             logger.close()
+        if self.mlflow is not None:
+            self.mlflow.close(finished)
+
+
+def open_metrics_log(config, run_dir: Path, resume_step: Optional[int] = None) -> MetricsLog:
+    """The run's ``MetricsLog`` with the sinks ``config.tracking`` turns on."""
+    mlflow = None
+    if config.tracking.mlflow:
+        mlflow = MlflowLogger(run_dir, flatten_params(config.model_dump(mode="json")), run_name=Path(run_dir).name,
+                              resume=resume_step is not None)
+    return MetricsLog(run_dir, config.tracking.tensorboard, resume_step=resume_step, mlflow=mlflow)
+
+
+# --------------------------------------------------------------------------- MLflow
+def require_mlflow():
+    """The ``MlflowClient`` class, or a ConfigError telling how to install the ``mlflow`` extra."""
+    try:
+        import sqlalchemy  # noqa: F401  (MLflow's SQLite store needs it and alembic)
+        import alembic  # noqa: F401
+        from mlflow.tracking import MlflowClient
+    except ImportError as error:
+        raise ConfigError(f"Invalid config: key 'tracking.mlflow' is true, but MLflow cannot be used here "
+                          f"({error}). Install it with pip install 'peerlearn[mlflow]', or set "
+                          "tracking.mlflow=false.") from None
+    return MlflowClient
+
+
+def flatten_params(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"optim": {"lr": 0.1}, "members": [{"model": "mlp"}]}`` -> ``{"optim.lr": "0.1", "members.0.model": "mlp"}``."""
+    flat: dict[str, str] = {}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None or (not tree and prefix):
+        flat[prefix] = json.dumps(tree) if not isinstance(tree, str) else tree
+        return flat
+    for key, value in items:
+        flat.update(flatten_params(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def mlflow_key(name: str) -> str:
+    """MLflow keys allow letters, digits, ``_ - . / `` and spaces; anything else becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+@contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """MLflow and alembic log INFO lines while they create the SQLite tables."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class MlflowLogger:
+    """Params (the flattened resolved config) once, metrics at every log call, into ``RUN_DIR/mlflow.db``.
+
+    Browse with ``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``. A resumed run continues the
+    same MLflow run (its id is kept in ``mlflow_run_id.txt``); steps logged after the checkpoint and
+    before the interruption are logged again, and MLflow keeps both values of such a step.
+    """
+
+    def __init__(self, run_dir: Path, params: dict[str, str], run_name: str, resume: bool = False):
+        client_class = require_mlflow()
+        run_dir = Path(run_dir).resolve()
+        self.uri = f"sqlite:///{run_dir / MLFLOW_DB}"
+        id_file = run_dir / MLFLOW_RUN_ID
+        with _quiet_loggers("mlflow", "alembic"):
+            self.client = client_class(tracking_uri=self.uri)
+            if resume and id_file.is_file():
+                self.run_id = id_file.read_text().strip()
+                self.client.update_run(self.run_id, status="RUNNING")
+                return
+            experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+            experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(
+                MLFLOW_EXPERIMENT, artifact_location=(run_dir / "mlflow-artifacts").as_uri())
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name,
+                                                 tags={"peerlearn.run_dir": str(run_dir)}).info.run_id
+        id_file.write_text(self.run_id + "\n")
+        from mlflow.entities import Param
+
+        entries = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=entries[start:start + 100])
+
+    def log(self, kind: str, step: int, scalars: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(mlflow_key(f"{kind}/{key}"), value, stamp, step) for key, value in scalars.items()]
+        for start in range(0, len(metrics), 1000):  # at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def close(self, finished: bool = True) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if finished else "FAILED")
 
 
 def _parse(line: str) -> Optional[dict[str, Any]]:

@@ -8,7 +8,6 @@ epochs it runs and a ``step(batch)`` function that does one optimisation step of
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import evaluate_cohort
-from peerlearn.engine.tracking import MetricsLog
+from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import ResourceError, TrainingError
+from peerlearn.progress import progress_enabled
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 WEIGHTS_NAME = "model.safetensors"
@@ -192,7 +192,7 @@ class Trainer:
         if resume_from is not None:
             self.restore(load_state(resume_from))
         resume_step = self.position.global_step if resume_from is not None else None
-        self.log = MetricsLog(self.run_dir, self.config.tracking.tensorboard, resume_step=resume_step)
+        self.log = open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
         for logger in getattr(self, "extra_loggers", []):
             self.log.extra_loggers.append(logger)
         try:
@@ -212,13 +212,15 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_fit_end(self)
             summary = self._final_summary()
-        finally:
-            self.log.close()
+        except BaseException:
+            self.log.close(finished=False)
+            raise
+        self.log.close()
         return summary
 
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
         stream = stage.train_stream or self.train_stream
-        show = {"on": True, "off": False}.get(self.config.train.progress, sys.stderr.isatty())
+        show = progress_enabled(self.config.train.progress)
         while self.position.epoch < stage.epochs and not self.stop_requested:
             epoch = self.position.epoch
             started = time.perf_counter()
@@ -283,7 +285,8 @@ class Trainer:
         ensemble = stage.ensemble_members or [m.name for m in self.cohort.trainable]
         splits = splits or [s for s in ("val", "test") if s in self.eval_streams
                             and (s != "test" or self.config.train.eval_test)]
-        return {split: evaluate_cohort(self.cohort, self.eval_streams[split], names, ensemble) for split in splits
+        return {split: evaluate_cohort(self.cohort, self.eval_streams[split], names, ensemble,
+                                       progress=self.config.train.progress) for split in splits
                 if len(self.eval_streams[split].split) > 0}
 
     def _final_summary(self) -> dict[str, Any]:

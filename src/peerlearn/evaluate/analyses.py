@@ -19,20 +19,22 @@ from peerlearn.data.batches import BatchStream
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import predict
 from peerlearn.losses import entropy
+from peerlearn.progress import Mode, progress_bar
 
 
-def posterior_entropy(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None) -> dict[str, float]:
+def posterior_entropy(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,
+                      progress: Mode = "auto") -> dict[str, float]:
     """Mean posterior entropy (nats) of each member on every item of ``stream``."""
     names = list(names or cohort.names)
-    logits, _ = predict(cohort, stream, names)
+    logits, _ = predict(cohort, stream, names, progress=progress)
     return {name: float(entropy(F.softmax(z, dim=1)).mean()) for name, z in logits.items()}
 
 
 def rank_mass(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,
-              k: int = 5) -> dict[str, list[float]]:
+              k: int = 5, progress: Mode = "auto") -> dict[str, list[float]]:
     """Average probability mass at ranks 1..k of each member's sorted posterior."""
     names = list(names or cohort.names)
-    logits, _ = predict(cohort, stream, names)
+    logits, _ = predict(cohort, stream, names, progress=progress)
     result = {}
     for name, z in logits.items():
         sorted_probs = F.softmax(z, dim=1).sort(dim=1, descending=True).values
@@ -55,15 +57,18 @@ def mean_loss(model: torch.nn.Module, stream: BatchStream) -> float:
 
 @torch.no_grad()
 def flatness(model: torch.nn.Module, stream: BatchStream, sigmas: Sequence[float] = (0.0, 0.01, 0.02, 0.05),
-             draws: int = 3, seed: int = 0) -> dict[float, dict[str, float]]:
+             draws: int = 3, seed: int = 0, progress: Mode = "auto",
+             desc: str = "flatness") -> dict[float, dict[str, float]]:
     """Training loss after adding N(0, σ²) noise to every parameter: mean and std over ``draws``.
 
     The model is copied; its weights are never changed. BatchNorm statistics are kept as trained.
+    ``progress`` shows a bar over the noisy evaluations (``auto``: only on a terminal).
     """
     noisy = copy.deepcopy(model).eval()
     original = [p.detach().clone() for p in noisy.parameters()]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     curve: dict[float, dict[str, float]] = {}
+    bar = progress_bar(total=sum(1 if sigma == 0 else draws for sigma in sigmas), desc=desc, mode=progress)
     for sigma in sigmas:
         losses = []
         for _ in range(1 if sigma == 0 else draws):
@@ -71,13 +76,18 @@ def flatness(model: torch.nn.Module, stream: BatchStream, sigmas: Sequence[float
                 noise = torch.randn(base.shape, generator=generator) * sigma
                 param.copy_(base + noise.to(base.device))
             losses.append(mean_loss(noisy, stream))
+            bar.update(1)
         values = torch.tensor(losses)
         curve[float(sigma)] = {"mean": float(values.mean()),
                                "std": float(values.std()) if len(losses) > 1 else 0.0}
+    bar.close()
     return curve
 
 
 def cohort_flatness(cohort: Cohort, stream: BatchStream, sigmas: Sequence[float] = (0.0, 0.01, 0.02, 0.05),
-                    draws: int = 3, seed: int = 0, names: Iterable[str] | None = None) -> dict[str, dict]:
+                    draws: int = 3, seed: int = 0, names: Iterable[str] | None = None,
+                    progress: Mode = "auto") -> dict[str, dict]:
     """``flatness`` for each named member (default: every member)."""
-    return {name: flatness(cohort[name].model, stream, sigmas, draws, seed) for name in (names or cohort.names)}
+    return {name: flatness(cohort[name].model, stream, sigmas, draws, seed, progress=progress,
+                           desc=f"flatness {name}")
+            for name in (names or cohort.names)}

@@ -22,6 +22,11 @@ def register_model(name: str) -> Callable:
     return decorate
 
 
+def accepts_option(name: str, option: str) -> bool:
+    """Whether the builder of model ``name`` takes the keyword ``option`` (e.g. ``in_features``)."""
+    return name in _REGISTRY and option in inspect.signature(_REGISTRY[name]).parameters
+
+
 def available_models() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -57,9 +57,9 @@ def blocks_per_group(depth: int) -> int:
 
 
 class CifarResNet(PeerModel):
-    """ResNet-(6n+2) for small images; features are the 64 globally pooled channels."""
+    """ResNet-(6n+2) for small images; features are the 64 globally pooled channels (after optional dropout)."""
 
-    def __init__(self, depth: int, num_classes: int, in_channels: int = 3):
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()
         n = blocks_per_group(depth)
         self.depth = depth
@@ -74,6 +74,7 @@ class CifarResNet(PeerModel):
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.feature_dim = cin
         self.classifier = nn.Linear(cin, num_classes)
         for m in self.modules():
@@ -84,24 +85,24 @@ class CifarResNet(PeerModel):
                 nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.blocks(self.stem(x)))
+        return self.dropout(self.pool(self.blocks(self.stem(x))))
 
 
 @register_model("cifar_resnet")
-def cifar_resnet(num_classes: int, in_channels: int, depth: int = 32) -> CifarResNet:
-    return CifarResNet(depth, num_classes, in_channels)
+def cifar_resnet(num_classes: int, in_channels: int, depth: int = 32, dropout: float = 0.0) -> CifarResNet:
+    return CifarResNet(depth, num_classes, in_channels, dropout)
 
 
 @register_model("resnet20")
-def resnet20(num_classes: int, in_channels: int) -> CifarResNet:
-    return CifarResNet(20, num_classes, in_channels)
+def resnet20(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+    return CifarResNet(20, num_classes, in_channels, dropout)
 
 
 @register_model("resnet32")
-def resnet32(num_classes: int, in_channels: int) -> CifarResNet:
-    return CifarResNet(32, num_classes, in_channels)
+def resnet32(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+    return CifarResNet(32, num_classes, in_channels, dropout)
 
 
 @register_model("resnet56")
-def resnet56(num_classes: int, in_channels: int) -> CifarResNet:
-    return CifarResNet(56, num_classes, in_channels)
+def resnet56(num_classes: int, in_channels: int, dropout: float = 0.0) -> CifarResNet:
+    return CifarResNet(56, num_classes, in_channels, dropout)

@@ -13,11 +13,13 @@ from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
 from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError, PeerlearnError
-from peerlearn.losses import cross_entropy
 from peerlearn.models import create_model
+from peerlearn.models.registry import accepts_option
+from peerlearn.regularize import Regularizer
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -44,10 +46,16 @@ class Recipe:
             for split in ("val", "test")
         }
         self.cohort: Cohort | None = None
+        self.regularizer = Regularizer(config.regularize, data.num_classes)
+        self.early_stopping: EarlyStopping | None = self._build_early_stopping()
 
     # ------------------------------------------------------------------ members
     def build_model(self, member_config: MemberConfig, index: int) -> torch.nn.Module:
         torch.manual_seed(member_seed(self.config.seed, index))
+        if not self.data.is_image and not accepts_option(member_config.model, "in_features"):
+            raise ConfigError(f"Invalid config: key 'members.{index}.model' has the value {member_config.model!r}, "
+                              f"a network for images, but the source {self.config.data.source!r} gives feature "
+                              "vectors; use a model that takes in_features, e.g. mlp.")
         try:
             model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args)
         except (ValueError, TypeError, RuntimeError) as error:
@@ -109,17 +117,48 @@ class Recipe:
                         features: torch.Tensor | None = None) -> torch.Tensor:
         """The supervised term every recipe uses for member ``member``: CE(logits, labels), labels −1 ignored.
 
-        The one place where the regularisers shared by all recipes (label smoothing, L1, centre loss, ...)
-        hook in, so that every recipe gets them by calling this instead of ``cross_entropy`` directly.
+        The one place where the regularisers shared by all recipes hook in (``regularize:``: label
+        smoothing, L1 / L2 on the member's weights, centre loss on ``features``), so that every recipe gets
+        them by calling this instead of ``cross_entropy`` directly. Recipes pass the penultimate
+        ``features`` whenever ``self.regularizer.needs_features`` is true.
         """
-        return cross_entropy(logits, labels)
+        model = self.cohort[member].model if self.cohort is not None and member in self.cohort.members else None
+        return self.regularizer.loss(member, model, logits, labels, features)
 
     def callbacks(self) -> list[Callback]:
-        return []
+        """Callbacks of the trainer; recipes that add their own extend ``super().callbacks()``."""
+        return [self.early_stopping] if self.early_stopping is not None else []
+
+    def _build_early_stopping(self) -> EarlyStopping | None:
+        """``regularize.early_stopping``, checked against the data and the cohort before anything runs."""
+        settings = self.config.regularize.early_stopping
+        if not settings.enabled:
+            return None
+        if len(self.data.val) == 0:
+            raise ConfigError("Invalid config: key 'regularize.early_stopping.enabled' is true, but there is no "
+                              "validation split; set data.val_fraction > 0 (or data.val_size).")
+        names = [m.name for m in self.config.members]
+        trainable = [m.name for m in self.config.members if m.trainable]
+        if settings.of not in ("mean", "ensemble", *names):
+            raise ConfigError(f"Invalid config: key 'regularize.early_stopping.of' has the value {settings.of!r}; "
+                              f"allowed: mean, ensemble, {', '.join(names)}.")
+        if settings.of == "ensemble" and len(trainable) < 2:
+            raise ConfigError("Invalid config: key 'regularize.early_stopping.of' is 'ensemble', but the cohort has "
+                              "fewer than two trainable members; use mean or a member name.")
+        return EarlyStopping(settings)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Recipe state saved in checkpoints besides the models (here: the centre-loss centres)."""
+        return {"regularize": self.regularizer.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.regularizer.load_state_dict(state.get("regularize", {}))
 
     def summary_extra(self) -> dict[str, Any]:
         """Recipe-specific numbers added to summary.json."""
-        return {}
+        if self.early_stopping is None:
+            return {}
+        return {"early_stopping": self.early_stopping.summary()}
 
 
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:

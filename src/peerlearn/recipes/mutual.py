@@ -41,8 +41,12 @@ class MutualRecipe(Recipe):
     def mimicry_weight(self) -> float:
         return self.settings.weight
 
+    @property
+    def feature_weight(self) -> float:
+        return self.settings.feature_l2
+
     def _needs_features(self) -> bool:
-        return self.settings.feature_l2 > 0
+        return self.feature_weight > 0 or self.regularizer.needs_features
 
     def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self._needs_features():
@@ -54,16 +58,17 @@ class MutualRecipe(Recipe):
                     batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_k for member ``name`` given every member's current (detached) probabilities."""
         settings = self.settings
-        ce = self.supervised_loss(name, logits, batch.y, features)
-        loss = ce
-        parts = {"ce": ce.detach()}
-        if self.mimicry_weight > 0 and len(probs) > 1:
-            rows = batch.labelled if settings.mimic_on == "labelled" else slice(None)
+        loss = self.supervised_loss(name, logits, batch.y, features)
+        parts = dict(self.regularizer.last_parts.get(name, {}))  # ce and any regulariser terms
+        rows = batch.labelled if settings.mimic_on == "labelled" else slice(None)
+        # a batch may hold no labelled item at all: then DML-labelled has nothing to mimic on
+        has_rows = settings.mimic_on != "labelled" or bool(rows.any())
+        if self.mimicry_weight > 0 and len(probs) > 1 and has_rows:
             peers = [p[rows] for other, p in probs.items() if other != name]
             mimicry = mutual_mimicry(logits[rows], peers, settings.temperature, settings.divergence, settings.teacher)
             loss = loss + self.mimicry_weight * mimicry
             parts["mimicry"] = mimicry.detach()
-        if settings.feature_l2 > 0 and features is not None and len(all_features) > 1:
+        if self.feature_weight > 0 and features is not None and len(all_features) > 1:
             pull = feature_l2(features, [f for other, f in all_features.items() if other != name])
             loss = loss + settings.feature_l2 * pull
             parts["feature_l2"] = pull.detach()
@@ -77,7 +82,8 @@ class MutualRecipe(Recipe):
     def _targets(self, outputs: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]):
         temperature = self.settings.temperature
         probs = {n: soft_probs(z, temperature) for n, (z, _) in outputs.items()} if self.mimicry_weight > 0 else {}
-        feats = {n: f.detach() for n, (_, f) in outputs.items() if f is not None}
+        feats = ({n: f.detach() for n, (_, f) in outputs.items() if f is not None}
+                 if self.feature_weight > 0 else {})
         return probs, feats
 
     def simultaneous_step(self, batch: Batch) -> dict[str, Any]:
@@ -138,5 +144,9 @@ class IndependentRecipe(MutualRecipe):
     def mimicry_weight(self) -> float:
         return 0.0
 
+    @property
+    def feature_weight(self) -> float:
+        return 0.0
+
     def _needs_features(self) -> bool:
-        return False
+        return self.regularizer.needs_features

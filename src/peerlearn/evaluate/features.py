@@ -1,0 +1,42 @@
+"""Logits and penultimate features of cohort members on every item of a stream, in order."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from peerlearn.data.batches import BatchStream
+from peerlearn.engine.cohort import Cohort
+from peerlearn.errors import PeerlearnError
+
+
+@torch.inference_mode()
+def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[str]
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """(logits per member, features per member, labels) on CPU, all members in eval mode."""
+    names = list(names)
+    for name in names:
+        if not hasattr(cohort[name].model, "forward_with_features"):
+            raise PeerlearnError(f"Member {name!r} has no penultimate features (its model does not implement "
+                                 "forward_with_features).")
+    was_training = {m.name: m.model.training for m in cohort}
+    cohort.eval()
+    logits = {name: [] for name in names}
+    features = {name: [] for name in names}
+    labels = []
+    try:
+        for _, batch in stream.epoch(0):
+            for name in names:
+                z, f = cohort[name].model.forward_with_features(batch.x)
+                logits[name].append(z.float().cpu())
+                features[name].append(f.float().flatten(1).cpu())
+            labels.append(batch.y.cpu())
+    finally:
+        for member in cohort:
+            member.model.train(was_training[member.name])
+    if not labels:
+        empty = torch.zeros(0)
+        return {n: empty for n in names}, {n: empty for n in names}, torch.zeros(0, dtype=torch.int64)
+    return ({n: torch.cat(v) for n, v in logits.items()}, {n: torch.cat(v) for n, v in features.items()},
+            torch.cat(labels))

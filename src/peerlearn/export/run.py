@@ -1,0 +1,123 @@
+"""`peerlearn export`: one member of a finished run, written for inference and checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from peerlearn.export import formats
+from peerlearn.export.check import TOLERANCE, ExportError, check_outputs
+from peerlearn.export.preprocessing import export_info
+from peerlearn.progress import Mode, progress_bar
+
+
+class ExportUsageError(ExportError):
+    """A wrong member, format or option."""
+
+    exit_code = 2
+
+
+@dataclass
+class ExportResult:
+    member: str
+    format: str
+    model_path: Path
+    info_path: Path
+    max_abs_diff: float
+    tolerance: float
+    check_items: int
+    check_split: str
+    info: dict[str, Any]
+
+
+def check_batch(recipe, items: int) -> tuple[torch.Tensor, str]:
+    """The first ``items`` items of the test split (else val, else train), preprocessed as in training."""
+    for split in ("test", "val", "train"):
+        data_split = getattr(recipe.data, split)
+        if len(data_split):
+            x = data_split.x[:items].to(recipe.device)
+            return recipe.normalizer(x).float().cpu().contiguous(), split
+    raise ExportError("The run's dataset has no items to check the export on.")
+
+
+def choose_member(cohort, member: Optional[str]) -> str:
+    if member is None:
+        if len(cohort) == 1:
+            return cohort.names[0]
+        raise ExportUsageError(f"The run has {len(cohort)} members; choose one with --member "
+                               f"({', '.join(cohort.names)}).")
+    if member not in cohort.names:
+        raise ExportUsageError(f"The run has no member {member!r}; it has: {', '.join(cohort.names)}.")
+    return member
+
+
+def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = "onnx",
+                  out: Optional[str | Path] = None, exporter: str = "auto", check_items: int = 64,
+                  tolerance: float = TOLERANCE, progress: Mode = "auto") -> ExportResult:
+    """Write member ``member`` of the run in ``run_dir`` as ``fmt`` into ``out`` (default RUN_DIR/export),
+    with ``<file>.json`` beside it; the written file is run again on ``check_items`` test items and its
+    logits must match PyTorch's to max |Δ| < ``tolerance``, else the file is removed and ExportError raised.
+    """
+    from peerlearn.api import load_run
+
+    if fmt not in formats.FORMATS:
+        raise ExportUsageError(f"Unknown export format {fmt!r}; allowed: {', '.join(formats.FORMATS)}.")
+    if exporter not in formats.EXPORTERS:
+        raise ExportUsageError(f"Unknown ONNX exporter {exporter!r}; allowed: {', '.join(formats.EXPORTERS)}.")
+    if check_items < 1:
+        raise ExportUsageError(f"--check-items must be at least 1, got {check_items}.")
+    run_dir = Path(run_dir)
+    config, data, recipe = load_run(run_dir, device="cpu")
+    name = choose_member(recipe.cohort, member)
+    model = recipe.cohort[name].model.eval().cpu()
+    inputs, split = check_batch(recipe, check_items)
+    with torch.no_grad():
+        reference = model(inputs).cpu().numpy()
+
+    target = Path(out) if out is not None else run_dir / "export"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportUsageError(f"Cannot create the output folder {str(target)!r}: {error.strerror}.") from None
+    model_path = target / f"{name}{formats.SUFFIX[fmt]}"
+    info_path = target / f"{model_path.name}.json"
+    member_config = next(m for m in config.members if m.name == name)
+    info = export_info(data, name, member_config.model, member_config.model_args, fmt, model_path.name,
+                       str(run_dir))
+    example = inputs[: max(2, min(len(inputs), 8))]
+    if len(example) < 2:  # a dynamic batch axis needs an example batch larger than one
+        example = example.repeat(2, *[1] * (example.dim() - 1))
+
+    bar = progress_bar(total=2, desc=f"export {name} ({fmt})", mode=progress)
+    try:
+        if fmt == "onnx":
+            info["onnx"] = formats.save_onnx(model, example, model_path, exporter)
+        elif fmt == "torchscript":
+            formats.save_torchscript(model, example, model_path)
+        else:
+            formats.save_safetensors(model, model_path, {"member": name, "model": member_config.model,
+                                                         "model_args": json.dumps(member_config.model_args)})
+        bar.update(1)
+        info_path.write_text(json.dumps(info, indent=2))  # the safetensors reload reads it
+        if fmt == "onnx":
+            candidate, runtime = formats.run_onnx(model_path, inputs), "onnxruntime"
+        elif fmt == "torchscript":
+            candidate, runtime = formats.run_torchscript(model_path, inputs), "torch.jit.load"
+        else:
+            candidate, runtime = formats.run_safetensors(info_path, inputs), "peerlearn.models + safetensors"
+        diff = check_outputs(reference, candidate, tolerance, what=f"{fmt} export of member {name!r}")
+        bar.update(1)
+    except BaseException:
+        model_path.unlink(missing_ok=True)
+        info_path.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    info["check"] = {"split": split, "items": len(inputs), "max_abs_diff": diff, "tolerance": tolerance,
+                     "runtime": runtime}
+    info_path.write_text(json.dumps(info, indent=2))
+    return ExportResult(name, fmt, model_path, info_path, diff, tolerance, len(inputs), split, info)

@@ -1,0 +1,132 @@
+"""Everything the report shows about one finished run, computed without plotting.
+
+From the run directory: ``summary.json`` (final scores), ``metrics.jsonl`` (learning curves).
+From the final weights, on the chosen split: each member's and the ensemble's confusion matrix,
+each member's per-item posterior entropy, the flatness curve on training items, and a t-SNE map
+of the penultimate features of up to two members.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from peerlearn.api import SUMMARY_NAME, load_run
+from peerlearn.engine.evaluation import ENSEMBLE, predict
+from peerlearn.engine.tracking import read_metrics
+from peerlearn.errors import PeerlearnError
+from peerlearn.evaluate.analyses import cohort_flatness
+from peerlearn.progress import Mode, progress_bar
+from peerlearn.report.features import member_features, tsne_map
+from peerlearn.report.metrics import confusion_matrix, item_entropy
+
+SPLITS = ("train", "val", "test")
+
+
+class ReportOptionError(PeerlearnError):
+    """A report option out of range (exit 2, like any bad input)."""
+
+    exit_code = 2
+
+
+@dataclass
+class ReportOptions:
+    """How much of each run the report analyses (defaults: a few seconds per run for small models)."""
+
+    split: str = "test"  # confusion matrix, entropy and t-SNE
+    limit: Optional[int] = 5000  # first N items of ``split``
+    flatness_split: str = "train"
+    flatness_items: int = 1000
+    sigmas: Sequence[float] = (0.0, 0.01, 0.02, 0.05)
+    draws: int = 2
+    tsne_items: int = 500
+    tsne_members: Optional[Sequence[str]] = None  # default: the first two trainable members
+    seed: int = 0
+    progress: Mode = "auto"
+
+    def check(self) -> None:
+        for key in ("split", "flatness_split"):
+            if getattr(self, key) not in SPLITS:
+                raise ReportOptionError(f"{key} must be one of {', '.join(SPLITS)}, got {getattr(self, key)!r}.")
+        for key in ("limit", "flatness_items", "tsne_items", "draws"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ReportOptionError(f"{key} must be at least 1, got {value}.")
+        if any(s < 0 for s in self.sigmas):
+            raise ReportOptionError(f"noise levels σ must be ≥ 0, got {list(self.sigmas)}.")
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    label: str
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    class_names: list[str]
+    split: str
+    items: int
+    confusion: dict[str, torch.Tensor] = field(default_factory=dict)  # member or ensemble -> counts
+    entropy: dict[str, torch.Tensor] = field(default_factory=dict)  # member -> per-item entropy
+    flatness: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
+    flatness_items: int = 0
+    tsne: dict[str, np.ndarray] = field(default_factory=dict)  # member -> [N, 2]
+    tsne_labels: Optional[np.ndarray] = None
+    models: dict[str, str] = field(default_factory=dict)  # member -> model name
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_NAME
+    if not path.is_file():
+        raise PeerlearnError(f"{str(run_dir)!r} has no {SUMMARY_NAME}: it is not a finished peerlearn run "
+                             "(finish it with `peerlearn train --resume RUN_DIR`).")
+    return json.loads(path.read_text())
+
+
+def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
+    """Read and compute what the report shows about the run in ``run_dir``."""
+    from peerlearn.analysis_runner import analysis_stream
+
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    config, data, recipe = load_run(run_dir)
+    cohort = recipe.cohort
+    names = cohort.names
+    trainable = [m.name for m in cohort.trainable] or names
+    stream = analysis_stream(recipe, options.split, options.limit)
+    if len(stream.split) == 0:
+        raise PeerlearnError(f"The {options.split} split of {str(run_dir)!r} is empty; choose another with --split.")
+    result = RunData(run_dir, run_dir.name, summary, read_metrics(run_dir), list(data.class_names),
+                     options.split, len(stream.split))
+    result.models = {m.name: m.model for m in config.members}
+
+    logits, labels = predict(cohort, stream, names, progress=options.progress)
+    for name, z in logits.items():
+        result.confusion[name] = confusion_matrix(z.argmax(1), labels, data.num_classes)
+        result.entropy[name] = item_entropy(z)
+    if len(trainable) > 1:
+        mean_probs = torch.stack([F.softmax(logits[n], dim=1) for n in trainable]).mean(0)
+        result.confusion[ENSEMBLE] = confusion_matrix(mean_probs.argmax(1), labels, data.num_classes)
+
+    flat_stream = analysis_stream(recipe, options.flatness_split, options.flatness_items)
+    result.flatness_items = len(flat_stream.split)
+    if result.flatness_items:
+        result.flatness = cohort_flatness(cohort, flat_stream, options.sigmas, options.draws, seed=options.seed,
+                                          names=trainable, progress=options.progress)
+
+    chosen = list(options.tsne_members or trainable[:2])
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ReportOptionError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
+    tsne_stream = analysis_stream(recipe, options.split, min(options.tsne_items, options.limit or options.tsne_items))
+    if len(tsne_stream.split) >= 5:
+        features, tsne_labels = member_features(cohort, tsne_stream, chosen, progress=options.progress)
+        result.tsne = {name: tsne_map(features[name], seed=options.seed)
+                       for name in progress_bar(chosen, desc="t-SNE", mode=options.progress)}
+        result.tsne_labels = tsne_labels.numpy()
+    return result

@@ -1,0 +1,140 @@
+"""The report page: one HTML file with inline CSS and every figure embedded as a base64 PNG.
+
+A small inline script marks the page once it has loaded: ``#render-check`` gets
+``data-status="ok"`` and the text ``images loaded: N/N`` when every image decoded (naturalWidth > 0),
+so a headless browser can confirm that the page renders with its plots.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any, Iterable, Sequence
+
+from peerlearn import __version__
+from peerlearn.engine.evaluation import ENSEMBLE
+from peerlearn.report.collect import RunData
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+.meta, figcaption, #render-check { color: #666; font-size: 0.9em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; } th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
+nav a { margin-right: 1em; }
+"""
+
+CHECK_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var ok = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
+  var marker = document.getElementById("render-check");
+  marker.setAttribute("data-status", ok === images.length ? "ok" : "broken");
+  marker.textContent = "images loaded: " + ok + "/" + images.length;
+});
+"""
+
+SECTIONS = (
+    ("comparison", "Comparison of runs"),
+    ("learning-curves", "Learning curves"),
+    ("confusion", "Confusion matrices"),
+    ("entropy", "Posterior entropy"),
+    ("flatness", "Flatness of the minimum"),
+    ("tsne", "t-SNE of penultimate features"),
+)
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def image(png_base64: str, alt: str, caption: str = "") -> str:
+    tag = f'<img alt="{esc(alt)}" src="data:image/png;base64,{png_base64}">'
+    text = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f"<figure>{tag}{text}</figure>"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append(f'<td class="num">{value:.2f}</td>' if abs(value) >= 1 or value == 0 else
+                             f'<td class="num">{value:.4f}</td>')
+            elif isinstance(value, int) and not isinstance(value, bool):
+                cells.append(f'<td class="num">{value}</td>')
+            else:
+                cells.append(f"<td>{esc('' if value is None else value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _pct(value: Any) -> Any:
+    return round(100 * value, 2) if isinstance(value, (int, float)) else None
+
+
+def comparison_rows(runs: Sequence[RunData]) -> list[list[Any]]:
+    """One row per member and ensemble of each run, from summary.json."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        entries = list(s.get("members", {}).items())
+        if s.get("ensemble"):
+            entries.append((ENSEMBLE, s["ensemble"]))
+        for name, scores in entries:
+            val, test = scores.get("val", {}), scores.get("test", {})
+            rows.append([run.label, s.get("recipe"), s.get("dataset"), name, run.models.get(name, ""),
+                         _pct(val.get("top1")), _pct(test.get("top1")), _pct(test.get("top5")),
+                         test.get("nll"), s.get("epochs"), s.get("train_seconds")])
+    return rows
+
+
+def analysis_rows(runs: Sequence[RunData]) -> list[list[Any]]:
+    rows = []
+    for run in runs:
+        for name, values in run.entropy.items():
+            curve = run.flatness.get(name, {})
+            sigmas = sorted(curve)
+            rows.append([run.label, name, float(values.mean()),
+                         curve[sigmas[0]]["mean"] if sigmas else None,
+                         curve[sigmas[-1]]["mean"] if sigmas else None])
+    return rows
+
+
+def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: str = "peerlearn report") -> str:
+    """The whole page. ``figures`` maps a section id to its ready HTML blocks (see ``image``)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    sigma_max = max((max(c) for run in runs for c in run.flatness.values() if c), default=None)
+    sigma_min = min((min(c) for run in runs for c in run.flatness.values() if c), default=None)
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="meta">{len(runs)} run(s): {esc(", ".join(str(r.run_dir) for r in runs))}. '
+        f"Generated {esc(stamp)} by peerlearn {esc(__version__)}.</p>",
+        "<nav>" + "".join(f'<a href="#{sid}">{esc(head)}</a>' for sid, head in SECTIONS) + "</nav>",
+    ]
+    for sid, heading in SECTIONS:
+        parts.append(f'<section id="{sid}"><h2>{esc(heading)}</h2>')
+        if sid == "comparison":
+            parts.append("<p>Final scores from each run's summary.json (top-1 / top-5 in %, NLL in nats). "
+                         "Choose between runs on validation; the test column is for reporting.</p>")
+            parts.append(table(["run", "recipe", "dataset", "member", "model", "val top-1 %", "test top-1 %",
+                                "test top-5 %", "test NLL", "epochs", "train s"], comparison_rows(runs)))
+            parts.append("<p>Analyses of the final weights: mean posterior entropy on the analysed split, "
+                         "training loss without noise and at the largest noise level.</p>")
+            parts.append(table(["run", "member", "mean entropy (nats)",
+                                f"train loss σ={sigma_min:g}" if sigma_min is not None else "train loss",
+                                f"train loss σ={sigma_max:g}" if sigma_max is not None else "noisy train loss"],
+                               analysis_rows(runs)))
+        parts.extend(figures.get(sid, []))
+        parts.append("</section>")
+    parts.append('<p id="render-check" data-status="pending">images not checked (scripts off)</p>')
+    parts.append(f"<script>{CHECK_SCRIPT}</script></body></html>")
+    return "\n".join(parts)

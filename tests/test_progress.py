@@ -1,0 +1,78 @@
+"""Progress bars: shown on a terminal or when asked for, silent when output goes to a file or pipe."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+import yaml
+
+from conftest import run_cli, tiny_config
+from peerlearn.progress import progress_enabled
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_modes(monkeypatch):
+    assert progress_enabled("on") and progress_enabled(True)
+    assert not progress_enabled("off") and not progress_enabled(False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not progress_enabled("auto")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert progress_enabled("auto") and progress_enabled(None)
+
+
+@pytest.fixture(scope="module")
+def loaded_run(tmp_path_factory):
+    import peerlearn
+    from peerlearn.api import load_run
+    from peerlearn.analysis_runner import analysis_stream
+
+    run_dir = peerlearn.train(tiny_config(train={"epochs": 1, "progress": "off", "threads": 1}),
+                              out=tmp_path_factory.mktemp("runs")).run_dir
+    config, data, recipe = load_run(run_dir)
+    return recipe, analysis_stream(recipe, "test", 200), run_dir
+
+
+def _bars(work, mode, monkeypatch) -> str:
+    stream = _Terminal() if mode == "terminal" else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    work("auto")
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("where", ["terminal", "file"])
+def test_evaluation_flatness_features_and_export_show_bars_only_on_a_terminal(loaded_run, monkeypatch, where,
+                                                                              tmp_path):
+    from peerlearn.engine.evaluation import evaluate_cohort
+    from peerlearn.evaluate.analyses import cohort_flatness
+    from peerlearn.export import export_member
+    from peerlearn.report.features import member_features
+
+    recipe, stream, run_dir = loaded_run
+    cohort = recipe.cohort
+    works = {
+        "predict": lambda mode: evaluate_cohort(cohort, stream, cohort.names, progress=mode),
+        "flatness a": lambda mode: cohort_flatness(cohort, stream, (0.0, 0.01), draws=1, progress=mode),
+        "features": lambda mode: member_features(cohort, stream, ["a"], progress=mode),
+        "export a (torchscript)": lambda mode: export_member(run_dir, "a", "torchscript", out=tmp_path / mode,
+                                                             progress=mode),
+    }
+    for label, work in works.items():
+        output = _bars(work, where, monkeypatch)
+        if where == "terminal":
+            assert f"\r{label}:" in output, (label, output)
+        else:
+            assert output == "", (label, output)
+
+
+def test_training_through_a_pipe_prints_no_bar(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1, "progress": "auto", "threads": 1})))
+    done = run_cli("train", str(config), "--out", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    assert "it/s" not in done.stderr and "epoch 1/1" not in done.stderr and "%|" not in done.stderr
