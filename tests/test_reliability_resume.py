@@ -208,3 +208,28 @@ def test_resume_drops_a_metrics_line_torn_by_a_kill(tmp_path):
     log.log("train", 32, 2, {"loss": 0.9})
     log.close()
     assert [(r["kind"], r["step"]) for r in read_metrics(tmp_path)] == [("train", 16), ("eval", 16), ("train", 32)]
+
+
+def _write_checkpoints(path: str, count: int) -> None:
+    for step in range(1, count):  # sizes change with the step, as real checkpoints' headers do
+        save_state(Path(path), {"step": step, "w": torch.full((1000 + 37 * (step % 7),), float(step))})
+
+
+def test_a_reader_racing_the_writer_sees_a_whole_checkpoint(tmp_path):
+    """Readers (a poller, an analysis) get the old or the new checkpoint while another process replaces
+    it, never a mix of the two."""
+    import multiprocessing
+
+    path = tmp_path / "checkpoint.safetensors"
+    save_state(path, {"step": 0, "w": torch.zeros(1000)})
+    writer = multiprocessing.get_context("fork").Process(target=_write_checkpoints, args=(str(path), 300))
+    writer.start()
+    seen = []
+    try:
+        while writer.is_alive():
+            state = load_state(path)
+            assert torch.equal(state["w"], torch.full((1000 + 37 * (state["step"] % 7),), float(state["step"])))
+            seen.append(state["step"])
+    finally:
+        writer.join()
+    assert writer.exitcode == 0 and len(seen) > 10 and seen == sorted(seen)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from peerlearn.errors import PeerlearnError
@@ -107,15 +108,22 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a state written by ``save_state`` (no pickle involved)."""
+    """Read a state written by ``save_state`` (no pickle involved).
+
+    The file is read with one ``open``, so a reader racing a writer's ``os.replace`` sees either the
+    old checkpoint or the new one, whole (mapping it by name twice could mix the two).
+    """
     path = Path(path)
     if not path.is_file():
         raise PeerlearnError(f"No checkpoint at {str(path)!r}.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises several types for a damaged file
+        data = path.read_bytes()
+        header_size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_size > len(data) - 8:
+            raise ValueError(f"the header claims {header_size} bytes but the file has {len(data)}")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        tensors = load_bytes(data)
+    except Exception as error:  # a damaged file can fail in several ways
         raise PeerlearnError(f"The checkpoint {str(path)!r} cannot be read ({error}); it is damaged or not a "
                              "peerlearn checkpoint.") from None
     if "peerlearn" not in metadata:
