@@ -4,9 +4,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from peerlearn.evaluate.analyses import item_entropy
 from peerlearn.evaluate.embedding import load_embedding, save_embedding, tsne_embedding
-from peerlearn.evaluate.metrics import classification_metrics, confusion_matrix, macro_f1, topk_accuracy
+from peerlearn.evaluate.metrics import (classification_metrics, confusion_matrix, macro_f1, row_normalised,
+                                       topk_accuracy)
 from peerlearn.evaluate.retrieval import concatenate_features, retrieval_metrics, score_query
 from peerlearn.evaluate.similarity import cka_matrix, linear_cka
 
@@ -29,6 +32,21 @@ def test_confusion_precision_recall_f1_by_hand():
     assert result["top1"] == pytest.approx(3 / 5)
     assert result["top5"] is None  # fewer than five classes
     assert result["nll"] == pytest.approx(-np.mean(np.log([0.7, 0.3, 0.5, 0.3, 0.6])))
+
+
+def test_confusion_matrix_ignores_unlabelled_items_and_row_normalises_by_hand():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, -1])
+    predicted = torch.tensor([0, 1, 1, 2, 0, 2, 1])
+    counts = confusion_matrix(labels, predicted, 3)
+    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]  # the unlabelled item is ignored
+    assert row_normalised(counts)[2] == pytest.approx([1 / 3, 0, 2 / 3])
+    assert row_normalised(np.zeros((2, 2))).tolist() == [[0, 0], [0, 0]]  # a class without items stays 0
+
+
+def test_item_entropy_by_hand():
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # p = (1/2, 1/2) and (3/4, 1/4)
+    expected = torch.tensor([math.log(2.0), -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))])
+    assert torch.allclose(item_entropy(logits), expected, atol=1e-6)
 
 
 def test_one_vs_rest_auc_by_hand():

@@ -51,14 +51,14 @@ def test_evaluation_flatness_features_and_export_show_bars_only_on_a_terminal(lo
     from peerlearn.engine.evaluation import evaluate_cohort
     from peerlearn.evaluate.analyses import cohort_flatness
     from peerlearn.export import export_member
-    from peerlearn.report.features import member_features
+    from peerlearn.evaluate.features import predict_with_features
 
     recipe, stream, run_dir = loaded_run
     cohort = recipe.cohort
     works = {
         "predict": lambda mode: evaluate_cohort(cohort, stream, cohort.names, progress=mode),
         "flatness a": lambda mode: cohort_flatness(cohort, stream, (0.0, 0.01), draws=1, progress=mode),
-        "features": lambda mode: member_features(cohort, stream, ["a"], progress=mode),
+        "features": lambda mode: predict_with_features(cohort, stream, ["a"], progress=mode),
         "export a (torchscript)": lambda mode: export_member(run_dir, "a", "torchscript", out=tmp_path / mode,
                                                              progress=mode),
     }

@@ -10,14 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 import peerlearn
 from conftest import run_cli, tiny_config
 from peerlearn.report import ReportOptions, build_report
 from peerlearn.report.collect import collect_run
 from peerlearn.report.curves import eval_curves, training_curves
-from peerlearn.report.metrics import confusion_matrix, item_entropy, row_normalised
 
 FAST = ReportOptions(flatness_items=200, sigmas=(0.0, 0.05), draws=1, tsne_items=120, progress="off")
 HEADINGS = ["Comparison of runs", "Learning curves", "Confusion matrices", "Posterior entropy",
@@ -29,21 +27,6 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     return [peerlearn.train(tiny_config(name=recipe, recipe=recipe), out=out).run_dir
             for recipe in ("independent", "mutual")]
-
-
-def test_confusion_matrix_counts_by_hand():
-    labels = torch.tensor([0, 0, 1, 2, 2, 2, -1])
-    predicted = torch.tensor([0, 1, 1, 2, 0, 2, 1])
-    counts = confusion_matrix(predicted, labels, 3)
-    assert counts.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]  # the unlabelled item is ignored
-    assert torch.allclose(row_normalised(counts)[2], torch.tensor([1 / 3, 0, 2 / 3], dtype=torch.float64))
-
-
-def test_item_entropy_by_hand():
-    logits = torch.tensor([[0.0, 0.0], [torch.log(torch.tensor(3.0)), 0.0]])  # p = (1/2, 1/2) and (3/4, 1/4)
-    expected = torch.tensor([torch.log(torch.tensor(2.0)), -(0.75 * torch.log(torch.tensor(0.75))
-                                                            + 0.25 * torch.log(torch.tensor(0.25)))])
-    assert torch.allclose(item_entropy(logits), expected, atol=1e-6)
 
 
 def test_curves_follow_metrics_jsonl():

@@ -75,13 +75,20 @@ def _normalise_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
-def prepare_run(config: RunConfig):
-    """Data, device, recipe and cohort for a validated config (nothing trained yet)."""
+def prepare_run(config: RunConfig, distributed=None):
+    """Data, device, recipe and cohort for a validated config (nothing trained yet).
+
+    ``distributed`` (a DistContext) places this process on its rank's device and member.
+    """
+    from peerlearn.engine.acceleration import configure
+
     set_determinism(config)
-    device = resolve_device(config.train.device)
+    device = distributed.device if distributed is not None else resolve_device(config.train.device)
     data = load_data(config.data, seed=config.seed)
     recipe = get_recipe(config.recipe)(config, data, device)
+    recipe.distributed = distributed
     recipe.build_cohort()
+    configure(recipe, device)
     return data, device, recipe
 
 
@@ -94,7 +101,6 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     keyword overrides are dotted keys (``**{"optim.lr": 0.05}``) or ``optim__lr=0.05``.
     ``resume`` continues the run in that directory from its last checkpoint (the config is the run's own).
     """
-    lock = None
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = run_dir / CHECKPOINT_NAME
@@ -102,49 +108,76 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
             raise PeerlearnError(f"Cannot resume {str(run_dir)!r}: it holds no {CHECKPOINT_NAME}.")
         run_config = load_config(run_dir / CONFIG_NAME)
         ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
-        lock = RunLock(run_dir).acquire()
-        remove_stale_temporaries(run_dir)  # half-written files of a killed process; the lock is ours
     else:
         run_config = load_config(config, overrides)
         if keyword_overrides:
             run_config = load_config(run_config, _normalise_overrides(keyword_overrides))
         checkpoint = None
         ensure_writable(Path(out))  # fail before loading data or training
-    try:
-        if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
-            from peerlearn.engine.tracking import require_mlflow
+    if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
+        from peerlearn.engine.tracking import require_mlflow
 
-            require_mlflow()
-        data, device, recipe = prepare_run(run_config)
+        require_mlflow()
+    from peerlearn.engine.distributed import init_distributed, shared_value, shutdown
+
+    distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
+    try:
+        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value)
+    except BaseException:
+        shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
+        raise
+    shutdown(distributed)
+    return result
+
+
+def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value) -> RunResult:
+    """Train in this process; the main process holds the run directory's lock (``RunLock``) throughout."""
+    is_main = distributed is None or distributed.is_main
+    lock = None
+    try:
+        if resume is not None and is_main:
+            lock = RunLock(Path(resume)).acquire()
+            remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
+        data, device, recipe = prepare_run(run_config, distributed)
         if resume is None:
-            run_dir = create_run_dir(Path(out), run_config.name)
-            lock = RunLock(run_dir).acquire()
-            try:
-                save_config(run_config, run_dir / CONFIG_NAME)
-            except OSError as error:
-                raise ResourceError(f"Cannot write {str(run_dir / CONFIG_NAME)!r}: {error.strerror or error}.") from None
-        return _fit(run_config, run_dir, checkpoint, data, device, recipe)
+            run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
+            run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
+            if is_main:
+                lock = RunLock(run_dir).acquire()
+                try:
+                    save_config(run_config, run_dir / CONFIG_NAME)
+                except OSError as error:
+                    raise ResourceError(f"Cannot write {str(run_dir / CONFIG_NAME)!r}: "
+                                        f"{error.strerror or error}.") from None
+        else:
+            run_dir = Path(resume)
+        return _fit(run_config, distributed, is_main, run_dir, checkpoint, data, device, recipe)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _fit(run_config: RunConfig, run_dir: Path, checkpoint: Optional[Path], data, device, recipe) -> RunResult:
+def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, checkpoint: Optional[Path], data, device,
+         recipe) -> RunResult:
     trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
                       run_dir, callbacks=recipe.callbacks(),
                       extra_state=getattr(recipe, "extra_state", None),
                       load_extra_state=getattr(recipe, "load_extra_state", None))
     recipe.trainer = trainer
+    trainer.distributed = distributed
     for logger in getattr(recipe, "extra_loggers", lambda: [])():
         trainer.extra_loggers = getattr(trainer, "extra_loggers", []) + [logger]
     started = time.perf_counter()
     final = trainer.fit(resume_from=checkpoint)
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)
-    try:
-        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
-    except OSError as error:
-        raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the weights "
-                            f"are in {str(run_dir / 'model.safetensors')!r}.") from None
+    if distributed is not None:
+        summary["processes"] = distributed.world_size
+    if is_main:
+        try:
+            (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        except OSError as error:
+            raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the "
+                                f"weights are in {str(run_dir / 'model.safetensors')!r}.") from None
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 

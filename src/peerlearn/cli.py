@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional
 
@@ -28,10 +29,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
         raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides.")
+    if args.launcher == "local":
+        return cmd_train_local(args)
+    if args.nproc is not None:
+        raise PeerlearnError("--nproc needs --launcher local (or start the processes with torchrun).")
     result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
-    print(format_summary(result.summary))
-    print(f"\nrun directory: {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # in a distributed run only rank 0 reports
+        print(format_summary(result.summary))
+        print(f"\nrun directory: {result.run_dir}")
     return 0
+
+
+def cmd_train_local(args: argparse.Namespace) -> int:
+    """`peerlearn train CONFIG --launcher local --nproc P`: P processes on this machine, one member each."""
+    from peerlearn.config import load_config
+    from peerlearn.engine.distributed import check_distributed_config, launch_local, local_train_args
+
+    nproc = args.nproc or len(load_config(args.config, args.overrides).members if args.resume is None
+                              else load_config(f"{args.resume}/config.yaml").members)
+    if args.resume is None:  # report config errors once, before starting any process
+        check_distributed_config(load_config(args.config, args.overrides), nproc)
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume), nproc)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -170,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--launcher", choices=["none", "local"], default="none",
+                       help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
+    train.add_argument("--nproc", type=int, default=None, metavar="P",
+                       help="processes for --launcher local (default: one per member)")
 
     demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, ~1 minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "

@@ -210,6 +210,49 @@ class RegularizeConfig(Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
+# --------------------------------------------------------------------------- engine (how the cohort runs)
+class EngineConfig(Section):
+    """How the cohort is executed. None of these changes the maths of a recipe (bf16 changes rounding)."""
+
+    fused: bool = Field(False, description="run members of one architecture as one batched model "
+                                           "(torch.func vmap); mutual/independent, simultaneous update")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward passes "
+                                                                   "(CUDA only; ignored with a warning on CPU)")
+    compile: bool = Field(False, description="torch.compile each member's forward (CPU and CUDA)")
+    compile_backend: str = Field("inductor", description="torch.compile backend (inductor, aot_eager, eager)")
+    channels_last: bool = Field(False, description="channels-last memory format for models and image batches "
+                                                   "(CUDA only; ignored with a warning on CPU)")
+    pin_memory: bool = Field(False, description="keep the training split in pinned host memory and copy each "
+                                                "batch asynchronously (CUDA only; ignored with a warning on CPU)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="distributed runs: process-group "
+                                                                         "backend (auto: nccl on CUDA, gloo on CPU)")
+
+
+def check_engine(config: "RunConfig") -> None:
+    """Cross-section rules of ``engine``: a fused cohort needs members of one architecture."""
+    engine = config.engine
+    if not engine.fused:
+        return
+    if config.recipe not in ("mutual", "independent"):
+        raise ValueError(f"key 'engine.fused' is true, but recipe {config.recipe!r} has no fused step; "
+                         "allowed with recipes: mutual, independent")
+    if config.recipe == "mutual" and config.mutual.update != "simultaneous":
+        raise ValueError("key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a fused cohort "
+                         "updates all members at once: use mutual.update=simultaneous or engine.fused=false")
+    if engine.compile:
+        raise ValueError("keys 'engine.fused' and 'engine.compile' are both true; choose one")
+    first = config.members[0]
+    for member in config.members[1:]:
+        if (member.model, member.model_args) != (first.model, first.model_args):
+            raise ValueError(f"key 'engine.fused' is true, but members {first.name!r} ({first.model} "
+                             f"{first.model_args}) and {member.name!r} ({member.model} {member.model_args}) "
+                             "differ in architecture; a fused cohort needs one model with the same model_args")
+    frozen = [m.name for m in config.members if not m.trainable]
+    if frozen:
+        raise ValueError(f"key 'engine.fused' is true, but members {', '.join(frozen)} are frozen; "
+                         "a fused cohort trains every member")
+
+
 # --------------------------------------------------------------------------- root
 RECIPES = ("independent", "mutual")
 
@@ -229,6 +272,7 @@ class RunConfig(Section):
     mutual: MutualConfig = Field(default_factory=MutualConfig)
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @field_validator("recipe")
     @classmethod
@@ -278,6 +322,11 @@ class RunConfig(Section):
                     sub = ".".join(str(p) for p in first["loc"])
                     raise ValueError(f"key '{where}.{sub}' has the value {first.get('input')!r}: "
                                      f"{first['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _engine_valid(self) -> "RunConfig":
+        check_engine(self)
         return self
 
     # Resolved, per-member views -------------------------------------------------

@@ -91,6 +91,57 @@ def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) ->
     return total / len(peer_features)
 
 
+# ----------------------------------------------------------------- stacked (fused cohort) forms
+def _pairwise_divergence(target: torch.Tensor, log_p: torch.Tensor, divergence: str) -> torch.Tensor:
+    """D(t ‖ p) batch-mean over N for broadcastable [..., N, C] targets and log-probabilities."""
+    if divergence == "kl":
+        return (torch.xlogy(target, target) - target * log_p).sum(-1).mean(-1)
+    if divergence == "js":
+        p = log_p.exp()
+        log_m = torch.log((target + p) / 2).clamp_min(-1e4)
+        kl_target_m = (torch.xlogy(target, target) - target * log_m).sum(-1)
+        kl_p_m = (p * (log_p - log_m)).sum(-1)
+        return 0.5 * (kl_target_m + kl_p_m).mean(-1)
+    raise ValueError(f"divergence must be 'kl' or 'js', got {divergence!r}")
+
+
+def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, divergence: str = "kl",
+                           teacher: str = "peers") -> torch.Tensor:
+    """The DML mimicry term of every member at once, from stacked logits [K, N, C]; returns [K].
+
+    With p_k = softmax(z_k / T) and the targets p_l detached:
+    peers:    m_k = T² · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)       (all K·K pairs, diagonal dropped)
+    ensemble: m_k = T² · D(p̄_k ‖ p_k),  p̄_k = (Σ_l p_l − p_k) / (K−1)
+    Equal to ``mutual_mimicry(logits[k], [p_l for l ≠ k])`` for each k.
+    """
+    count = logits.shape[0]
+    if count < 2:
+        return logits.sum(dim=(1, 2)) * 0.0
+    log_p = F.log_softmax(logits / temperature, dim=-1)
+    target = F.softmax(logits.detach() / temperature, dim=-1)
+    if teacher == "ensemble":
+        mean_others = (target.sum(0, keepdim=True) - target) / (count - 1)
+        term = _pairwise_divergence(mean_others, log_p, divergence)
+    elif teacher == "peers":
+        pairs = _pairwise_divergence(target.unsqueeze(1), log_p.unsqueeze(0), divergence)  # [l, k]
+        off_diagonal = 1.0 - torch.eye(count, dtype=pairs.dtype, device=pairs.device)
+        term = (pairs * off_diagonal).sum(0) / (count - 1)
+    else:
+        raise ValueError(f"teacher must be 'peers' or 'ensemble', got {teacher!r}")
+    return term * temperature**2
+
+
+def stacked_feature_l2(features: torch.Tensor) -> torch.Tensor:
+    """``feature_l2`` of every member at once from stacked features [K, N, D]; returns [K]:
+    1/(K−1) Σ_{l≠k} mean_n ‖f_k(x_n) − f_l(x_n)‖², the peers' features constant."""
+    count = features.shape[0]
+    if count < 2:
+        return features.sum(dim=(1, 2)) * 0.0
+    pairs = ((features.unsqueeze(0) - features.detach().unsqueeze(1)) ** 2).sum(-1).mean(-1)  # [l, k]
+    off_diagonal = 1.0 - torch.eye(count, dtype=pairs.dtype, device=pairs.device)
+    return (pairs * off_diagonal).sum(0) / (count - 1)
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_probs: torch.Tensor,

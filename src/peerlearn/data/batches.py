@@ -32,6 +32,7 @@ class Normalizer:
     def __init__(self, mean: list[float], std: list[float], device: torch.device, image: bool):
         shape = (1, -1, 1, 1) if image else (1, -1)
         self.image = image
+        self.channels_last = False  # engine.channels_last on CUDA
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
 
@@ -39,7 +40,10 @@ class Normalizer:
         x = x.float()
         if self.image:
             x = x / 255.0
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 def _mix_seed(*parts: int) -> int:
@@ -77,6 +81,20 @@ class BatchStream:
         # small datasets live on the device once, as stored (uint8 for images)
         self.x = split.x.to(device)
         self.y = split.y.to(device)
+        self.on_host = False
+
+    def keep_on_host(self, pin: bool = True) -> None:
+        """Keep the split in (pinned) host memory and copy each batch to the device when drawn.
+
+        For datasets larger than the device's memory. With ``pin`` the batch is gathered into
+        page-locked memory and copied asynchronously (``non_blocking``), overlapping the next step.
+        """
+        self.x = self.split.x.cpu()
+        self.y = self.split.y.cpu()
+        if pin:
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+        self.pinned = pin
+        self.on_host = True
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -90,11 +108,17 @@ class BatchStream:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, Batch]]:
         """Yield (step, batch) for ``epoch``, beginning at ``start_step`` (for resume)."""
-        order = self.order(epoch).to(self.device)
+        order = self.order(epoch).to("cpu" if self.on_host else self.device)
         for step in range(start_step, len(self)):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            x = self.x[index]
+            x, y = self.x[index], self.y[index]
+            if self.on_host:
+                if self.pinned:
+                    x, y = x.pin_memory(), y.pin_memory()
+                x = x.to(self.device, non_blocking=self.pinned)
+                y = y.to(self.device, non_blocking=self.pinned)
+                index = index.to(self.device, non_blocking=False)
             if self.augment is not None and self.augment.active:
                 generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, step, 7))
                 x = self.augment(x, generator)
-            yield step, Batch(self.normalizer(x), self.y[index], index)
+            yield step, Batch(self.normalizer(x), y, index)

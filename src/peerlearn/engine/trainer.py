@@ -105,6 +105,19 @@ class Trainer:
         self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
         self._epoch_sums: dict[str, float] = {}  # running sums of the current epoch's logged values
         self._epoch_count = 0
+        self.distributed = None  # a DistContext when this is one process of a distributed run
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes the run directory (every process of a single run is main)."""
+        return self.distributed is None or self.distributed.is_main
+
+    def _sync(self) -> None:
+        """Distributed runs: bring every process's copy of every member up to date (collective)."""
+        if self.distributed is not None:
+            from peerlearn.engine.distributed import sync_cohort
+
+            sync_cohort(self.distributed, self.cohort)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -146,16 +159,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
-        """Write the checkpoint atomically; a failed write (full disk, ...) keeps the previous one."""
-        try:
-            save_state(self.checkpoint_path, self.state())
-        except OSError as error:
-            raise ResourceError(
-                f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
-                f"{self.position.global_step}: {error.strerror or error}. Nothing was replaced: the last good "
-                f"checkpoint is {self.last_good_checkpoint()}. Free disk space, then resume."
-            ) from None
+        """Write the checkpoint atomically (main process only); a failed write (full disk, ...) keeps the
+        previous one."""
+        if self.is_main:
+            try:
+                save_state(self.checkpoint_path, self.state())
+            except OSError as error:
+                raise ResourceError(
+                    f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
+                    f"{self.position.global_step}: {error.strerror or error}. Nothing was replaced: the last good "
+                    f"checkpoint is {self.last_good_checkpoint()}. Free disk space, then resume."
+                ) from None
         self.saved_step = self.position.global_step
+        if self.distributed is not None:
+            self.distributed.barrier()
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint's models and position; optimizers are loaded when their stage starts."""
@@ -192,7 +209,8 @@ class Trainer:
         if resume_from is not None:
             self.restore(load_state(resume_from))
         resume_step = self.position.global_step if resume_from is not None else None
-        self.log = open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
+        self.log = (open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
+                    if self.is_main else _NullLog())
         for logger in getattr(self, "extra_loggers", []):
             self.log.extra_loggers.append(logger)
         try:
@@ -246,8 +264,10 @@ class Trainer:
                 if every and self.position.global_step % every == 0 and self.position.step_in_epoch < len(stream):
                     self.elapsed += time.perf_counter() - started
                     started = time.perf_counter()
+                    self._sync()
                     self.save_checkpoint()
             bar.close()
+            self._sync()
             self.cohort.step_schedules("epoch")
             self.elapsed += time.perf_counter() - started
             train_means = {k: v / max(self._epoch_count, 1) for k, v in sums.items()}
@@ -292,15 +312,27 @@ class Trainer:
     def _final_summary(self) -> dict[str, Any]:
         stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
         final = self.evaluate(stage, [s for s in ("val", "test") if s in self.eval_streams])
-        try:
-            save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
-        except OSError as error:
-            raise ResourceError(
-                f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
-                f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
-            ) from None
+        if self.is_main:
+            try:
+                save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
+            except OSError as error:
+                raise ResourceError(
+                    f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
+                    f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
+                ) from None
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
+
+
+class _NullLog:
+    """The metrics log of a non-main process of a distributed run: writes nothing."""
+
+    def __init__(self):
+        self.extra_loggers: list = []
+
+    def log(self, *args, **kwargs) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def is_finite_number(value: Any) -> bool:

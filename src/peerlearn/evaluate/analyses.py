@@ -22,12 +22,17 @@ from peerlearn.losses import entropy
 from peerlearn.progress import Mode, progress_bar
 
 
+def item_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Posterior entropy H(softmax(z)) = −Σ_m p_m log p_m in nats of every item (a vector [N])."""
+    return entropy(F.softmax(logits.float(), dim=1))
+
+
 def posterior_entropy(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,
                       progress: Mode = "auto") -> dict[str, float]:
     """Mean posterior entropy (nats) of each member on every item of ``stream``."""
     names = list(names or cohort.names)
     logits, _ = predict(cohort, stream, names, progress=progress)
-    return {name: float(entropy(F.softmax(z, dim=1)).mean()) for name, z in logits.items()}
+    return {name: float(item_entropy(z).mean()) for name, z in logits.items()}
 
 
 def rank_mass(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,

@@ -9,12 +9,15 @@ import torch
 from peerlearn.data.batches import BatchStream
 from peerlearn.engine.cohort import Cohort
 from peerlearn.errors import PeerlearnError
+from peerlearn.progress import Mode, progress_bar
 
 
 @torch.inference_mode()
-def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[str]
+def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[str], progress: Mode = "off"
                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-    """(logits per member, features per member, labels) on CPU, all members in eval mode."""
+    """(logits per member, features per member, labels) on CPU, all members in eval mode.
+
+    ``progress``: ``train.progress`` mode of a bar over the batches (``auto``: only on a terminal)."""
     names = list(names)
     for name in names:
         if not hasattr(cohort[name].model, "forward_with_features"):
@@ -26,7 +29,7 @@ def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[s
     features = {name: [] for name in names}
     labels = []
     try:
-        for _, batch in stream.epoch(0):
+        for _, batch in progress_bar(stream.epoch(0), total=len(stream), desc="features", mode=progress):
             for name in names:
                 z, f = cohort[name].model.forward_with_features(batch.x)
                 logits[name].append(z.float().cpu())

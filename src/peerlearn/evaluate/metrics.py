@@ -3,7 +3,8 @@
 With N items, C classes, probabilities P [N, C] and labels y [N] (items with y < 0 are unlabelled and ignored):
 
 * top-k accuracy: (1/N) Σ_i [y_i ∈ the k highest entries of P_i].
-* confusion matrix M [C, C]: M[t, p] = #items of true class t predicted (argmax) as p.
+* confusion matrix M [C, C]: M[t, p] = #items of true class t predicted (argmax) as p; row-normalised
+  R[t, p] = M[t, p] / Σ_p' M[t, p'] (the recall of class t on the diagonal; rows without items stay 0).
 * per class c: precision_c = M[c, c] / Σ_t M[t, c] (0 when c is never predicted),
   recall_c = M[c, c] / Σ_p M[c, p] (0 when c has no item), F1_c = 2 P R / (P + R) (0 when P + R = 0).
 * macro F1: the mean of F1_c over the classes that occur among the labels or the predictions
@@ -48,11 +49,23 @@ def topk_accuracy(probs, labels, k: int) -> float:
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """M[t, p] = number of items of true class t predicted as class p (int64 [C, C])."""
-    labels, predictions = as_numpy(labels).astype(np.int64), as_numpy(predictions).astype(np.int64)
+    """M[t, p] = number of items of true class t predicted as class p (int64 [C, C]); items labelled −1 are
+    ignored."""
+    labels = as_numpy(labels).astype(np.int64).reshape(-1)
+    predictions = as_numpy(predictions).astype(np.int64).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    keep = labels >= 0
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (labels, predictions), 1)
+    np.add.at(matrix, (labels[keep], predictions[keep]), 1)
     return matrix
+
+
+def row_normalised(matrix) -> np.ndarray:
+    """R[t, p] = M[t, p] / Σ_p' M[t, p'] (float64); rows of classes without items stay 0."""
+    matrix = as_numpy(matrix).astype(np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
 def precision_recall_f1(matrix: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,17 @@ class Recipe:
         self.cohort: Cohort | None = None
         self.regularizer = Regularizer(config.regularize, data.num_classes)
         self.early_stopping: EarlyStopping | None = self._build_early_stopping()
+        self.autocast_dtype: torch.dtype | None = None  # set by engine.acceleration (bf16 on CUDA)
+        self.distributed = None  # a DistContext in a multi-process run (engine.distributed)
+
+    def autocast(self):
+        """Context for the forward passes: bf16 autocast when ``engine.precision: bf16`` on CUDA, else nothing.
+
+        Recipes wrap their model calls in it and compute losses on ``logits.float()``.
+        """
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # ------------------------------------------------------------------ members
     def build_model(self, member_config: MemberConfig, index: int) -> torch.nn.Module:

@@ -15,6 +15,10 @@ Two update orders:
 * ``sequential`` (Algorithm 1): member 1 steps, its predictions are refreshed, member 2 steps, ...
   Only the member just updated is recomputed (without grad); the others' graphs are still valid
   because their weights have not changed since their forward.
+
+The simultaneous update also runs fused (``engine.fused``: one vmapped model, the loss on the
+stacked logits [K, B, C]) and distributed (one member per process, probabilities all-gathered;
+see ``engine.distributed``). Both give the loop's weights within float tolerance.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import torch
 from peerlearn.data.batches import Batch
 from peerlearn.engine.cohort import Member, preserved_batchnorm_stats
 from peerlearn.engine.trainer import check_finite
-from peerlearn.losses import feature_l2, mutual_mimicry, soft_probs
+from peerlearn.engine.distributed import all_gather_rows, average_gradients
+from peerlearn.engine.fused import FusedCohort
+from peerlearn.losses import (feature_l2, mutual_mimicry, soft_probs, stacked_feature_l2,
+                              stacked_mutual_mimicry)
 from peerlearn.recipes.base import Recipe
 
 
@@ -48,36 +55,129 @@ class MutualRecipe(Recipe):
     def _needs_features(self) -> bool:
         return self.feature_weight > 0 or self.regularizer.needs_features
 
+    fused: Optional[FusedCohort] = None
+
+    def build_cohort(self):
+        cohort = super().build_cohort()
+        if self.config.engine.fused:
+            members = cohort.trainable
+            self.fused = FusedCohort([m.model for m in members], [m.name for m in members],
+                                     with_features=self._needs_features())
+        return cohort
+
     def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if self._needs_features():
-            return member.model.forward_with_features(x)
-        return member.model(x), None
+        with self.autocast():
+            if self._needs_features():
+                logits, features = member.model.forward_with_features(x)
+                return logits.float(), features.float()
+            return member.model(x).float(), None
 
     def member_loss(self, name: str, logits: torch.Tensor, features: Optional[torch.Tensor],
                     probs: dict[str, torch.Tensor], all_features: dict[str, torch.Tensor],
                     batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_k for member ``name`` given every member's current (detached) probabilities."""
         settings = self.settings
-        loss = self.supervised_loss(name, logits, batch.y, features)
-        parts = dict(self.regularizer.last_parts.get(name, {}))  # ce and any regulariser terms
-        rows = batch.labelled if settings.mimic_on == "labelled" else slice(None)
+        mimicry = pull = None
+        rows = self._mimicry_rows(batch)
         # a batch may hold no labelled item at all: then DML-labelled has nothing to mimic on
         has_rows = settings.mimic_on != "labelled" or bool(rows.any())
         if self.mimicry_weight > 0 and len(probs) > 1 and has_rows:
             peers = [p[rows] for other, p in probs.items() if other != name]
             mimicry = mutual_mimicry(logits[rows], peers, settings.temperature, settings.divergence, settings.teacher)
-            loss = loss + self.mimicry_weight * mimicry
-            parts["mimicry"] = mimicry.detach()
         if self.feature_weight > 0 and features is not None and len(all_features) > 1:
             pull = feature_l2(features, [f for other, f in all_features.items() if other != name])
-            loss = loss + settings.feature_l2 * pull
+        return self.combine(name, logits, features, batch, mimicry, pull)
+
+    def _mimicry_rows(self, batch: Batch):
+        return batch.labelled if self.settings.mimic_on == "labelled" else slice(None)
+
+    def combine(self, name: str, logits: torch.Tensor, features: Optional[torch.Tensor], batch: Batch,
+                mimicry: Optional[torch.Tensor], pull: Optional[torch.Tensor]):
+        """L_k = supervised (CE + regularisers) + λ · mimicry + μ · feature pull, with the parts to log."""
+        loss = self.supervised_loss(name, logits, batch.y, features)
+        parts = dict(self.regularizer.last_parts.get(name, {}))  # ce and any regulariser terms
+        if mimicry is not None:
+            loss = loss + self.mimicry_weight * mimicry
+            parts["mimicry"] = mimicry.detach()
+        if pull is not None:
+            loss = loss + self.feature_weight * pull
             parts["feature_l2"] = pull.detach()
         return loss, parts
 
     def step(self, batch: Batch) -> dict[str, Any]:
+        if self.distributed is not None:
+            return self.distributed_step(batch)
+        if self.fused is not None:
+            return self.fused_step(batch)
         if self.settings.update == "sequential":
             return self.sequential_step(batch)
         return self.simultaneous_step(batch)
+
+    def _backward_and_step(self, members: list[Member], losses: list[torch.Tensor]) -> torch.Tensor:
+        for member, loss in zip(members, losses):
+            check_finite(loss, member.name, getattr(self, "trainer", None))
+        total = sum(losses)
+        for member in members:
+            member.zero_grad()
+        # The members' graphs are disjoint (peers are detached), so one backward of the sum gives
+        # each member exactly the gradient of its own loss.
+        total.backward()
+        for member in members:
+            member.step()
+        return total.detach() / len(members)
+
+    def fused_step(self, batch: Batch) -> dict[str, Any]:
+        """Simultaneous update with one batched forward; mimicry and feature pull on the stacked outputs."""
+        members = self.cohort.trainable
+        with self.autocast():
+            logits, features = self.fused(batch.x)
+        logits = logits.float()
+        features = features.float() if features is not None else None
+        mimicry = pull = None
+        rows = self._mimicry_rows(batch)
+        has_rows = self.settings.mimic_on != "labelled" or bool(rows.any())
+        if self.mimicry_weight > 0 and len(members) > 1 and has_rows:
+            s = self.settings
+            mimicry = stacked_mutual_mimicry(logits[:, rows], s.temperature, s.divergence, s.teacher)
+        if self.feature_weight > 0 and features is not None and len(members) > 1:
+            pull = stacked_feature_l2(features)
+        losses, log = [], {}
+        for k, member in enumerate(members):
+            loss, parts = self.combine(member.name, logits[k], None if features is None else features[k], batch,
+                                       None if mimicry is None else mimicry[k], None if pull is None else pull[k])
+            losses.append(loss)
+            log.update({f"{member.name}/{key}": v for key, v in parts.items()})
+        log["loss"] = self._backward_and_step(members, losses)
+        return log
+
+    def distributed_step(self, batch: Batch) -> dict[str, Any]:
+        """Simultaneous update with this process's member only; the peers' probabilities (and features,
+        for the feature pull) come from the other processes by all-gather. With several processes per
+        member, each takes its slice of the batch and gradients are averaged over the member's processes."""
+        ctx = self.distributed
+        member = self.cohort[ctx.member_name]
+        batch = ctx.shard(batch)
+        logits, features = self._forward(member, batch.x)
+        probs: dict[str, torch.Tensor] = {}
+        feats: dict[str, torch.Tensor] = {}
+        if self.mimicry_weight > 0 and ctx.num_members > 1:
+            probs = dict(zip(ctx.members, all_gather_rows(ctx, soft_probs(logits, self.settings.temperature))))
+        if features is not None and ctx.num_members > 1:
+            feats = dict(zip(ctx.members, all_gather_rows(ctx, features.detach())))
+        loss, parts = self.member_loss(member.name, logits, features, probs, feats, batch)
+        check_finite(loss, member.name, getattr(self, "trainer", None))
+        member.zero_grad()
+        loss.backward()
+        average_gradients(ctx, member.model)
+        member.step()
+        ctx.sync_buffers(member.model)
+        keys = sorted(parts)
+        values = all_gather_rows(ctx, torch.stack([loss.detach()] + [parts[k].float() for k in keys]))
+        log: dict[str, Any] = {}
+        for name, row in zip(ctx.members, values):
+            log.update({f"{name}/{k}": row[1 + i] for i, k in enumerate(keys)})
+        log["loss"] = torch.stack(values)[:, 0].mean()
+        return log
 
     def _targets(self, outputs: dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]):
         temperature = self.settings.temperature
@@ -90,22 +190,13 @@ class MutualRecipe(Recipe):
         members = self.cohort.trainable
         outputs = {m.name: self._forward(m, batch.x) for m in members}
         probs, feats = self._targets(outputs)
-        total = 0.0
-        log: dict[str, Any] = {}
+        losses, log = [], {}
         for member in members:
             logits, features = outputs[member.name]
             loss, parts = self.member_loss(member.name, logits, features, probs, feats, batch)
-            check_finite(loss, member.name, getattr(self, "trainer", None))
-            total = total + loss
+            losses.append(loss)
             log.update({f"{member.name}/{k}": v for k, v in parts.items()})
-        for member in members:
-            member.zero_grad()
-        # The members' graphs are disjoint (peers are detached), so one backward of the sum gives
-        # each member exactly the gradient of its own loss.
-        total.backward()
-        for member in members:
-            member.step()
-        log["loss"] = total.detach() / len(members)
+        log["loss"] = self._backward_and_step(members, losses)
         return log
 
     def sequential_step(self, batch: Batch) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 From the run directory: ``summary.json`` (final scores), ``metrics.jsonl`` (learning curves).
 From the final weights, on the chosen split: each member's and the ensemble's confusion matrix,
 each member's per-item posterior entropy, the flatness curve on training items, and a t-SNE map
-of the penultimate features of up to two members.
+of the penultimate features of up to two members. Every number comes from the functions behind
+`peerlearn evaluate` / `peerlearn analyze` (``peerlearn.evaluate``), so the report agrees with them.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.api import SUMMARY_NAME, load_run
-from peerlearn.engine.evaluation import ENSEMBLE, predict
+from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.tracking import read_metrics
 from peerlearn.errors import PeerlearnError
-from peerlearn.evaluate.analyses import cohort_flatness
+from peerlearn.evaluate.analyses import cohort_flatness, item_entropy
+from peerlearn.evaluate.embedding import tsne_coordinates
+from peerlearn.evaluate.features import predict_with_features
+from peerlearn.evaluate.metrics import confusion_matrix
 from peerlearn.progress import Mode, progress_bar
-from peerlearn.report.features import member_features, tsne_map
-from peerlearn.report.metrics import confusion_matrix, item_entropy
 
 SPLITS = ("train", "val", "test")
 
@@ -104,14 +106,19 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     result = RunData(run_dir, run_dir.name, summary, read_metrics(run_dir), list(data.class_names),
                      options.split, len(stream.split))
     result.models = {m.name: m.model for m in config.members}
+    chosen = list(options.tsne_members or trainable[:2])
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ReportOptionError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
 
-    logits, labels = predict(cohort, stream, names, progress=options.progress)
+    logits, features, labels = predict_with_features(cohort, stream, names, progress=options.progress)
     for name, z in logits.items():
-        result.confusion[name] = confusion_matrix(z.argmax(1), labels, data.num_classes)
+        result.confusion[name] = torch.from_numpy(confusion_matrix(labels, z.argmax(1), data.num_classes))
         result.entropy[name] = item_entropy(z)
     if len(trainable) > 1:
         mean_probs = torch.stack([F.softmax(logits[n], dim=1) for n in trainable]).mean(0)
-        result.confusion[ENSEMBLE] = confusion_matrix(mean_probs.argmax(1), labels, data.num_classes)
+        result.confusion[ENSEMBLE] = torch.from_numpy(confusion_matrix(labels, mean_probs.argmax(1),
+                                                                       data.num_classes))
 
     flat_stream = analysis_stream(recipe, options.flatness_split, options.flatness_items)
     result.flatness_items = len(flat_stream.split)
@@ -119,14 +126,10 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
         result.flatness = cohort_flatness(cohort, flat_stream, options.sigmas, options.draws, seed=options.seed,
                                           names=trainable, progress=options.progress)
 
-    chosen = list(options.tsne_members or trainable[:2])
-    unknown = [n for n in chosen if n not in names]
-    if unknown:
-        raise ReportOptionError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
-    tsne_stream = analysis_stream(recipe, options.split, min(options.tsne_items, options.limit or options.tsne_items))
-    if len(tsne_stream.split) >= 5:
-        features, tsne_labels = member_features(cohort, tsne_stream, chosen, progress=options.progress)
-        result.tsne = {name: tsne_map(features[name], seed=options.seed)
+    keep = min(options.tsne_items, len(labels))  # the first items of the analysed split
+    if keep >= 5:
+        threads = config.train.threads or 1
+        result.tsne = {name: tsne_coordinates(features[name][:keep], seed=options.seed, threads=threads)
                        for name in progress_bar(chosen, desc="t-SNE", mode=options.progress)}
-        result.tsne_labels = tsne_labels.numpy()
+        result.tsne_labels = labels[:keep].numpy()
     return result

@@ -9,9 +9,9 @@ from typing import Sequence
 import numpy as np
 
 from peerlearn.errors import PeerlearnError
+from peerlearn.evaluate.metrics import row_normalised
 from peerlearn.report.collect import RunData
 from peerlearn.report.curves import eval_curves, training_curves
-from peerlearn.report.metrics import row_normalised
 
 
 def pyplot():
@@ -66,7 +66,7 @@ def confusion_matrices(run: RunData) -> str:
     size = min(3.2 + 0.25 * classes, 9.0)
     fig, axes = plt.subplots(1, len(entries), figsize=(size * len(entries), size), squeeze=False)
     for axis, (name, counts) in zip(axes[0], entries):
-        rates = row_normalised(counts).numpy()
+        rates = row_normalised(counts)
         axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         accuracy = counts.diag().sum().item() / max(counts.sum().item(), 1)
         axis.set(title=f"{name}: top-1 {100 * accuracy:.2f}%", xlabel="predicted", ylabel="true")

@@ -1,0 +1,120 @@
+"""Distributed DML on CPU (gloo, local launcher): same weights as one process; resume; data parallel replicas."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import peerlearn
+from conftest import REPO, run_cli
+from peerlearn.engine.distributed import check_distributed_config, world_from_env
+from peerlearn.config import load_config
+from peerlearn.errors import ConfigError
+
+
+def _write(config, path):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _only_run(parent):
+    runs = list(parent.iterdir())
+    assert len(runs) == 1, runs  # every process used the one directory rank 0 created
+    return runs[0]
+
+
+def _assert_same_weights(a, b, atol=1e-6):
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert left.keys() == right.keys()
+    for key in left:
+        torch.testing.assert_close(left[key].float(), right[key].float(), rtol=1e-5, atol=atol, msg=key)
+
+
+def _eval_epochs(run_dir):
+    return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "eval"]
+
+
+SMALL = {"source": "digits", "batch_size": 64, "val_fraction": 0.2, "train_subset": 384}
+
+
+def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_path):
+    config = tiny(recipe="mutual", data=SMALL)
+    single = peerlearn.train(config, out=tmp_path / "single")
+
+    done = run_cli("train", str(_write(config, tmp_path / "c.yaml")), "--out", str(tmp_path / "dist"),
+                   "--launcher", "local", "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run directory:") == 1  # only rank 0 reports
+    run = _only_run(tmp_path / "dist")
+    _assert_same_weights(single.run_dir, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert summary["members"]["a"]["test"]["top1"] == pytest.approx(single.summary["members"]["a"]["test"]["top1"])
+    assert _eval_epochs(run) == [1, 2]  # rank 0 alone writes the log
+
+    # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes
+    short = run_cli("train", str(tmp_path / "c.yaml"), "train.epochs=1", "train.checkpoint_every_steps=2",
+                    "--out", str(tmp_path / "cut"), "--launcher", "local", "--nproc", "2")
+    assert short.returncode == 0, short.stderr
+    cut = _only_run(tmp_path / "cut")
+    saved = yaml.safe_load((cut / "config.yaml").read_text())
+    saved["train"]["epochs"] = 2  # constant schedule: the first epoch is the same as in the 2-epoch run
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
+    saved["train"]["checkpoint_every_steps"] = None
+    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
+    # resumed under torchrun this time: the processes find their rank in the environment
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "peerlearn", "train", "--resume", str(cut)], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(single.run_dir, cut)
+    assert _eval_epochs(cut) == [1, 2]
+
+
+@pytest.mark.slow  # four processes: ~25 s of CPU
+def test_data_parallel_replicas_equal_the_single_process_run(tiny, tmp_path):
+    """4 processes, 2 members: each member trained by 2 replicas on half batches with averaged gradients.
+    Without BatchNorm the averaged half-batch gradients are the full-batch gradient."""
+    members = [{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in "ab"]
+    config = tiny(recipe="mutual", members=members, data=SMALL)
+    single = peerlearn.train(config, out=tmp_path / "single")
+    done = run_cli("train", str(_write(config, tmp_path / "c.yaml")), "--out", str(tmp_path / "dist"),
+                   "--launcher", "local", "--nproc", "4")
+    assert done.returncode == 0, done.stderr
+    _assert_same_weights(single.run_dir, _only_run(tmp_path / "dist"), atol=1e-5)
+
+
+@pytest.mark.parametrize("change, world, hint", [
+    ({}, 3, "multiple of the number of members"),
+    ({"mutual": {"update": "sequential"}}, 2, "simultaneous"),
+    ({"data": {"source": "digits", "batch_size": 63}}, 4, "batch_size"),
+    ({"engine": {"fused": True}}, 2, "fused"),
+])
+def test_distributed_config_errors(tiny, change, world, hint):
+    config = load_config(tiny(recipe="mutual", **change))
+    with pytest.raises(ConfigError, match=hint):
+        check_distributed_config(config, world)
+
+
+def test_bad_process_count_exits_2_before_starting_processes(tiny, tmp_path):
+    done = run_cli("train", str(_write(tiny(recipe="mutual"), tmp_path / "c.yaml")), "--out", str(tmp_path),
+                   "--launcher", "local", "--nproc", "3")
+    assert done.returncode == 2
+    assert "multiple of the number of members" in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("tiny-*"))
+
+
+def test_single_process_environment_is_not_distributed(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert world_from_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert world_from_env() == (3, 4, 1)
