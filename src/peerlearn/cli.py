@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="peerlearn",
         description="Train networks with knowledge from other networks: deep mutual learning, distillation, "
                     "greedy layerwise and transfer learning.",
+        epilog="exit codes: 0 success, 1 unusable run or file, 2 bad config or data, 3 training stopped "
+               "(non-finite values), 4 resources (unwritable folder, full disk, run locked), 130 interrupted. "
+               "See docs/reliability.md.",
     )
     from peerlearn import __version__
 
