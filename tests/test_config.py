@@ -70,6 +70,15 @@ def test_overrides_reach_the_right_keys_and_yaml_types():
     assert parse_override("a.b=abc") == (["a", "b"], "abc")
 
 
+def test_on_off_yes_no_stay_words_only_true_false_are_booleans():
+    """YAML 1.2 booleans: `train.progress=off` must reach the Literal field as the word 'off'."""
+    assert load_config({}, ["train.progress=off"]).train.progress == "off"
+    assert load_config({}, ["train.progress=on"]).train.progress == "on"
+    assert parse_override("a=yes") == (["a"], "yes")
+    assert parse_override("a=False") == (["a"], False)
+    assert parse_override("a=true") == (["a"], True)
+
+
 def test_member_optim_and_schedule_fall_back_to_top_level():
     config = load_config({"optim": {"name": "sgd", "lr": 0.1, "nesterov": True},
                           "members": [{"name": "a"}, {"name": "b", "optim": {"name": "adam", "lr": 0.001}}]})

@@ -10,20 +10,23 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from peerlearn.config import RunConfig, load_config, save_config
 from peerlearn.data import load_data
+from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
-from peerlearn.engine.run_dir import create_run_dir
+from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable
 from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 
 CONFIG_NAME = "config.yaml"
@@ -55,7 +58,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_determinism(config: RunConfig) -> None:
+    """Seed every global generator (torch, numpy, Python) so a run, and its checkpoints, repeat exactly."""
     torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     if config.train.deterministic:
@@ -101,11 +107,13 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         if not checkpoint.is_file():
             raise PeerlearnError(f"Cannot resume {str(run_dir)!r}: it holds no {CHECKPOINT_NAME}.")
         run_config = load_config(run_dir / CONFIG_NAME)
+        ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
     else:
         run_config = load_config(config, overrides)
         if keyword_overrides:
             run_config = load_config(run_config, _normalise_overrides(keyword_overrides))
         checkpoint = None
+        ensure_writable(Path(out))  # fail before loading data or training
     if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
         from peerlearn.engine.tracking import require_mlflow
 
@@ -123,15 +131,34 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
 
 
 def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value) -> RunResult:
-    data, device, recipe = prepare_run(run_config, distributed)
+    """Train in this process; the main process holds the run directory's lock (``RunLock``) throughout."""
     is_main = distributed is None or distributed.is_main
-    if resume is None:
-        run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
-        run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
-        if is_main:
-            save_config(run_config, run_dir / CONFIG_NAME)
-    else:
-        run_dir = Path(resume)
+    lock = None
+    try:
+        if resume is not None and is_main:
+            lock = RunLock(Path(resume)).acquire()
+            remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
+        data, device, recipe = prepare_run(run_config, distributed)
+        if resume is None:
+            run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
+            run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
+            if is_main:
+                lock = RunLock(run_dir).acquire()
+                try:
+                    save_config(run_config, run_dir / CONFIG_NAME)
+                except OSError as error:
+                    raise ResourceError(f"Cannot write {str(run_dir / CONFIG_NAME)!r}: "
+                                        f"{error.strerror or error}.") from None
+        else:
+            run_dir = Path(resume)
+        return _fit(run_config, distributed, is_main, run_dir, checkpoint, data, device, recipe)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, checkpoint: Optional[Path], data, device,
+         recipe) -> RunResult:
     trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
                       run_dir, callbacks=recipe.callbacks(),
                       extra_state=getattr(recipe, "extra_state", None),
@@ -146,7 +173,11 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
     if distributed is not None:
         summary["processes"] = distributed.world_size
     if is_main:
-        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        try:
+            (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        except OSError as error:
+            raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the "
+                                f"weights are in {str(run_dir / 'model.safetensors')!r}.") from None
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 

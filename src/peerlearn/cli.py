@@ -154,6 +154,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from peerlearn.evaluate.probe import probe_run
+    from peerlearn.tables import format_table
+
+    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C)
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [[r["name"], r["features"], 100 * r["train"], 100 * r["test"]] for r in result["depths"]]
+    print(f"linear probe of member {result['member']!r} on {result['pool']}x{result['pool']}-averaged features "
+          f"(scored on {result['split']})")
+    print(format_table(["depth", "features", "train acc %", f"{result['split']} acc %"], rows))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
@@ -163,6 +178,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": cmd_evaluate,
     "report": cmd_report,
     "export": cmd_export,
+    "probe": cmd_probe,
 }
 
 
@@ -171,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="peerlearn",
         description="Train networks with knowledge from other networks: deep mutual learning, distillation, "
                     "greedy layerwise and transfer learning.",
+        epilog="exit codes: 0 success, 1 unusable run or file, 2 bad config or data, 3 training stopped "
+               "(non-finite values), 4 resources (unwritable folder, full disk, run locked), 130 interrupted. "
+               "See docs/reliability.md.",
     )
     from peerlearn import __version__
 
@@ -270,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
     export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress bars (auto: only on a terminal)")
+
+    probe = sub.add_parser("probe", help="linear separability of each block's features (layerwise_cnn runs)",
+                           description="Fit a linear classifier (logistic regression) on the spatially averaged "
+                                       "output of every block of a finished run's network, and print its train and "
+                                       "held-out accuracy per depth.")
+    probe.add_argument("run_dir", help="a finished run directory")
+    probe.add_argument("--member", default=None, help="member to probe (default: the first)")
+    probe.add_argument("--split", default="test", choices=["val", "test"], help="held-out split to score on")
+    probe.add_argument("--limit", type=int, default=5000, help="fit on the first N training items")
+    probe.add_argument("--pool", type=int, default=2, help="average each map to POOL x POOL (default 2)")
+    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -22,9 +22,16 @@ from peerlearn.errors import ConfigError
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """Safe YAML loader with YAML 1.2 scalars: ``1e-3`` is a float, and only true/false are booleans
+    (YAML 1.1 would read ``progress: off`` or ``yes`` as booleans)."""
 
 
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -81,8 +88,21 @@ class DataConfig(Section):
             raise ValueError(f"unknown dataset source; allowed: {', '.join(sorted(SOURCES))}")
         return value
 
+    @model_validator(mode="after")
+    def _known_options(self) -> "DataConfig":
+        from peerlearn.data.registry import SOURCES
+
+        own = SOURCES[self.source].options
+        allowed = None if own is None else ("verify", *(o for o in own if o != "verify"))  # verify: every source
+        unknown = sorted(set(self.options) - set(allowed)) if allowed is not None else []
+        if unknown:
+            raise ValueError(f"key 'data.options.{unknown[0]}' is not an option of the source {self.source!r}; "
+                             f"its options: {', '.join(allowed) or 'none'}")
+        return self
+
 
 # --------------------------------------------------------------------------- optimisation
+Probability = Annotated[float, Field(ge=0, lt=1)]
 class OptimConfig(Section):
     """Optimizer of one member. Keys left unset in a member fall back to the top-level ``optim``."""
 
@@ -91,7 +111,7 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSProp momentum")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Probability, Probability] = Field((0.9, 0.999), description="Adam/AdamW β1, β2, each in [0, 1)")
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp smoothing constant")
     eps: float = Field(1e-8, gt=0)
 
@@ -107,7 +127,8 @@ class ScheduleConfig(Section):
 
     name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
     step_size: int = Field(30, gt=0, description="step: epochs between decays")
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr decays")
+    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list,
+                                                          description="multistep: epochs at which lr decays")
     gamma: float = Field(0.1, gt=0, le=1)
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
     max_lr: Optional[float] = Field(None, gt=0, description="onecycle: peak lr (default: optim.lr)")
@@ -115,12 +136,13 @@ class ScheduleConfig(Section):
 
 
 class MemberConfig(Section):
-    name: Optional[str] = Field(None, description="unique name (default: m0, m1, ...)")
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                                description="unique name: letters, digits, _ and - (default: m0, m1, ...)")
     model: str = Field("small_cnn", description="model name from the registry")
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
     optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this member")
     schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
-    weights: Optional[str] = Field(None, description="initial weights: a .safetensors file or a peerlearn run directory")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running code) or a peerlearn run directory")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
     max_norm: Optional[float] = Field(
         None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "
@@ -186,9 +208,59 @@ class DistillConfig(Section):
                           "not augmented")
 
 
+class GreedyStageConfig(Section):
+    """Settings of one greedy stage; unset keys fall back to the ``greedy`` defaults."""
+
+    epochs: Optional[int] = Field(None, gt=0, description="epochs of this stage")
+    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the optimizer for this stage")
+    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the schedule for this stage")
+
+
+class GreedyConfig(Section):
+    """Greedy layerwise learning: stage j trains block j and its auxiliary head, blocks < j frozen.
+
+    Stage j's optimizer = top-level ``optim`` ← member ``optim`` ← ``greedy.optim`` ← ``greedy.stages.j.optim``
+    (later wins); the same for ``schedule``; epochs = ``greedy.stages.j.epochs`` or ``greedy.epochs``
+    or ``train.epochs``.
+    """
+
+    mode: Literal["greedy", "end_to_end"] = Field(
+        "greedy", description="greedy stages, or the same network trained end to end (last head as classifier)")
+    epochs: Optional[int] = Field(None, gt=0, description="epochs per stage (default: train.epochs)")
+    optim: Optional[dict[str, Any]] = Field(None, description="optimizer overrides for every stage")
+    schedule: Optional[dict[str, Any]] = Field(None, description="schedule overrides for every stage (restarts each stage)")
+    stages: dict[int, GreedyStageConfig] = Field(
+        default_factory=dict, description="per-stage overrides keyed by block index 0..J−1 (end_to_end: key 0)")
+    cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="cache the frozen prefix's outputs once per stage (auto/on: when not augmented and "
+                            "under cache_max_mb, else computed every step)")
+    cache_max_mb: float = Field(1024.0, gt=0, description="largest prefix cache allowed, in MiB")
+
+    @model_validator(mode="after")
+    def _partials_valid(self) -> "GreedyConfig":
+        parts = [("greedy", self.optim, self.schedule)]
+        parts += [(f"greedy.stages.{j}", s.optim, s.schedule) for j, s in self.stages.items()]
+        for where, optim, schedule in parts:
+            for key, section, partial in (("optim", OptimConfig, optim), ("schedule", ScheduleConfig, schedule)):
+                if partial is None:
+                    continue
+                unknown = sorted(set(partial) - set(section.model_fields))
+                if unknown:
+                    raise ValueError(f"key '{where}.{key}.{unknown[0]}' is not a known key; allowed here: "
+                                     f"{', '.join(section.model_fields)}")
+                try:
+                    section(**partial)
+                except ValidationError as error:
+                    first = error.errors()[0]
+                    sub = ".".join(str(p) for p in first["loc"])
+                    raise ValueError(f"key '{where}.{key}.{sub}' has the value {first.get('input')!r}: "
+                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, gt=0)
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", description="auto, cpu, cuda, cuda:N, mps")
     deterministic: bool = Field(True, description="deterministic kernels and seeded data order")
     progress: Literal["auto", "on", "off"] = Field("auto", description="progress bar (auto: only on a terminal)")
     eval_every: int = Field(1, gt=0, description="evaluate every N epochs (and always at the end)")
@@ -366,7 +438,7 @@ class TransferConfig(Section):
 
 
 # --------------------------------------------------------------------------- root
-RECIPES = ("independent", "mutual", "transfer")
+RECIPES = ("independent", "mutual", "transfer", "greedy")
 
 
 class RunConfig(Section):
@@ -374,7 +446,7 @@ class RunConfig(Section):
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in the run directory")
     recipe: str = Field("independent", description="recipe name")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
     members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()],
                                         validate_default=True)
@@ -385,6 +457,7 @@ class RunConfig(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
+    greedy: GreedyConfig = Field(default_factory=GreedyConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
@@ -410,6 +483,11 @@ class RunConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"member names must be unique; repeated: {', '.join(duplicates)}")
+        if "ensemble" in names:
+            raise ValueError(f"key 'members.{names.index('ensemble')}.name' has the value 'ensemble', which is "
+                             "reserved for the cohort's ensemble; choose another name")
+        if not any(member.trainable for member in members):
+            raise ValueError("every member has trainable=false; at least one member must learn")
         return members
 
     @model_validator(mode="after")
@@ -505,7 +583,7 @@ def _format_validation_error(error: ValidationError, tree: dict[str, Any]) -> st
         loc = [str(p) for p in item["loc"]]
         key = ".".join(loc)
         message = item["msg"].removeprefix("Value error, ")
-        if not loc:
+        if not loc or message.startswith("key '"):  # the message already names its key
             lines.append(message + ".")
             continue
         if item["type"] == "extra_forbidden":

@@ -23,3 +23,9 @@ class TrainingError(PeerlearnError):
     """Training cannot go on (e.g. a non-finite loss); names the last good checkpoint."""
 
     exit_code = 3
+
+
+class ResourceError(PeerlearnError):
+    """The machine cannot hold the run: an unwritable folder, a full disk, a run dir locked by another process."""
+
+    exit_code = 4

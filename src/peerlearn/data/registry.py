@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class SourceSpec:
     description: str
     needs_path: bool = False  # the config's data.path names the folder/file
     files: tuple[str, ...] = ()  # official files checked by `peerlearn datasets verify`
+    options: Optional[tuple[str, ...]] = None  # data.options keys it reads besides verify (None: not checked)
 
     def load_function(self) -> Callable:
         module, function = self.loader.split(":")
@@ -27,33 +28,39 @@ SOURCES: dict[str, SourceSpec] = {
     "digits": SourceSpec(
         "peerlearn.data.digits:load_digits",
         "scikit-learn's 1,797 8x8 handwritten digits (embedded, no file needed)",
+        options=(),
     ),
     "mnist": SourceSpec(
         "peerlearn.data.idx:load_mnist",
         "MNIST, 60k/10k 28x28 digits (official IDX .gz files)",
         files=("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyte.gz",
                "mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
+        options=("verify",),
     ),
     "fashion_mnist": SourceSpec(
         "peerlearn.data.idx:load_fashion_mnist",
         "Fashion-MNIST, 60k/10k 28x28 clothing images (official IDX .gz files)",
         files=("fashion-mnist/train-images-idx3-ubyte.gz", "fashion-mnist/train-labels-idx1-ubyte.gz",
                "fashion-mnist/t10k-images-idx3-ubyte.gz", "fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+        options=("verify",),
     ),
     "cifar10": SourceSpec(
         "peerlearn.data.cifar:load_cifar10",
         "CIFAR-10, 50k/10k 32x32 colour images (official python pickle archive)",
         files=("cifar-10-python.tar.gz",),
+        options=("verify",),
     ),
     "cifar100": SourceSpec(
         "peerlearn.data.cifar:load_cifar100",
         "CIFAR-100, 50k/10k 32x32 colour images, 100 fine classes (official python pickle archive)",
         files=("cifar-100-python.tar.gz",),
+        options=("verify", "labels"),
     ),
     "image_folder": SourceSpec(
         "peerlearn.data.image_folder:load_image_folder",
         "a folder with one subfolder per class (data.path; optional train/ and test/ subfolders)",
         needs_path=True,
+        options=("mode", "size", "test_fraction", "split_seed", "workers"),
     ),
     "market1501": SourceSpec(
         "peerlearn.data.market1501:load_market1501",

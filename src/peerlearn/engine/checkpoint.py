@@ -1,20 +1,24 @@
 """Checkpoints: one safetensors file holding weights, optimizer and RNG tensors, with the rest as JSON.
 
 Nothing is unpickled when loading, so a checkpoint from elsewhere cannot run code. Files are written
-to a temporary name in the same folder, flushed to disk, then renamed over the old one: a crash while
-writing leaves the last good checkpoint in place.
+to a temporary name in the same folder, flushed to disk (``fsync``), then renamed over the old one
+(``os.replace``, atomic on POSIX) and the folder entry is flushed too: a crash or a full disk while
+writing leaves the last good checkpoint in place, never a half-written one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from peerlearn.errors import PeerlearnError
@@ -71,6 +75,29 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that a killed ``atomic_write`` left in ``folder`` (call with the run locked)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -81,15 +108,22 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a state written by ``save_state`` (no pickle involved)."""
+    """Read a state written by ``save_state`` (no pickle involved).
+
+    The file is read with one ``open``, so a reader racing a writer's ``os.replace`` sees either the
+    old checkpoint or the new one, whole (mapping it by name twice could mix the two).
+    """
     path = Path(path)
     if not path.is_file():
         raise PeerlearnError(f"No checkpoint at {str(path)!r}.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises several types for a damaged file
+        data = path.read_bytes()
+        header_size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_size > len(data) - 8:
+            raise ValueError(f"the header claims {header_size} bytes but the file has {len(data)}")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        tensors = load_bytes(data)
+    except Exception as error:  # a damaged file can fail in several ways
         raise PeerlearnError(f"The checkpoint {str(path)!r} cannot be read ({error}); it is damaged or not a "
                              "peerlearn checkpoint.") from None
     if "peerlearn" not in metadata:
@@ -98,7 +132,18 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
+    """Every global random generator a step may draw from: torch (dropout, init), CUDA, numpy, Python.
+
+    Data order and augmentation do not need saving: they come from generators seeded by
+    (seed, epoch, step) in ``BatchStream``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -106,6 +151,13 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        entry = state["numpy"]
+        np.random.set_state((entry["kind"], entry["keys"].numpy().astype(np.uint32), entry["pos"],
+                             entry["has_gauss"], entry["cached_gaussian"]))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -117,15 +169,51 @@ def save_weights(path: Path, models: dict[str, torch.nn.Module], metadata: dict[
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
 
 
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file, without running code from it.
+
+    ``.safetensors`` files are parsed by safetensors (no pickle at all). PyTorch ``.pt``/``.pth`` files
+    are read with ``torch.load(weights_only=True)``, whose unpickler builds tensors and plain containers
+    only: a file that asks for any other object (e.g. one whose ``__reduce__`` calls a function) is
+    refused before that object is built. Anything else raises ``PeerlearnError`` naming the file.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for forbidden globals, others for damaged files
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PeerlearnError(f"Refusing to load {str(path)!r}: it is not a plain weights file that can be read "
+                                 f"without running code ({first}). Convert it to .safetensors.") from None
+        if isinstance(loaded, dict):
+            for key in ("state_dict", "model"):
+                if isinstance(loaded.get(key), dict):
+                    loaded = loaded[key]
+                    break
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise PeerlearnError(f"{str(path)!r} does not hold a mapping of names to tensors (a state_dict).")
+        return {str(k): v for k, v in loaded.items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as error:  # safetensors raises several types for a damaged or foreign file
+        raise PeerlearnError(f"Cannot read the weights file {str(path)!r} as safetensors ({error}); it is damaged "
+                             "or not a safetensors file.") from None
+
+
 def load_weights(path: Path, member: str | None = None) -> dict[str, torch.Tensor]:
-    """Read weights saved by ``save_weights`` (all, or one member's with its prefix removed)."""
-    with safe_open(str(path), framework="pt") as handle:
-        keys = list(handle.keys())
-        if member is None:
-            return {k: handle.get_tensor(k) for k in keys}
-        prefix = f"{member}."
-        found = {k[len(prefix):]: handle.get_tensor(k) for k in keys if k.startswith(prefix)}
+    """Read weights saved by ``save_weights`` (all, or one member's with its prefix removed).
+
+    Never unpickles arbitrary objects (see ``read_tensor_file``)."""
+    tensors = read_tensor_file(path)
+    if member is None:
+        return tensors
+    prefix = f"{member}."
+    found = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not found:
-        members = sorted({k.split(".", 1)[0] for k in keys})
+        members = sorted({k.split(".", 1)[0] for k in tensors})
         raise PeerlearnError(f"{str(path)!r} holds no weights of member {member!r}; it has: {', '.join(members)}.")
     return found

@@ -1,24 +1,43 @@
-"""Run directories: created fresh for every run, never overwritten."""
+"""Run directories: created fresh for every run, never overwritten, written by one process at a time."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ResourceError
+
+LOCK_NAME = ".lock"
+
+
+def ensure_writable(folder: Path, what: str = "output directory", hint: str = "Choose another with --out.",
+                    create: bool = False) -> Path:
+    """Prove that files can be made in ``folder`` (a real write, not only permission bits, which say
+    nothing on read-only mounts or for root). A folder that does not exist yet is checked through its
+    nearest existing parent, and made only when ``create`` is true. Raises ``ResourceError`` otherwise."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, f"{str(probe)!r} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=probe, prefix=".peerlearn-probe-"):
+            pass
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ResourceError(f"The {what} {str(folder)!r} is not writable ({reason}); nothing was trained. {hint}") from None
+    return folder
 
 
 def create_run_dir(out: Path, name: str) -> Path:
     """Make ``out/<name>-<YYYYmmdd-HHMMSS>`` (with -2, -3, ... if taken); fail early if unwritable."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PeerlearnError(f"Cannot create the output directory {str(out)!r}: {error.strerror}. "
-                             "Choose another with --out.") from None
-    if not os.access(out, os.W_OK):
-        raise PeerlearnError(f"The output directory {str(out)!r} is not writable. Choose another with --out.")
+    out = ensure_writable(Path(out), create=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = out / f"{name}-{stamp}"
     candidate, suffix = base, 1
@@ -29,3 +48,53 @@ def create_run_dir(out: Path, name: str) -> Path:
         except FileExistsError:
             suffix += 1
             candidate = Path(f"{base}-{suffix}")
+        except OSError as error:
+            raise ResourceError(f"Cannot create the run directory {str(candidate)!r}: {error.strerror or error}. "
+                                "Choose another parent with --out.") from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a process trains into it.
+
+    Uses ``flock`` on ``RUN_DIR/.lock``: the operating system drops it when the process ends, even
+    on SIGKILL, so a killed run never leaves a stale lock behind. A second process (say, a second
+    ``--resume`` of the same run) fails at once with ``ResourceError`` naming the holder's pid.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.handle: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): run unlocked
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ResourceError(f"Cannot create the lock file {str(self.path)!r}: {error.strerror or error}.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ResourceError(
+                f"The run directory {str(self.path.parent)!r} is in use by another peerlearn process (pid {holder}). "
+                "Wait for it to finish or stop it; two processes must not write the same run."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.handle = fd
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)  # closing drops the flock
+            self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

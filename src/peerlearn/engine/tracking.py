@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -30,8 +31,9 @@ class MetricsLog:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+                    if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
+            # atomically: a process killed during this rewrite must not lose the log
+            atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
         self.handle = open(self.path, "a", buffering=1)
         self.writer = None
         if tensorboard:
@@ -161,6 +163,17 @@ class MlflowLogger:
         self.client.set_terminated(self.run_id, status="FINISHED" if finished else "FAILED")
 
 
+def _parse(line: str) -> Optional[dict[str, Any]]:
+    """One log line, or None for a blank or torn line (the process was killed while writing it)."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _flat(values: dict[str, Any], prefix: str = ""):
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -172,4 +185,6 @@ def _flat(values: dict[str, Any], prefix: str = ""):
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    return [record for line in path.read_text().splitlines() if (record := _parse(line)) is not None]

@@ -22,7 +22,7 @@ from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
-from peerlearn.errors import TrainingError
+from peerlearn.errors import ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -75,10 +75,7 @@ def check_finite(loss: torch.Tensor, member: str, trainer: Optional["Trainer"] =
     if not bool(torch.isfinite(loss.detach()).all()):
         where = ""
         if trainer is not None:
-            p = trainer.position
-            last = trainer.checkpoint_path if trainer.checkpoint_path.exists() else None
-            where = (f" at global step {p.global_step} (stage {p.stage}, epoch {p.epoch}, step {p.step_in_epoch}); "
-                     f"the last good checkpoint is {str(last) if last else 'none (nothing saved yet)'}")
+            where = f" at {trainer.where()}; the last good checkpoint is {trainer.last_good_checkpoint()}"
         raise TrainingError(
             f"The loss of member {member!r} is not finite ({float(loss.detach().float().mean())}){where}. "
             "Lower the learning rate, check the inputs for NaN/inf, or resume from the checkpoint with other settings."
@@ -105,6 +102,9 @@ class Trainer:
         self.log: Optional[MetricsLog] = None
         self.last_results: dict[str, Any] = {}
         self.elapsed = 0.0
+        self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
+        self._epoch_sums: dict[str, float] = {}  # running sums of the current epoch's logged values
+        self._epoch_count = 0
         self.distributed = None  # a DistContext when this is one process of a distributed run
 
     @property
@@ -123,6 +123,18 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
+    def where(self) -> str:
+        """The current position in words, for error messages."""
+        p = self.position
+        return (f"global step {p.global_step + 1} (stage {p.stage}, epoch {p.epoch + 1}, "
+                f"step {p.step_in_epoch + 1} of the epoch)")
+
+    def last_good_checkpoint(self) -> str:
+        """The checkpoint a resume would start from, in words."""
+        if self.saved_step is None or not self.checkpoint_path.exists():
+            return "none (nothing was saved yet)"
+        return f"{str(self.checkpoint_path)!r} (global step {self.saved_step}; resume with --resume {self.run_dir})"
+
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         members = {}
@@ -140,14 +152,25 @@ class Trainer:
             "rng": rng_state(),
             "callbacks": [c.state_dict() for c in self.callbacks],
             "history": self.history,
+            "epoch_progress": {"sums": dict(self._epoch_sums), "count": self._epoch_count},
             "elapsed": self.elapsed,
             "extra": self.extra_state() if self.extra_state else {},
             "config": self.config.model_dump(mode="json"),
         }
 
     def save_checkpoint(self) -> None:
+        """Write the checkpoint atomically (main process only); a failed write (full disk, ...) keeps the
+        previous one."""
         if self.is_main:
-            save_state(self.checkpoint_path, self.state())
+            try:
+                save_state(self.checkpoint_path, self.state())
+            except OSError as error:
+                raise ResourceError(
+                    f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
+                    f"{self.position.global_step}: {error.strerror or error}. Nothing was replaced: the last good "
+                    f"checkpoint is {self.last_good_checkpoint()}. Free disk space, then resume."
+                ) from None
+        self.saved_step = self.position.global_step
         if self.distributed is not None:
             self.distributed.barrier()
 
@@ -160,6 +183,10 @@ class Trainer:
             callback.load_state_dict(cstate)
         self.history = state.get("history", [])
         self.elapsed = state.get("elapsed", 0.0)
+        progress = state.get("epoch_progress") or {}
+        self._epoch_sums = dict(progress.get("sums", {}))
+        self._epoch_count = int(progress.get("count", 0))
+        self.saved_step = self.position.global_step
         if self.load_extra_state:
             self.load_extra_state(state.get("extra", {}))
         self._pending_member_state = state["members"]
@@ -216,15 +243,18 @@ class Trainer:
             epoch = self.position.epoch
             started = time.perf_counter()
             self.cohort.train()
-            sums: dict[str, float] = {}
-            count = 0
+            if self.position.step_in_epoch == 0:
+                self._epoch_sums, self._epoch_count = {}, 0
+            sums = self._epoch_sums
             bar = tqdm(total=len(stream), initial=self.position.step_in_epoch, disable=not show, leave=False,
                        desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}", dynamic_ncols=True)
             for step, batch in stream.epoch(self.position.global_epoch, start_step=self.position.step_in_epoch):
+                self._check_inputs(batch, stream)
                 values = stage.step(batch)
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
-                count += 1
+                self._epoch_count += 1
+                count = self._epoch_count
                 self.position.step_in_epoch = step + 1
                 self.position.global_step += 1
                 bar.update(1)
@@ -240,7 +270,7 @@ class Trainer:
             self._sync()
             self.cohort.step_schedules("epoch")
             self.elapsed += time.perf_counter() - started
-            train_means = {k: v / max(count, 1) for k, v in sums.items()}
+            train_means = {k: v / max(self._epoch_count, 1) for k, v in sums.items()}
             lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.trainable if m.optimizer}
             self.log.log("train", self.position.global_step, self.position.global_epoch + 1,
                          {"stage": stage.name, **train_means, "lr": lrs})
@@ -259,6 +289,17 @@ class Trainer:
                     callback.on_epoch_end(self, results)
             self.save_checkpoint()
 
+    def _check_inputs(self, batch: Batch, stream: BatchStream) -> None:
+        """Refuse a batch holding NaN/inf inputs before any member sees it."""
+        if not bool(torch.isfinite(batch.x).all()):
+            bad = (~torch.isfinite(batch.x.reshape(len(batch.x), -1))).any(1).nonzero().flatten()
+            items = batch.index[bad].tolist()[:5]
+            raise TrainingError(
+                f"The training inputs hold NaN or inf at {self.where()}: items {items} of the training split; "
+                f"no member (of {', '.join(self.cohort.names)}) was updated with them. The last good checkpoint is "
+                f"{self.last_good_checkpoint()}. Check the dataset (and data.normalize) for non-finite values."
+            )
+
     def evaluate(self, stage: Stage, splits: Optional[list[str]] = None) -> dict[str, Any]:
         names = stage.eval_members or [m.name for m in self.cohort]
         ensemble = stage.ensemble_members or [m.name for m in self.cohort.trainable]
@@ -272,7 +313,13 @@ class Trainer:
         stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
         final = self.evaluate(stage, [s for s in ("val", "test") if s in self.eval_streams])
         if self.is_main:
-            save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
+            try:
+                save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
+            except OSError as error:
+                raise ResourceError(
+                    f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
+                    f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
+                ) from None
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 

@@ -12,6 +12,7 @@ _RECIPES = {
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
     "distill": "peerlearn.recipes.distill:DistillRecipe",
     "transfer": "peerlearn.recipes.transfer:TransferRecipe",
+    "greedy": "peerlearn.recipes.greedy:GreedyRecipe",
 }
 
 RECIPE_NAMES = tuple(_RECIPES)

@@ -17,7 +17,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Callback, Stage
-from peerlearn.errors import ConfigError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
 from peerlearn.regularize import Regularizer
@@ -70,12 +70,37 @@ class Recipe:
                               "vectors; use a model that takes in_features, e.g. mlp.")
         try:
             model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RuntimeError) as error:
             raise ConfigError(f"Invalid config: key 'members.{index}.model_args' for model "
                               f"{member_config.model!r}: {error}.") from None
         if member_config.weights:
             load_member_weights(model, member_config.weights, member_config.name, index)
-        return model.to(self.device)
+        model = model.to(self.device)
+        self.check_fits_data(model, member_config, index)
+        return model
+
+    def check_fits_data(self, model: torch.nn.Module, member_config: MemberConfig, index: int) -> None:
+        """One forward pass on two training inputs (eval mode, no gradient: nothing changes, no random
+        draw) so a model that does not fit the dataset fails now, naming the member, not mid-training."""
+        sample = self.normalizer(self.data.train.x[:2].to(self.device))
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = model(sample)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"Invalid config: key 'members.{index}.model' ({member_config.model!r} with model_args "
+                f"{member_config.model_args}) does not fit the dataset {self.config.data.source!r} "
+                f"(inputs {tuple(sample.shape[1:])}, {self.data.num_classes} classes): {detail}.") from None
+        finally:
+            model.train(was_training)
+        if logits.dim() != 2 or logits.shape[1] != self.data.num_classes:
+            raise ConfigError(
+                f"Invalid config: key 'members.{index}.model' ({member_config.model!r}) gives outputs of shape "
+                f"{tuple(logits.shape)}, but the dataset {self.config.data.source!r} has {self.data.num_classes} "
+                "classes; remove num_classes from model_args.")
 
     def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None,
                      steps_per_epoch: int | None = None) -> Member:
@@ -158,12 +183,22 @@ def load_member_weights(model: torch.nn.Module, source: str, name: str, index: i
         path = path / "model.safetensors"
     if not path.is_file():
         raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
-                          "a .safetensors file nor a peerlearn run directory holding model.safetensors.")
-    tensors = load_weights(path)
+                          "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")
+    try:
+        tensors = load_weights(path)
+    except ConfigError:
+        raise
+    except PeerlearnError as error:
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
     prefix = f"{name}."
     own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     state = own or tensors
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        detail = str(error).strip().splitlines()[-1].strip()
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit the model of "
+                          f"member {name!r} ({detail}).") from None
     if missing:
         raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
                           f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")
