@@ -127,3 +127,19 @@ def test_dml_e_and_dml_have_the_same_gradient_with_kl(temperature):
     js_peers = torch.autograd.grad(mutual_mimicry(z, peers, divergence="js"), z)[0]
     js_mean = torch.autograd.grad(mutual_mimicry(z, peers, divergence="js", teacher="ensemble"), z)[0]
     assert not torch.allclose(js_peers, js_mean)
+
+
+def test_one_pass_peer_kl_equals_the_sum_of_pairwise_kls_in_value_and_gradient():
+    """mean_kl_from_peers is the plain 1/(K−1) Σ_l KL(p_l ‖ p_k), rearranged to cost one cross-entropy."""
+    from peerlearn.losses import kl_to_target, mean_kl_from_peers
+
+    torch.manual_seed(3)
+    peers = [torch.softmax(torch.randn(6, 5) * 2, 1) for _ in range(3)]
+    peers[0][0] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])  # a zero probability contributes 0
+    logits = torch.randn(6, 5, requires_grad=True)
+    fast = mean_kl_from_peers(peers, logits, temperature=2.0)
+    (fast_grad,) = torch.autograd.grad(fast, logits)
+    plain = sum(kl_to_target(p, logits, 2.0) for p in peers) / 3
+    (plain_grad,) = torch.autograd.grad(plain, logits)
+    assert torch.allclose(fast, plain, atol=1e-6)
+    assert torch.allclose(fast_grad, plain_grad, atol=1e-7)

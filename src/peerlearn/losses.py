@@ -74,11 +74,28 @@ def mutual_mimicry(
     if teacher == "ensemble":
         mean_probs = torch.stack([p.detach() for p in peer_probs]).mean(0)
         term = divergence_fn(mean_probs, logits, temperature)
+    elif teacher == "peers" and divergence == "kl":
+        term = mean_kl_from_peers(peer_probs, logits, temperature)
     elif teacher == "peers":
         term = sum(divergence_fn(p, logits, temperature) for p in peer_probs) / len(peer_probs)
     else:
         raise ValueError(f"teacher must be 'peers' or 'ensemble', got {teacher!r}")
     return term * temperature**2
+
+
+def mean_kl_from_peers(peer_probs: Sequence[torch.Tensor], logits: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """1/(K−1) · Σ_l KL(p_l ‖ p_k) computed in one pass instead of K−1:
+
+        1/(K−1) Σ_l Σ_m p_l,m log p_l,m  −  Σ_m p̄_m log p_k,m,     p̄ = 1/(K−1) Σ_l p_l
+
+    (batch mean). The first part is a constant of the peers; the second is a single cross-entropy with
+    their mean, so the cost no longer grows with the number of peers. Equal to the plain sum up to rounding.
+    """
+    peers = torch.stack([p.detach() for p in peer_probs])  # [K−1, B, C]
+    neg_entropy = torch.xlogy(peers, peers).sum(-1).mean()
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    return neg_entropy - (peers.mean(0) * log_p).sum(1).mean()
 
 
 def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) -> torch.Tensor:
