@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import peerlearn  # noqa: E402
+from benchmarks.timing import median_step_seconds  # noqa: E402
 from benchmarks.results_doc import markdown_table, mean_std, write_section  # noqa: E402
 from peerlearn.api import prepare_run  # noqa: E402
 from peerlearn.config import load_config  # noqa: E402
@@ -101,17 +102,7 @@ def time_steps(config, steps: int, repeats: int, distill: bool) -> float:
     _, _, recipe = prepare_run(config)
     if distill:
         recipe.stages()[-1].start()  # freezes the teacher, fills the target cache when allowed
-    recipe.cohort.train()
-    batches = [b for _, b in zip(range(steps), (b for _, b in recipe.train_stream.epoch(0)))]
-    for batch in batches[:3]:
-        recipe.step(batch)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            recipe.step(batch)
-        timings.append((time.perf_counter() - started) / len(batches))
-    return statistics.median(timings)
+    return median_step_seconds(recipe, steps, repeats)
 
 
 def speed(teacher_dir: Path | None, plan: dict, quick: bool, rounds: int = 3) -> dict:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from results_doc import markdown_table, write_section
+from timing import median_step_seconds
 from peerlearn.api import prepare_run
 from peerlearn.config import load_config
 
@@ -40,17 +40,7 @@ def base_config(k: int) -> dict:
 def time_steps(config, steps: int, repeats: int) -> float:
     """Median seconds per training step (after 3 warm-up steps) of the recipe ``config`` describes."""
     _, _, recipe = prepare_run(config)
-    recipe.cohort.train()
-    batches = [b for _, b in zip(range(steps), (b for _, b in recipe.train_stream.epoch(0)))]
-    for batch in batches[:3]:
-        recipe.step(batch)
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            recipe.step(batch)
-        timings.append((time.perf_counter() - started) / len(batches))
-    return statistics.median(timings)
+    return median_step_seconds(recipe, steps, repeats)
 
 
 def measure(sizes: list[int], steps: int, repeats: int, rounds: int) -> dict[int, dict[str, list[float]]]:

@@ -58,3 +58,28 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "peerlearn", *args], capture_output=True, text=True,
                           cwd=cwd or REPO, env=env, timeout=timeout)
+
+
+class Interrupt(Exception):
+    """Raised by ``train_interrupted_at_evaluation`` to cut a run short, like a crash would."""
+
+
+def train_interrupted_at_evaluation(config, out: Path, evaluation: int, monkeypatch) -> Path:
+    """Train ``config`` but crash at its ``evaluation``-th evaluation (before that epoch's checkpoint);
+    return the interrupted run directory, ready for ``peerlearn.train(resume=...)``."""
+    import peerlearn
+    from peerlearn.engine.trainer import Trainer
+
+    original, calls = Trainer.evaluate, {"n": 0}
+
+    def evaluate_then_die(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == evaluation:
+            raise Interrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_die)
+    with pytest.raises(Interrupt):
+        peerlearn.train(config, out=out)
+    monkeypatch.setattr(Trainer, "evaluate", original)
+    return next(Path(out).iterdir())

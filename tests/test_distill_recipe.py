@@ -12,7 +12,7 @@ from peerlearn.api import prepare_run
 from peerlearn.config import load_config
 from peerlearn.errors import ConfigError
 from peerlearn.losses import cross_entropy, soft_target_loss, teacher_probs
-from conftest import run_cli
+from conftest import run_cli, train_interrupted_at_evaluation
 
 TEACHER = {"name": "teacher", "model": "small_cnn", "model_args": {"width": 16}, "trainable": False}
 STUDENT = {"name": "student", "model": "mlp", "model_args": {"widths": [16]}}
@@ -202,33 +202,15 @@ def test_cli_reports_a_missing_teacher_weight_with_exit_2(tmp_path):
     assert "members.0.weights" in done.stderr and "Traceback" not in done.stderr
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("die_at", [3, 4])  # 3: just after the teacher stage; 4: inside the distillation stage
 def test_resume_across_and_inside_stages_equals_uninterrupted_run(tiny, tmp_path, monkeypatch, die_at):
     from safetensors.torch import load_file
-
-    from peerlearn.engine.trainer import Trainer
 
     teacher = {**TEACHER, "model": "mlp", "model_args": {"widths": [32], "dropout": 0.2}}
     config = distill_config(tiny, members=[teacher, STUDENT], teacher_epochs=2)
     config["train"] = {"epochs": 3, "progress": "off", "threads": 1}
     full = peerlearn.train(config, out=tmp_path / "full")
-    original, calls = Trainer.evaluate, {"n": 0}
-
-    def evaluate_then_die(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == die_at:
-            raise _Interrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_die)
-    with pytest.raises(_Interrupt):
-        peerlearn.train(config, out=tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "evaluate", original)
-    resumed = peerlearn.train(resume=next((tmp_path / "cut").iterdir()))
+    resumed = peerlearn.train(resume=train_interrupted_at_evaluation(config, tmp_path / "cut", die_at, monkeypatch))
     expected, got = load_file(str(full.run_dir / "model.safetensors")), load_file(
         str(resumed.run_dir / "model.safetensors"))
     for key, value in expected.items():

@@ -10,7 +10,7 @@ import peerlearn
 from peerlearn.config import OptimConfig, ScheduleConfig
 from peerlearn.engine.checkpoint import flatten_state, load_state, save_state, unflatten_state
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Trainer
+from conftest import train_interrupted_at_evaluation
 
 
 def _weights(run_dir):
@@ -48,10 +48,6 @@ def test_different_seeds_give_different_weights(tiny, tmp_path):
     assert not torch.equal(_weights(a.run_dir)["a.classifier.weight"], _weights(b.run_dir)["a.classifier.weight"])
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("update", ["simultaneous", "sequential"])
 def test_resume_after_interruption_equals_uninterrupted_run(tiny, tmp_path, monkeypatch, update):
     config = tiny(recipe="mutual", mutual={"update": update},
@@ -62,20 +58,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tiny, tmp_path, monk
                   schedule={"name": "onecycle"}, train={"epochs": 4, "progress": "off"})
     full = peerlearn.train(config, out=tmp_path / "full")
 
-    original = Trainer.evaluate
-    calls = {"n": 0}
-
-    def evaluate_then_die(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # during epoch 3's evaluation: its checkpoint is not written yet
-            raise _Interrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_die)
-    with pytest.raises(_Interrupt):
-        peerlearn.train(config, out=tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "evaluate", original)
-    run_dir = next((tmp_path / "cut").iterdir())
+    # crash during epoch 3's evaluation: its checkpoint is not written yet
+    run_dir = train_interrupted_at_evaluation(config, tmp_path / "cut", 3, monkeypatch)
     assert load_state(run_dir / "checkpoint.safetensors")["position"]["global_epoch"] == 2
     resumed = peerlearn.train(resume=run_dir)
     for key, value in _weights(full.run_dir).items():

@@ -15,6 +15,7 @@ from peerlearn.engine.trainer import Position
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.losses import center_loss, l1_penalty, l2_penalty, update_centers
 from peerlearn.regularize import Regularizer, penalized_weights
+from conftest import train_interrupted_at_evaluation
 
 
 # ------------------------------------------------------------------ hand-computed values
@@ -235,30 +236,13 @@ def test_models_take_a_dropout_option_that_acts_in_training_only(name):
     assert torch.equal(model(x), model(x))
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_keeps_centres_and_early_stopping_state(tiny, tmp_path, monkeypatch):
-    from peerlearn.engine.trainer import Trainer
-
     config = tiny(members=[{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in ("a", "b")],
                   train={"epochs": 6, "progress": "off", "threads": 1},
                   regularize={"center_loss": 0.1, "early_stopping": {"enabled": True, "patience": 2, "min_delta": 0.5}})
     full = peerlearn.train(config, out=tmp_path / "full")
-    original, calls = Trainer.evaluate, {"n": 0}
-
-    def evaluate_then_die(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # epoch 3's evaluation: the checkpoint of epoch 2 (one evaluation waited) exists
-            raise _Interrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_die)
-    with pytest.raises(_Interrupt):
-        peerlearn.train(config, out=tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "evaluate", original)
-    resumed = peerlearn.train(resume=next((tmp_path / "cut").iterdir()))
+    # crash at epoch 3's evaluation: the checkpoint of epoch 2 (one evaluation waited) exists
+    resumed = peerlearn.train(resume=train_interrupted_at_evaluation(config, tmp_path / "cut", 3, monkeypatch))
     assert resumed.summary["early_stopping"] == full.summary["early_stopping"]
     assert full.summary["early_stopping"]["stopped_epoch"] == 3
     for name in ("a", "b"):

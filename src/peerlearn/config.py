@@ -43,6 +43,15 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def known_source(value: str) -> str:
+    """A dataset source name from the registry (``peerlearn datasets`` lists them)."""
+    from peerlearn.data.registry import SOURCES
+
+    if value not in SOURCES:
+        raise ValueError(f"unknown dataset source; allowed: {', '.join(sorted(SOURCES))}")
+    return value
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
@@ -79,14 +88,7 @@ class DataConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        from peerlearn.data.registry import SOURCES
-
-        if value not in SOURCES:
-            raise ValueError(f"unknown dataset source; allowed: {', '.join(sorted(SOURCES))}")
-        return value
+    _known_source = field_validator("source")(known_source)
 
     @model_validator(mode="after")
     def _known_options(self) -> "DataConfig":
@@ -374,14 +376,7 @@ class DomainDataConfig(Section):
     train_subset: Optional[int] = Field(None, gt=0, description="use only this many source images")
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
 
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        from peerlearn.data.registry import SOURCES
-
-        if value not in SOURCES:
-            raise ValueError(f"unknown dataset source; allowed: {', '.join(sorted(SOURCES))}")
-        return value
+    _known_source = field_validator("source")(known_source)
 
 
 class TransferConfig(Section):
