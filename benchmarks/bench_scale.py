@@ -29,11 +29,11 @@ MODES = {
 BATCH = 64
 
 
-def base_config(k: int) -> dict:
+def base_config(k: int, device: str = "cpu") -> dict:
     return {"data": {"source": "fashion_mnist", "train_subset": 2000, "val_fraction": 0.0, "image_size": 14,
                      "batch_size": BATCH},
             "members": [{"name": f"m{i}", "model": "small_cnn", "model_args": {"width": 16}} for i in range(k)],
-            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": {"threads": 1, "device": "cpu"},
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": {"threads": 1, "device": device},
             "tracking": {"tensorboard": False}}
 
 
@@ -43,14 +43,15 @@ def time_steps(config, steps: int, repeats: int) -> float:
     return median_step_seconds(recipe, steps, repeats)
 
 
-def measure(sizes: list[int], steps: int, repeats: int, rounds: int) -> dict[int, dict[str, list[float]]]:
+def measure(sizes: list[int], steps: int, repeats: int, rounds: int,
+            device: str = "cpu") -> dict[int, dict[str, list[float]]]:
     times: dict[int, dict[str, list[float]]] = {}
     for k in sizes:
         times[k] = {mode: [] for mode in MODES}
         for _ in range(rounds):
             for mode, extra in MODES.items():
-                times[k][mode].append(time_steps(load_config({**base_config(k), **extra}), steps, repeats))
-        print(k, {m: round(statistics.median(t) * 1000, 1) for m, t in times[k].items()}, flush=True)
+                times[k][mode].append(time_steps(load_config({**base_config(k, device), **extra}), steps, repeats))
+        print(device, k, {m: round(statistics.median(t) * 1000, 1) for m, t in times[k].items()}, flush=True)
     return times
 
 
@@ -75,24 +76,30 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     sizes, steps, repeats, rounds = ([2, 4], 6, 1, 1) if args.quick else ([2, 4, 8], 12, 2, 3)
-    times = measure(sizes, steps, repeats, rounds)
-    rows, scaling = tables(times)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
     body = (
         f"## Cohort throughput by execution mode{tag}\n\n"
         f"K small CNNs (`small_cnn`, width 16, BatchNorm) on 14×14 Fashion-MNIST batches of {BATCH}, SGD momentum, "
-        f"one process, **CPU, one thread**; median over {rounds} interleaved rounds of the median of {repeats} "
-        f"timings of {steps} steps (after 3 warm-up steps); in brackets the spread (std / mean) over the rounds. "
-        "The machine was shared with other jobs, which adds noise to every timing. *samples/s* = batch items per "
-        "second through the whole cohort (every member sees each item). *fused* = DML simultaneous with "
-        "`engine.fused: true` (one vmapped forward/backward for all members, each member's own optimizer).\n\n"
-        + markdown_table(["K"] + [f"{m} samples/s" for m in MODES]
-                         + ["simultaneous / independent (time)", "sequential / simultaneous (time)",
-                            "fused speed-up over simultaneous"], rows)
-        + f"\n\nStep time and its growth with K (relative to K = {min(times)}):\n\n"
-        + markdown_table(["K"] + list(MODES), scaling)
-        + "\n\n**GPU: not measured.** No GPU was available to this run, so there are no GPU numbers (fused vs loop, "
-        "bf16, channels-last, compile) here; `benchmarks/bench_scale.py` measures on the CPU only.")
+        f"one process (on the CPU with one thread); median over {rounds} interleaved rounds of the median of "
+        f"{repeats} timings of {steps} steps (after 3 warm-up steps); in brackets the spread (std / mean) over the "
+        "rounds. The machine may be shared with other jobs, which adds noise to every timing. *samples/s* = batch "
+        "items per second through the whole cohort (every member sees each item). *fused* = DML simultaneous with "
+        "`engine.fused: true` (one vmapped forward/backward for all members, each member's own optimizer).")
+    for device in devices:
+        times = measure(sizes, steps, repeats, rounds, device)
+        rows, scaling = tables(times)
+        name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU, one thread"
+        body += (
+            f"\n\n### {name}\n\n"
+            + markdown_table(["K"] + [f"{m} samples/s" for m in MODES]
+                             + ["simultaneous / independent (time)", "sequential / simultaneous (time)",
+                                "fused speed-up over simultaneous"], rows)
+            + f"\n\nStep time and its growth with K (relative to K = {min(times)}):\n\n"
+            + markdown_table(["K"] + list(MODES), scaling))
+    if "cuda" not in devices:
+        body += ("\n\n**GPU: not measured.** No GPU was available to this run, so there are no GPU numbers here; "
+                 "on a machine with CUDA the same command adds a GPU table.")
     write_section("scale", body)
 
 
