@@ -39,8 +39,8 @@ PAPER_BIAS = 3.5
 
 def budget(quick: bool) -> dict:
     if quick:
-        return {"subset": 2000, "teacher_epochs": 2, "student_epochs": 2, "seeds": 1}
-    return {"subset": 20000, "teacher_epochs": 20, "student_epochs": 10, "seeds": 3}
+        return {"subset": 2000, "teacher_epochs": 2, "student_epochs": 2, "seeds": 1, "student_lr": 0.05}
+    return {"subset": 20000, "teacher_epochs": 20, "student_epochs": 10, "seeds": 3, "student_lr": 0.05}
 
 
 def common(seed: int, subset: int, epochs: int) -> dict:
@@ -61,7 +61,7 @@ def one_seed(seed: int, plan: dict, out: Path) -> dict:
     test_size = teacher.summary["sizes"]["test"]
     runs["teacher"] = test_errors(teacher.summary, "teacher", test_size)
     runs["teacher_dir"] = teacher.run_dir
-    student_args = common(seed, plan["subset"], plan["student_epochs"])
+    student_args = {**common(seed, plan["subset"], plan["student_epochs"]), "optim.lr": plan["student_lr"]}
     from_teacher = {"members.0.weights": str(teacher.run_dir), "distill.teacher_epochs": 0}
 
     started = time.perf_counter()
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings, to check the script end to end")
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the sized budget, 20)")
     parser.add_argument("--student-epochs", type=int, help="epochs of each student (default: 10)")
+    parser.add_argument("--student-lr", type=float, help="learning rate of every student (default: 0.05)")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the section from a saved raw-results file")
     parser.add_argument("--speed-only", action="store_true",
                         help=f"re-measure only the step times (more rounds) and update {RAW.name} and the section")
@@ -149,6 +150,8 @@ def main() -> None:
         plan["teacher_epochs"] = args.teacher_epochs
     if args.student_epochs:
         plan["student_epochs"] = args.student_epochs
+    if args.student_lr:
+        plan["student_lr"] = args.student_lr
     if args.speed_only:
         raw = json.loads(RAW.read_text())
         raw["timing"] = speed(None, plan, quick=False, rounds=7)
@@ -223,7 +226,8 @@ def render(raw: dict) -> str:
         f"{plan['subset']:,}-image subset of the MNIST training set ({r0['train_size']:,} train / "
         f"{r0['val_size']:,} validation), the teacher for {plan['teacher_epochs']} epochs and each student for "
         f"{plan['student_epochs']} epochs (the paper trains on all 60,000 images for far longer), batch 128, SGD "
-        f"Nesterov momentum 0.9 with a cosine schedule, lr 0.1 for the teacher and 0.05 for every student, "
+        f"Nesterov momentum 0.9 with a cosine schedule, lr 0.1 for the teacher and "
+        f"{plan.get('student_lr', 0.05)} for every student, "
         f"{plan['seeds']} seeds. The configs in `configs/mnist_kd_*.yaml` hold the full-size settings (all images, "
         f"60 epochs); this script overrides `data.train_subset` and `train.epochs`. T = 20 and α = 0.1 were fixed "
         f"from the paper before running. One validation probe (a separate seed, never test) with lr 0.05 and "
