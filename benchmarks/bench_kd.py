@@ -136,13 +136,18 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the sized budget, 20)")
     parser.add_argument("--student-epochs", type=int, help="epochs of each student (default: 10)")
     parser.add_argument("--student-lr", type=float, help="learning rate of every student (default: 0.05)")
+    parser.add_argument("--history", help="with --render: how the run came about (kept in the raw file and shown)")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the section from a saved raw-results file")
     parser.add_argument("--speed-only", action="store_true",
                         help=f"re-measure only the step times (more rounds) and update {RAW.name} and the section")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.render:
-        write_section("kd-mnist", render(json.loads(Path(args.render).read_text())))
+        raw = json.loads(Path(args.render).read_text())
+        if args.history:
+            raw["history"] = args.history
+            Path(args.render).write_text(json.dumps(raw, indent=1))
+        write_section("kd-mnist", render(raw))
         return
     torch.set_num_threads(1)
     plan = budget(args.quick)
@@ -262,7 +267,8 @@ def render(raw: dict) -> str:
              "vs jittered student)"]])
         + "\n\nThe numbers come from a run of `python benchmarks/bench_kd.py` (the step times from "
         "`--speed-only` when that was run after it); they are saved raw in `benchmarks/kd_mnist_last.json`, "
-        "from which `--render` rewrites this section (the command below is the one that last wrote it).")
+        "from which `--render` rewrites this section (the command below is the one that last wrote it)."
+        + (f"\n\n*How this run came about:* {raw['history']}" if raw.get("history") else ""))
 
 
 if __name__ == "__main__":
