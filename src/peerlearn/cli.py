@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=int, default=None, metavar="P",
                        help="processes for --launcher local (default: one per member)")
 
-    demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, ~1 minute)",
+    demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, under a minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "
                                       "Deep Mutual Learning, and print both cohorts' accuracy.")
     demo.add_argument("--out", default="runs", help="parent folder of the run directories (default: runs)")
