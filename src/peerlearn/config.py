@@ -52,6 +52,23 @@ def known_source(value: str) -> str:
     return value
 
 
+def check_partial_section(where: str, section: type["Section"], partial: dict[str, Any],
+                          base: Optional["Section"] = None) -> None:
+    """Validate ``partial`` (overrides of ``section`` at key ``where``, on top of ``base`` when given);
+    raise ValueError naming the offending key and value."""
+    unknown = sorted(set(partial) - set(section.model_fields))
+    if unknown:
+        raise ValueError(f"key '{where}.{unknown[0]}' is not a known key; allowed here: "
+                         f"{', '.join(section.model_fields)}")
+    try:
+        section(**{**(base.model_dump() if base is not None else {}), **partial})
+    except ValidationError as error:
+        first = error.errors()[0]
+        sub = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"key '{where}.{sub}' has the value {first.get('input')!r}: "
+                         f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
@@ -246,17 +263,7 @@ class GreedyConfig(Section):
             for key, section, partial in (("optim", OptimConfig, optim), ("schedule", ScheduleConfig, schedule)):
                 if partial is None:
                     continue
-                unknown = sorted(set(partial) - set(section.model_fields))
-                if unknown:
-                    raise ValueError(f"key '{where}.{key}.{unknown[0]}' is not a known key; allowed here: "
-                                     f"{', '.join(section.model_fields)}")
-                try:
-                    section(**partial)
-                except ValidationError as error:
-                    first = error.errors()[0]
-                    sub = ".".join(str(p) for p in first["loc"])
-                    raise ValueError(f"key '{where}.{key}.{sub}' has the value {first.get('input')!r}: "
-                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+                check_partial_section(f"{where}.{key}", section, partial)
         return self
 
 
@@ -492,18 +499,7 @@ class RunConfig(Section):
                 partial = getattr(member, key)
                 if partial is None:
                     continue
-                where = f"members.{index}.{key}"
-                unknown = sorted(set(partial) - set(section.model_fields))
-                if unknown:
-                    raise ValueError(f"key '{where}.{unknown[0]}' is not a known key; allowed here: "
-                                     f"{', '.join(section.model_fields)}")
-                try:
-                    section(**{**base.model_dump(), **partial})
-                except ValidationError as error:
-                    first = error.errors()[0]
-                    sub = ".".join(str(p) for p in first["loc"])
-                    raise ValueError(f"key '{where}.{sub}' has the value {first.get('input')!r}: "
-                                     f"{first['msg'].removeprefix('Value error, ')}") from None
+                check_partial_section(f"members.{index}.{key}", section, partial, base)
         return self
 
     @model_validator(mode="after")
