@@ -16,7 +16,7 @@ from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Callback, Stage
+from peerlearn.engine.trainer import Callback, Stage, check_finite
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
@@ -139,6 +139,22 @@ class Recipe:
         """
         model = self.cohort[member].model if self.cohort is not None and member in self.cohort.members else None
         return self.regularizer.loss(member, model, logits, labels, features)
+
+    def update(self, members: list[Member], losses: list[torch.Tensor]) -> torch.Tensor:
+        """One optimizer step of each member on its own loss; returns the mean loss (detached).
+
+        Every loss is checked to be finite first. The members' graphs are disjoint (peers and teachers enter
+        as detached targets), so one backward of Σ_k L_k gives each member exactly the gradient of its own L_k.
+        """
+        for member, loss in zip(members, losses):
+            check_finite(loss, member.name, getattr(self, "trainer", None))
+        total = sum(losses)
+        for member in members:
+            member.zero_grad()
+        total.backward()
+        for member in members:
+            member.step()
+        return total.detach() / len(members)
 
     def callbacks(self) -> list[Callback]:
         """Callbacks of the trainer; recipes that add their own extend ``super().callbacks()``."""

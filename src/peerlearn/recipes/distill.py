@@ -33,7 +33,7 @@ from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.evaluation import score
-from peerlearn.engine.trainer import Callback, Stage, check_finite
+from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
 from peerlearn.losses import logit_matching, soft_target_loss, teacher_probs
 from peerlearn.recipes.base import Recipe
@@ -177,18 +177,12 @@ class DistillRecipe(Recipe):
     def teacher_step(self, batch: Batch) -> dict[str, Any]:
         """Stage 1: each teacher takes one CE step on the (augmented) training batch."""
         log: dict[str, Any] = {}
-        total = 0.0
-        for name in self.teacher_names:
-            member = self.cohort[name]
+        teachers, losses = [self.cohort[name] for name in self.teacher_names], []
+        for member in teachers:
             logits, features = self._forward(member, batch.x)
-            loss = self.supervised_loss(name, logits, batch.y, features)
-            check_finite(loss, name, getattr(self, "trainer", None))
-            member.zero_grad()
-            loss.backward()
-            member.step()
-            log[f"{name}/ce"] = loss.detach()
-            total = total + loss.detach()
-        log["loss"] = total / len(self.teacher_names)
+            losses.append(self.supervised_loss(member.name, logits, batch.y, features))
+            log[f"{member.name}/ce"] = losses[-1].detach()
+        log["loss"] = self.update(teachers, losses)
         return log
 
     def start_distillation(self) -> None:
@@ -248,20 +242,13 @@ class DistillRecipe(Recipe):
     def step(self, batch: Batch) -> dict[str, Any]:
         targets = self.targets_for(batch)
         students = [self.cohort[n] for n in self.student_names]
-        total = 0.0
-        log: dict[str, Any] = {}
+        losses, log = [], {}
         for member in students:
             logits, features = self._forward(member, batch.x)
             loss, parts = self.student_loss(member.name, logits, targets, batch, features)
-            check_finite(loss, member.name, getattr(self, "trainer", None))
-            total = total + loss
+            losses.append(loss)
             log.update({f"{member.name}/{k}": v for k, v in parts.items()})
-        for member in students:
-            member.zero_grad()
-        total.backward()  # students' graphs are disjoint: each gets the gradient of its own loss
-        for member in students:
-            member.step()
-        log["loss"] = total.detach() / len(students)
+        log["loss"] = self.update(students, losses)
         return log
 
     # ------------------------------------------------------------------ class bias

@@ -29,7 +29,7 @@ from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.evaluation import score
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Callback, Stage, check_finite
+from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
 from peerlearn.models.layerwise import LayerwiseCNN, weighted_ensemble
 from peerlearn.recipes.base import Recipe
@@ -191,11 +191,7 @@ class GreedyRecipe(Recipe):
         logits = head.linear(features)
         loss = self.supervised_loss(self.member.name, logits, batch.y,
                                     features if self.regularizer.needs_features else None)
-        check_finite(loss, self.member.name, getattr(self, "trainer", None))
-        self.member.zero_grad()
-        loss.backward()
-        self.member.step()
-        return {"loss": loss.detach()}
+        return {"loss": self.update([self.member], [loss])}
 
     # ------------------------------------------------------------------ state and summary
     def callbacks(self) -> list[Callback]:

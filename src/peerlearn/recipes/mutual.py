@@ -113,19 +113,6 @@ class MutualRecipe(Recipe):
             return self.sequential_step(batch)
         return self.simultaneous_step(batch)
 
-    def _backward_and_step(self, members: list[Member], losses: list[torch.Tensor]) -> torch.Tensor:
-        for member, loss in zip(members, losses):
-            check_finite(loss, member.name, getattr(self, "trainer", None))
-        total = sum(losses)
-        for member in members:
-            member.zero_grad()
-        # The members' graphs are disjoint (peers are detached), so one backward of the sum gives
-        # each member exactly the gradient of its own loss.
-        total.backward()
-        for member in members:
-            member.step()
-        return total.detach() / len(members)
-
     def fused_step(self, batch: Batch) -> dict[str, Any]:
         """Simultaneous update with one batched forward; mimicry and feature pull on the stacked outputs."""
         members = self.cohort.trainable
@@ -147,7 +134,7 @@ class MutualRecipe(Recipe):
                                        None if mimicry is None else mimicry[k], None if pull is None else pull[k])
             losses.append(loss)
             log.update({f"{member.name}/{key}": v for key, v in parts.items()})
-        log["loss"] = self._backward_and_step(members, losses)
+        log["loss"] = self.update(members, losses)
         return log
 
     def distributed_step(self, batch: Batch) -> dict[str, Any]:
@@ -196,7 +183,7 @@ class MutualRecipe(Recipe):
             loss, parts = self.member_loss(member.name, logits, features, probs, feats, batch)
             losses.append(loss)
             log.update({f"{member.name}/{k}": v for k, v in parts.items()})
-        log["loss"] = self._backward_and_step(members, losses)
+        log["loss"] = self.update(members, losses)
         return log
 
     def sequential_step(self, batch: Batch) -> dict[str, Any]:
@@ -208,11 +195,7 @@ class MutualRecipe(Recipe):
         for index, member in enumerate(members):
             logits, features = outputs[member.name]
             loss, parts = self.member_loss(member.name, logits, features, probs, feats, batch)
-            check_finite(loss, member.name, getattr(self, "trainer", None))
-            member.zero_grad()
-            loss.backward()
-            member.step()
-            total = total + loss.detach()
+            total = total + self.update([member], [loss])
             log.update({f"{member.name}/{k}": v for k, v in parts.items()})
             if index < len(members) - 1 and (probs or feats):
                 # refresh this member's predictions with its new weights, for the members after it

@@ -30,7 +30,7 @@ from peerlearn.data.bundle import DataBundle, Split
 from peerlearn.data.prepare import load_data
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Stage, check_finite
+from peerlearn.engine.trainer import Stage
 from peerlearn.errors import ConfigError
 from peerlearn.recipes.base import Recipe, member_seed
 from peerlearn.transfer.alignment import ALIGNMENT_LOSSES
@@ -246,11 +246,7 @@ class TransferRecipe(Recipe):
                 align = ALIGNMENT_LOSSES[self.settings.align](features[is_source], features[~is_source])
                 loss = loss + self.settings.align_weight * align
                 log["align"] = align.detach()
-        check_finite(loss, member.name, getattr(self, "trainer", None))
-        member.zero_grad()
-        loss.backward()
-        member.step()
-        log["loss"] = loss.detach()
+        log["loss"] = self.update([member], [loss])
         return log
 
     def summary_extra(self) -> dict[str, Any]:
