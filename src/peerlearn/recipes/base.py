@@ -140,6 +140,15 @@ class Recipe:
         model = self.cohort[member].model if self.cohort is not None and member in self.cohort.members else None
         return self.regularizer.loss(member, model, logits, labels, features)
 
+    def forward(self, member: Member, x: torch.Tensor,
+                with_features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A member's logits (fp32) and, when asked, its penultimate features, under the recipe's autocast."""
+        with self.autocast():
+            if with_features:
+                logits, features = member.model.forward_with_features(x)
+                return logits.float(), features.float()
+            return member.model(x).float(), None
+
     def update(self, members: list[Member], losses: list[torch.Tensor]) -> torch.Tensor:
         """One optimizer step of each member on its own loss; returns the mean loss (detached).
 

@@ -221,9 +221,7 @@ class DistillRecipe(Recipe):
 
     def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Logits, and the penultimate features when a shared regulariser (centre loss) needs them."""
-        if self.regularizer.needs_features:
-            return member.model.forward_with_features(x)
-        return member.model(x), None
+        return self.forward(member, x, self.regularizer.needs_features)
 
     def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, batch: Batch,
                      features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -66,11 +66,7 @@ class MutualRecipe(Recipe):
         return cohort
 
     def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        with self.autocast():
-            if self._needs_features():
-                logits, features = member.model.forward_with_features(x)
-                return logits.float(), features.float()
-            return member.model(x).float(), None
+        return self.forward(member, x, self._needs_features())
 
     def member_loss(self, name: str, logits: torch.Tensor, features: Optional[torch.Tensor],
                     probs: dict[str, torch.Tensor], all_features: dict[str, torch.Tensor],

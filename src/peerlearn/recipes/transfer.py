@@ -237,7 +237,7 @@ class TransferRecipe(Recipe):
     # ------------------------------------------------------------------ step
     def step(self, batch) -> dict[str, Any]:
         member = self.cohort.trainable[0]
-        logits, features = member.model.forward_with_features(batch.x)
+        logits, features = self.forward(member, batch.x, with_features=True)
         loss = self.supervised_loss(member.name, logits, batch.y, features)
         log: dict[str, Any] = dict(self.regularizer.last_parts.get(member.name, {}))  # ce and any regulariser terms
         if self.settings.align != "none":
