@@ -68,7 +68,7 @@ def mutual_mimicry(
     D is KL or JS. When T ≠ 1 the term is multiplied by T² (Hinton et al.) so that its gradient
     scale does not shrink with T.
     """
-    if not peer_probs:
+    if not peer_probs or logits.shape[0] == 0:  # no peer, or no item (e.g. a batch without labels)
         return logits.sum() * 0.0
     divergence_fn = {"kl": kl_to_target, "js": js_to_target}[divergence]
     if teacher == "ensemble":
@@ -132,7 +132,7 @@ def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, diver
     Equal to ``mutual_mimicry(logits[k], [p_l for l ≠ k])`` for each k.
     """
     count = logits.shape[0]
-    if count < 2:
+    if count < 2 or logits.shape[1] == 0:  # one member, or no item (e.g. a batch without labels)
         return logits.sum(dim=(1, 2)) * 0.0
     log_p = F.log_softmax(logits / temperature, dim=-1)
     target = F.softmax(logits.detach() / temperature, dim=-1)

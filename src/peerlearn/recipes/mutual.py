@@ -75,9 +75,7 @@ class MutualRecipe(Recipe):
         settings = self.settings
         mimicry = pull = None
         rows = self._mimicry_rows(batch)
-        # a batch may hold no labelled item at all: then DML-labelled has nothing to mimic on
-        has_rows = settings.mimic_on != "labelled" or bool(rows.any())
-        if self.mimicry_weight > 0 and len(probs) > 1 and has_rows:
+        if self.mimicry_weight > 0 and len(probs) > 1:
             peers = [p[rows] for other, p in probs.items() if other != name]
             mimicry = mutual_mimicry(logits[rows], peers, settings.temperature, settings.divergence, settings.teacher)
         if self.feature_weight > 0 and features is not None and len(all_features) > 1:
@@ -118,8 +116,7 @@ class MutualRecipe(Recipe):
         features = features.float() if features is not None else None
         mimicry = pull = None
         rows = self._mimicry_rows(batch)
-        has_rows = self.settings.mimic_on != "labelled" or bool(rows.any())
-        if self.mimicry_weight > 0 and len(members) > 1 and has_rows:
+        if self.mimicry_weight > 0 and len(members) > 1:
             s = self.settings
             mimicry = stacked_mutual_mimicry(logits[:, rows], s.temperature, s.divergence, s.teacher)
         if self.feature_weight > 0 and features is not None and len(members) > 1:
