@@ -440,9 +440,6 @@ class TransferConfig(Section):
 
 
 # --------------------------------------------------------------------------- root
-RECIPES = ("independent", "mutual", "transfer", "greedy")
-
-
 class RunConfig(Section):
     """A whole run: what to train (members), on what (data), how (recipe, optim, train)."""
 
