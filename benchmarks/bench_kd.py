@@ -101,12 +101,12 @@ def run_job(job: dict, plan: dict, work: str) -> dict:
     else:
         try:
             result = peerlearn.train(CONFIGS / f"{CONFIG_OF[kind]}.yaml", out=folder,
-                                     **overrides(plan, kind, seed, lr, job.get("teacher_dir")))
+                                     **overrides(plan, kind, seed, lr, job.get("teacher_dir")), **job.get("extra", {}))
         except TrainingError as error:  # a diverged student: a failed lr, not a crash of the benchmark
             print(f"{job['id']}: failed: {error}", flush=True)
             return {**job, "failed": str(error).split(". ")[0]}
         summary, run_dir = result.summary, result.run_dir
-    out = {**job, "run_dir": str(run_dir), "seconds": summary["wall_seconds"],
+    out = {**job, "run_dir": str(run_dir), "seconds": summary["wall_seconds"], "reused": previous is not None,
            "val_top1": summary["members"][member]["val"]["top1"], "test_size": summary["sizes"]["test"],
            "train_size": summary["sizes"]["train"], "val_size": summary["sizes"]["val"]}
     if not job["selection"]:  # phase 1 reads validation only

@@ -60,3 +60,17 @@ def test_every_run_waits_for_the_lr_it_needs_and_its_teacher():
     ready = bench_kd.ready(jobs["omit3-seed1"], done, PLAN)
     assert ready["teacher_dir"] == "/runs/t1" and ready["lr"] == 0.02
     assert bench_kd.ready(jobs["alone-seed0"], done, PLAN) is None  # its own grid is still running
+
+
+def test_temperature_sweep_covers_every_width_and_temperature_with_each_seeds_teacher():
+    from benchmarks import bench_kd_temperature as sweep
+
+    jobs = sweep.student_jobs(2, {"alone": 0.05, "distilled": 0.01}, {0: "/runs/t0", 1: "/runs/t1"})
+    assert len({j["id"] for j in jobs}) == len(jobs) == 2 * len(sweep.WIDTHS) * (1 + len(sweep.TEMPERATURES))
+    distilled = [j for j in jobs if j["kind"] == "distilled"]
+    assert all(j["teacher_dir"] == f"/runs/t{j['seed']}" and j["lr"] == 0.01 for j in distilled)
+    assert {(j["width"], j["extra"]["distill.temperature"]) for j in distilled} == {
+        (w, t) for w in sweep.WIDTHS for t in sweep.TEMPERATURES}
+    assert all(j["extra"]["members.1.model_args.widths"] == [j["width"]] * 2 for j in distilled)
+    alone = [j for j in jobs if j["kind"] == "alone"]
+    assert all(j["extra"] == {"members.0.model_args.widths": [j["width"]] * 2} and j["lr"] == 0.05 for j in alone)
