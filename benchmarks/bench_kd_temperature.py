@@ -69,10 +69,10 @@ def main() -> None:
     parser.add_argument("--work", help="bench_kd.py's --work folder (teachers reused); default: a temporary one")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the section from a saved raw-results file")
     args = parser.parse_args()
+    torch.set_num_threads(1)  # every run here is single-threaded (also named in the hardware line)
     if args.render:
         write_section("kd-temperature", render(json.loads(Path(args.render).read_text())))
         return
-    torch.set_num_threads(1)
     plan = budget(args.quick)
     chosen = json.loads(RAW.read_text())["runs"]
     lr = {kind: (0.05 if args.quick else choose_lr(chosen, kind)) for kind in ("teacher", "alone", "distilled")}

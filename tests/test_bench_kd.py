@@ -74,3 +74,11 @@ def test_temperature_sweep_covers_every_width_and_temperature_with_each_seeds_te
     assert all(j["extra"]["members.1.model_args.widths"] == [j["width"]] * 2 for j in distilled)
     alone = [j for j in jobs if j["kind"] == "alone"]
     assert all(j["extra"] == {"members.0.model_args.widths": [j["width"]] * 2} and j["lr"] == 0.05 for j in alone)
+
+
+def test_a_finished_run_is_reused_only_under_the_same_lr():
+    jobs = {j["id"]: j for j in bench_kd.jobs(PLAN)}
+    assert bench_kd.run_folder(jobs["select-alone-seed100-lr0.02"]) == "select-alone-seed100-lr0.02"
+    assert bench_kd.run_folder({**jobs["alone-seed0"], "lr": 0.05}) == "alone-seed0-lr0.05"
+    assert bench_kd.run_folder({**jobs["alone-seed0"], "lr": 0.1}) != bench_kd.run_folder({**jobs["alone-seed0"],
+                                                                                           "lr": 0.05})
