@@ -110,6 +110,7 @@ def render(raw: dict) -> str:
         rows.append([f"784-{width}-{width}-10", mean_std(errors(width), digits=1)]
                     + [mean_std(errors(width, t), digits=1) for t in TEMPERATURES])
     teachers = [t["errors"] for t in raw["teachers"]]
+    reused = [r for r in runs if r.get("reused")]
 
     def band(width, low):
         return statistics.mean(e for t in TEMPERATURES if (1 < t <= 4 if low else t >= 8) for e in errors(width, t))
@@ -125,8 +126,13 @@ def render(raw: dict) -> str:
         + f"), and the same students trained alone (lr {lr['alone']:g}); "
         f"{len(raw['teachers'])} seeds. The learning rates are those chosen on validation for the 800-unit "
         f"students of the kd-mnist section; nothing was tuned for this sweep, which is reported in full. "
-        f"{raw['workers']} single-threaded processes, {raw['wall_seconds'] / 60:.1f} minutes.\n\n"
-        f"Test **errors** out of 10,000 (mean ± std over seeds):\n\n"
+        f"The {len(runs)} student runs took {sum(r['seconds'] for r in runs) / 60:.0f} core-minutes, run as "
+        f"{raw['workers']} single-threaded processes side by side"
+        + (f" ({len(reused)} of them reused from an earlier invocation on the same `--work` folder, counted with "
+           f"their own time; this invocation took {raw['wall_seconds'] / 60:.1f} minutes)" if reused else
+           f" ({raw['wall_seconds'] / 60:.1f} minutes in all)")
+        + ".\n\n"
+        "Test **errors** out of 10,000 (mean ± std over seeds):\n\n"
         + markdown_table(["student", "alone"] + [f"T = {t:g}" for t in TEMPERATURES], rows)
         + "\n\nLowest mean error: " + "; ".join(f"{w} units at T = {best[w]:g}" for w in WIDTHS) + ". "
         + "; ".join(f"{w} units: T = 2.5–4 averages {band(w, low=True):.1f} errors, T = 8–20 "
