@@ -200,11 +200,16 @@ def end_with_parent() -> None:
         pass
 
 
+def worker_pool(workers: int) -> futures.ProcessPoolExecutor:
+    """``workers`` fresh (spawned) training processes that end with this one."""
+    return futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=end_with_parent)
+
+
 def run_all(plan: dict, work: Path, workers: int) -> list[dict]:
     """Run every job on ``workers`` processes, each job as soon as what it depends on has finished."""
     waiting, done, running = jobs(plan), {}, {}
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=end_with_parent) as pool:
+    with worker_pool(workers) as pool:
         while waiting or running:
             for job in list(waiting):
                 if len(running) >= workers:

@@ -14,9 +14,7 @@ are reused, missing ones are trained first. Writes the section kd-temperature of
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
-import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_kd import RAW, budget, choose_lr, end_with_parent, run_job  # noqa: E402
+from benchmarks.bench_kd import RAW, budget, choose_lr, run_job, worker_pool  # noqa: E402
 from benchmarks.results_doc import command_line, markdown_table, mean_std, write_section  # noqa: E402
 
 WIDTHS = [300, 30]
@@ -53,8 +51,7 @@ def student_jobs(seeds: int, lr: dict, teachers: dict) -> list[dict]:
 
 
 def run_pool(jobs: list[dict], plan: dict, work: Path, workers: int) -> list[dict]:
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=end_with_parent) as pool:
+    with worker_pool(workers) as pool:
         results = list(pool.map(run_job, jobs, [plan] * len(jobs), [str(work)] * len(jobs)))
     failed = [r["id"] for r in results if "failed" in r]
     if failed:

@@ -182,6 +182,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_help: str) -> None:
+    """The arguments shared by the commands that read a finished run: RUN_DIR, --split, --member, --json."""
+    parser.add_argument("run_dir", help="a finished run directory")
+    parser.add_argument("--split", default=split, choices=["train", "val", "test"])
+    parser.add_argument("--member", action="append", help="only this member (repeatable)")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peerlearn",
@@ -231,13 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "Gaussian noise of std σ to every parameter (flatness of the minimum), "
                                          "linear CKA between members' penultimate features and a t-SNE map of two "
                                          "members' features (saved as RUN_DIR/tsne.json).")
-    analyze.add_argument("run_dir", help="a finished run directory")
-    analyze.add_argument("--split", default="train", choices=["train", "val", "test"])
+    add_run_split_member_json(analyze, split="train", json_help="print JSON instead of a table")
     analyze.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02, 0.05])
     analyze.add_argument("--draws", type=int, default=3, help="noise draws per σ")
     analyze.add_argument("--limit", type=int, default=5000, help="use the first N items of the split")
-    analyze.add_argument("--member", action="append", help="only this member (repeatable)")
-    analyze.add_argument("--json", action="store_true", help="print JSON instead of a table")
     analyze.add_argument("--tsne-items", type=int, default=1000,
                          help="t-SNE of the first two members' features on the first N items (0: no t-SNE)")
     analyze.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
@@ -248,10 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "every member and the ensemble; on re-id runs (market1501) also CMC "
                                           "rank-1/5/10 and mAP per member and for the cohort's concatenated "
                                           "features. Saved as RUN_DIR/evaluation_<split>.json.")
-    evaluate.add_argument("run_dir", help="a finished run directory")
-    evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
-    evaluate.add_argument("--member", action="append", help="only this member (repeatable)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_run_split_member_json(evaluate, split="test", json_help="print JSON instead of tables")
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "
