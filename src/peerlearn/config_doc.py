@@ -14,7 +14,7 @@ from peerlearn.config import RunConfig
 
 INTRO = """# Config reference
 
-Generated from the schema in `src/peerlearn/config.py` by `python -m peerlearn.config_doc > docs/config.md`
+Generated from the schema in `src/peerlearn/config/schema.py` by `python -m peerlearn.config_doc > docs/config.md`
 (a test fails when this file is out of date). Every key can be set in the YAML file or overridden on the
 command line with a dotted path, e.g. `peerlearn train cfg.yaml optim.lr=0.05 members.0.model=resnet32`.
 Unknown keys, wrong types and impossible values stop the run before training (exit code 2).

@@ -1,0 +1,199 @@
+"""Reading a run configuration: YAML (1.2 scalars), dotted overrides, validation into ``RunConfig``.
+
+Overrides use dotted paths into the YAML tree; list items are addressed by index::
+
+    optim.lr=0.05  members.0.model=resnet32  mutual.update=sequential
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from peerlearn.config.schema import RunConfig
+from peerlearn.errors import ConfigError
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML loader with YAML 1.2 scalars: ``1e-3`` is a float, and only true/false are booleans
+    (YAML 1.1 would read ``progress: off`` or ``yes`` as booleans)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.0.c=value`` into its path and its YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(
+            f"Override {text!r} has no '='. Overrides are written key=value with a dotted key, "
+            "e.g. optim.lr=0.05 or members.0.model=resnet32."
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not part for part in parts):
+        raise ConfigError(f"Override {text!r} has an empty key part; write e.g. optim.lr=0.05.")
+    try:
+        value = read_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Override {text!r}: the value {raw!r} is not valid YAML ({error.problem}).") from None
+    return parts, value
+
+
+def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set ``tree[parts[0]][parts[1]]... = value``; list items are addressed by integer index."""
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"Override key {'.'.join(parts)!r}: {where!r} is a list index, but {part!r} is not an index "
+                    f"below its length {len(node)}."
+                )
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                if node[index] is None:
+                    node[index] = {}
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(
+                f"Override key {'.'.join(parts)!r}: {'.'.join(parts[:depth])!r} holds the value {node!r}, "
+                "which has no sub-keys."
+            )
+
+
+def _format_validation_error(error: ValidationError, tree: dict[str, Any]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc)
+        message = item["msg"].removeprefix("Value error, ")
+        if not loc or message.startswith("key '"):  # the message already names its key
+            lines.append(message + ".")
+            continue
+        if item["type"] == "extra_forbidden":
+            parent = _section_at(RunConfig, loc[:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see docs/config.md"
+            lines.append(f"key '{key}' is not a known key; allowed here: {allowed}.")
+            continue
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"key '{key}' has the value {shown}: {message}.")
+    return "Invalid config: " + " ".join(lines) + " See docs/config.md for every key."
+
+
+def _section_at(model: type[BaseModel], loc: list[str]) -> Optional[type[BaseModel]]:
+    current: Any = model
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", (annotation,)):
+            inner = getattr(candidate, "__args__", (candidate,))
+            found = next((c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)), None)
+            if found is not None:
+                current = found
+                break
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def build_config(tree: dict[str, Any]) -> RunConfig:
+    """Validate a config tree (already parsed YAML) into a ``RunConfig``."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"Invalid config: the top level must be a mapping of keys, got {type(tree).__name__}.")
+    try:
+        return RunConfig(**tree)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, tree)) from None
+    except TypeError as error:
+        raise ConfigError(f"Invalid config: {error}.") from None
+
+
+def load_config(
+    source: Union[str, Path, dict[str, Any], RunConfig, None] = None,
+    overrides: Union[list[str], dict[str, Any], None] = None,
+) -> RunConfig:
+    """Read a config from a YAML path, a dict or a ``RunConfig``, apply overrides, validate.
+
+    ``overrides`` is a list of ``"dotted.key=value"`` strings or a dict ``{"dotted.key": value}``.
+    """
+    if source is None:
+        tree: dict[str, Any] = {}
+    elif isinstance(source, RunConfig):
+        tree = source.model_dump(mode="json")
+    elif isinstance(source, dict):
+        tree = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist.")
+        try:
+            tree = read_yaml(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys at its top level.")
+    items: list[tuple[list[str], Any]] = []
+    if isinstance(overrides, dict):
+        items = [(str(k).split("."), v) for k, v in overrides.items()]
+    elif overrides:
+        items = [parse_override(text) for text in overrides]
+    for parts, value in items:
+        _fill_default(tree, parts[0])
+        apply_override(tree, parts, value)
+    return build_config(tree)
+
+
+def _fill_default(tree: dict[str, Any], key: str) -> None:
+    """Before overriding inside a top-level key the file left out, start from that key's default
+    (so ``members.0.model=mlp`` edits the default cohort instead of replacing it)."""
+    field = RunConfig.model_fields.get(key)
+    if key in tree or field is None:
+        return
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        tree[key] = default.model_dump(mode="json", exclude_unset=True)
+    elif isinstance(default, list):
+        tree[key] = [item.model_dump(mode="json", exclude_unset=True) if isinstance(item, BaseModel) else item
+                     for item in default]
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (what the run really used, defaults included)."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
