@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from peerlearn.transfer.alignment import coral_loss, covariance, median_bandwidths, mmd_loss
+from peerlearn.losses import coral_loss, covariance, median_bandwidths, mmd_loss
 from peerlearn.transfer.importance import effective_sample_size, importance_weights
 
 

@@ -35,7 +35,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.evaluation import score
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
-from peerlearn.losses import logit_matching, soft_target_loss, teacher_probs
+from peerlearn.losses import distillation_terms, soft_targets
 from peerlearn.recipes.base import Recipe
 from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
 
@@ -208,9 +208,7 @@ class DistillRecipe(Recipe):
     def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
         """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse."""
         logits = [self.cohort[name].model(x) for name in self.teacher_names]
-        if self.settings.loss == "kl":
-            return teacher_probs(logits, self.settings.temperature)
-        return torch.stack(logits).mean(0)
+        return soft_targets(logits, self.settings.temperature, self.settings.loss)
 
     def targets_for(self, batch: Batch) -> torch.Tensor:
         if self.target_cache is not None:
@@ -225,17 +223,15 @@ class DistillRecipe(Recipe):
 
     def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, batch: Batch,
                      features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``peerlearn.losses.distillation_terms``, its hard term being the shared supervised loss (CE with the
+        regularisers)."""
         s = self.settings
-        if s.loss == "kl":
-            soft = soft_target_loss(logits, targets, s.temperature)
-        else:
-            soft = logit_matching(logits, targets)
-        parts = {"soft": soft.detach()}
-        if s.alpha == 0:
-            return soft, parts
-        ce = self.supervised_loss(name, logits, batch.y, features)
-        parts["ce"] = ce.detach()
-        return s.alpha * ce + (1 - s.alpha) * soft, parts
+        hard = self.supervised_loss(name, logits, batch.y, features) if s.alpha > 0 else None
+        terms = distillation_terms(logits, targets, batch.y, s.temperature, s.alpha, s.loss, hard_loss=hard)
+        parts = {"soft": terms.soft.detach()}
+        if terms.hard is not None:
+            parts["ce"] = terms.hard.detach()
+        return terms.loss, parts
 
     def step(self, batch: Batch) -> dict[str, Any]:
         targets = self.targets_for(batch)

@@ -74,16 +74,16 @@ class MutualRecipe(Recipe):
         """L_k for member ``name`` given every member's current (detached) probabilities."""
         settings = self.settings
         mimicry = pull = None
-        rows = self._mimicry_rows(batch)
         if self.mimicry_weight > 0 and len(probs) > 1:
-            peers = [p[rows] for other, p in probs.items() if other != name]
-            mimicry = mutual_mimicry(logits[rows], peers, settings.temperature, settings.divergence, settings.teacher)
+            peers = [p for other, p in probs.items() if other != name]
+            mimicry = mutual_mimicry(logits, peers, settings.temperature, settings.divergence, settings.teacher,
+                                     mask=self._mimicry_rows(batch))
         if self.feature_weight > 0 and features is not None and len(all_features) > 1:
             pull = feature_l2(features, [f for other, f in all_features.items() if other != name])
         return self.combine(name, logits, features, batch, mimicry, pull)
 
-    def _mimicry_rows(self, batch: Batch):
-        return batch.labelled if self.settings.mimic_on == "labelled" else slice(None)
+    def _mimicry_rows(self, batch: Batch) -> Optional[torch.Tensor]:
+        return batch.labelled if self.settings.mimic_on == "labelled" else None
 
     def combine(self, name: str, logits: torch.Tensor, features: Optional[torch.Tensor], batch: Batch,
                 mimicry: Optional[torch.Tensor], pull: Optional[torch.Tensor]):
@@ -115,10 +115,10 @@ class MutualRecipe(Recipe):
         logits = logits.float()
         features = features.float() if features is not None else None
         mimicry = pull = None
-        rows = self._mimicry_rows(batch)
         if self.mimicry_weight > 0 and len(members) > 1:
             s = self.settings
-            mimicry = stacked_mutual_mimicry(logits[:, rows], s.temperature, s.divergence, s.teacher)
+            mimicry = stacked_mutual_mimicry(logits, s.temperature, s.divergence, s.teacher,
+                                             mask=self._mimicry_rows(batch))
         if self.feature_weight > 0 and features is not None and len(members) > 1:
             pull = stacked_feature_l2(features)
         losses, log = [], {}
