@@ -70,9 +70,24 @@ def test_evaluation_flatness_features_and_export_show_bars_only_on_a_terminal(lo
             assert output == "", (label, output)
 
 
-def test_training_through_a_pipe_prints_no_bar(tmp_path):
+def test_training_through_a_pipe_prints_no_bar_but_one_line_per_epoch(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(train={"epochs": 1, "progress": "auto", "threads": 1})))
+    config.write_text(yaml.safe_dump(tiny_config(train={"epochs": 2, "progress": "auto", "threads": 1})))
     done = run_cli("train", str(config), "--out", str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr
-    assert "it/s" not in done.stderr and "epoch 1/1" not in done.stderr and "%|" not in done.stderr
+    assert "it/s" not in done.stderr and "%|" not in done.stderr and "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("train epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["train epoch 1/2", "train epoch 2/2"], done.stderr
+    assert all("val top-1 % a " in line and ", ensemble " in line for line in lines), lines
+
+
+def test_with_a_bar_the_same_line_follows_each_epoch(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(train={"epochs": 2, "progress": "on", "threads": 1})))
+    done = run_cli("train", str(config), "--out", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    first_bar, second_bar = err.index("train epoch 1/2"), err.index("train epoch 2/2")
+    first_line, second_line = err.index("train epoch 1/2: loss"), err.index("train epoch 2/2: loss")
+    assert first_bar < first_line < second_bar < second_line, err
+    assert "it/s" in err[:first_line]  # the bar was drawn before the line

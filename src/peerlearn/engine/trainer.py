@@ -20,6 +20,7 @@ from peerlearn.config import RunConfig
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
+from peerlearn.engine.epoch_log import log_epoch
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import ResourceError, TrainingError
@@ -241,7 +242,7 @@ class Trainer:
         show = progress_enabled(self.config.train.progress)
         while self.position.epoch < stage.epochs and not self.stop_requested:
             epoch = self.position.epoch
-            started = time.perf_counter()
+            started = epoch_started = time.perf_counter()
             self.cohort.train()
             if self.position.step_in_epoch == 0:
                 self._epoch_sums, self._epoch_count = {}, 0
@@ -278,6 +279,7 @@ class Trainer:
             self.position.global_epoch += 1
             self.position.step_in_epoch = 0
             last_epoch = self.position.epoch == stage.epochs
+            results = None
             if last_epoch or self.position.epoch % self.config.train.eval_every == 0:
                 results = self.evaluate(stage)
                 self.last_results = results
@@ -287,6 +289,9 @@ class Trainer:
                              {"stage": stage.name, **results})
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, results)
+            if self.is_main:
+                log_epoch(stage.name, self.position.epoch, stage.epochs, train_means, results,
+                          time.perf_counter() - epoch_started)
             self.save_checkpoint()
 
     def _check_inputs(self, batch: Batch, stream: BatchStream) -> None:

@@ -1,0 +1,75 @@
+"""One line per epoch that a person can follow, through Python ``logging`` (logger ``peerlearn``).
+
+    train epoch 3/10: loss 0.4127 | val top-1 % a 91.3, b 90.8, ensemble 92.0 | 2.4 s
+
+The line is logged at INFO after every epoch (its validation part after the epochs that evaluate). On a
+terminal it follows the progress bar, which is cleared first; off a terminal (a file, a pipe, CI) it is
+the only output of training. Accuracies are percentages here, for reading; ``metrics.jsonl`` and
+``summary.json`` keep fractions (0..1).
+
+Route or silence it like any library's log: ``logging.getLogger("peerlearn").setLevel(logging.WARNING)``
+hides it; a handler of your own on ``peerlearn`` (or on the root logger) receives it instead of the default
+one. The default handler (``%(message)s`` on standard error) is added only when neither ``peerlearn`` nor the
+root logger has a handler when training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Optional
+
+LOGGER_NAME = "peerlearn"
+logger = logging.getLogger(LOGGER_NAME)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the call (it may be replaced after set-up)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the current stderr is always used
+        pass
+
+
+def ensure_handler() -> None:
+    """Give ``peerlearn`` a plain stderr handler at INFO unless the application configured logging."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def epoch_line(stage: str, epoch: int, epochs: int, train: dict[str, Any],
+               results: Optional[dict[str, dict[str, dict[str, float]]]], seconds: float) -> str:
+    """The text of one epoch's line: stage and epoch k/n (as on the progress bar), mean training loss, top-1 (%) of every scored member
+    on each evaluated split (``results`` as the trainer's ``evaluate`` returns them), seconds."""
+    parts = [f"{stage} epoch {epoch}/{epochs}:"]
+    if "loss" in train:
+        parts.append(f"loss {float(train['loss']):.4f}")
+    line = " ".join(parts)
+    for split, members in (results or {}).items():
+        scores = ", ".join(f"{name} {_percent(score.get('top1'))}" for name, score in members.items())
+        line += f" | {split} top-1 % {scores}"
+    return f"{line} | {seconds:.1f} s"
+
+
+def log_epoch(stage: str, epoch: int, epochs: int, train: dict[str, Any],
+              results: Optional[dict[str, Any]], seconds: float) -> None:
+    """Log ``epoch_line(...)`` at INFO on the ``peerlearn`` logger (see ``ensure_handler``)."""
+    ensure_handler()
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(epoch_line(stage, epoch, epochs, train, results, seconds))
