@@ -138,7 +138,7 @@ def test_distillation_terms_and_loss_are_one_implementation():
 
 
 def test_the_distill_recipe_computes_its_loss_with_distillation_loss(tiny):
-    """recipes/distill.py calls peerlearn.losses.distillation_terms: its student loss is distillation_loss."""
+    """recipes/distill.py calls peerlearn.losses.distillation_terms; its student loss is distillation_loss."""
     from test_distill_recipe import _batches, _prepared, distill_config
 
     for loss in ("kl", "logit_mse"):

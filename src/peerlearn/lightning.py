@@ -90,9 +90,10 @@ class MutualLearningModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         for name, z in zip(self.members, logits):
-            self.log(f"val/{name}/top1", _top1(z, y), on_epoch=True, batch_size=len(y))
+            self.log(f"val/{name}/top1", _top1(z, y), on_epoch=True, batch_size=len(y), sync_dist=True)
         ensemble = torch.softmax(logits, -1).mean(0)
-        self.log("val/ensemble/top1", _top1(ensemble, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/ensemble/top1", _top1(ensemble, y), on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.members.parameters())
@@ -141,8 +142,8 @@ class DistillationModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.student(x)
-        self.log("val/ce", cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
-        self.log("val/top1", _top1(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/ce", cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log("val/top1", _top1(logits, y), on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.student.parameters())

@@ -55,8 +55,9 @@ def _percent(value: Optional[float]) -> str:
 
 def epoch_line(stage: str, epoch: int, epochs: int, train: dict[str, Any],
                results: Optional[dict[str, dict[str, dict[str, float]]]], seconds: float) -> str:
-    """The text of one epoch's line: stage and epoch k/n (as on the progress bar), mean training loss, top-1 (%) of every scored member
-    on each evaluated split (``results`` as the trainer's ``evaluate`` returns them), seconds."""
+    """The text of one epoch's line: stage and epoch k/n (as on the progress bar), mean training loss, top-1 (%)
+    of every scored member on each evaluated split (``results`` as the trainer's ``evaluate`` returns them),
+    seconds."""
     parts = [f"{stage} epoch {epoch}/{epochs}:"]
     if "loss" in train:
         parts.append(f"loss {float(train['loss']):.4f}")

@@ -1,4 +1,5 @@
-"""Plain-text tables of an ``evaluate_run`` result, for the terminal."""
+"""Plain-text tables of an ``evaluate_run`` result, for the terminal: every score in [0, 1] is shown as a
+percentage (the JSON output and the run's files keep fractions); NLL is in nats."""
 
 from __future__ import annotations
 
@@ -18,20 +19,21 @@ def classification_text(result: dict[str, Any]) -> list[str]:
     section = result["classification"]
     if section is None:
         return [f"no labelled item in the {result['split']} split: no classification metrics"]
-    rows = [[name, _pct(s["top1"]), _pct(s["top5"]), s["macro_f1"], s["roc_auc_macro"], s["nll"]]
+    rows = [[name, _pct(s["top1"]), _pct(s["top5"]), _pct(s["macro_f1"]), _pct(s["roc_auc_macro"]), s["nll"]]
             for name, s in section.items()]
     lines = [f"classification on the {result['split']} split ({next(iter(section.values()))['items']} labelled items)",
-             format_table(["member", "top-1 %", "top-5 %", "macro F1", "ROC-AUC (ovr)", "NLL"], rows)]
+             format_table(["member", "top-1 %", "top-5 %", "macro F1 %", "ROC-AUC (ovr) %", "NLL"], rows)]
     names = result["class_names"]
     if len(names) > MAX_CLASSES_SHOWN:
         lines.append(f"\n{len(names)} classes: per-class scores and confusion matrices are in the JSON output "
                      f"(--json, or evaluation_{result['split']}.json in the run directory)")
         return lines
     for name, scores in section.items():
-        per_class = [[c["class"], c["precision"], c["recall"], c["f1"], c["roc_auc"], c["support"]]
+        per_class = [[c["class"], _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), _pct(c["roc_auc"]),
+                      c["support"]]
                      for c in scores["per_class"]]
-        lines += [f"\n{name}: per class", format_table(["class", "precision", "recall", "F1", "ROC-AUC", "items"],
-                                                       per_class)]
+        headers = ["class", "precision %", "recall %", "F1 %", "ROC-AUC %", "items"]
+        lines += [f"\n{name}: per class", format_table(headers, per_class)]
         matrix = [[names[i], *row] for i, row in enumerate(scores["confusion"])]
         lines += [f"\n{name}: confusion matrix (rows: true class, columns: predicted)",
                   format_table(["true \\ pred", *names], matrix)]

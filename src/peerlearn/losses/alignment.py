@@ -46,7 +46,10 @@ def _sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def median_bandwidths(source: torch.Tensor, target: torch.Tensor,
                       factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> list[float]:
-    """σ_med · factors, σ_med² = median of the pairwise squared distances of source ∪ target / 2."""
+    """σ_med · factors, σ_med² = median of the pairwise squared distances of source ∪ target / 2.
+
+    Shapes: ``source`` [m, d], ``target`` [n, d]; returns one bandwidth per factor (floats, no gradient).
+    """
     both = torch.cat([source, target]).detach().float()
     d2 = _sq_distances(both, both)
     off = d2[~torch.eye(len(both), dtype=torch.bool, device=both.device)]
@@ -55,7 +58,7 @@ def median_bandwidths(source: torch.Tensor, target: torch.Tensor,
 
 
 def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidths: Sequence[float]) -> torch.Tensor:
-    """K_ij = Σ_σ exp(−‖a_i − b_j‖² / (2σ²))."""
+    """K_ij = Σ_σ exp(−‖a_i − b_j‖² / (2σ²)) for ``a`` [m, d] and ``b`` [n, d]; returns [m, n]."""
     d2 = _sq_distances(a, b)
     return sum(torch.exp(-d2 / (2.0 * s * s)) for s in bandwidths)
 

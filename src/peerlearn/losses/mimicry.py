@@ -80,6 +80,8 @@ def mean_kl_from_peers(peer_probs: Sequence[torch.Tensor], logits: torch.Tensor,
 
     (batch mean). The first part is a constant of the peers; the second is a single cross-entropy with
     their mean, so the cost no longer grows with the number of peers. Equal to the plain sum up to rounding.
+    Shapes: ``peer_probs`` K−1 tensors [N, C], ``logits`` [N, C]; a scalar (without the T² of
+    ``mutual_mimicry``).
     """
     peers = torch.stack([p.detach() for p in peer_probs])  # [K−1, N, C]
     neg_entropy = torch.xlogy(peers, peers).sum(-1).mean()

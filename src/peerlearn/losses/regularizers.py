@@ -13,12 +13,12 @@ from torch import nn
 
 
 def l1_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ_w Σ_j |w_j| over the given weight tensors (multiply by λ₁ outside)."""
+    """Σ_w Σ_j |w_j| over the given weight tensors of any shapes (multiply by λ₁ outside); a scalar."""
     return sum(w.abs().sum() for w in weights)
 
 
 def l2_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """½ Σ_w Σ_j w_j² over the given weight tensors (multiply by λ₂ outside; gradient λ₂·w)."""
+    """½ Σ_w Σ_j w_j² over the given weight tensors of any shapes (multiply by λ₂ outside; gradient λ₂·w)."""
     return 0.5 * sum((w**2).sum() for w in weights)
 
 
@@ -45,6 +45,8 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     """The centre update of Wen et al. (eq. 4), in place, for the classes present in the batch:
 
         Δc_j = Σ_i δ(y_i = j)(c_j − f_i) / (1 + Σ_i δ(y_i = j)),    c_j ← c_j − α · Δc_j
+
+    Shapes: ``centers`` [C, D] (changed in place), ``features`` [N, D], ``labels`` [N] (−1 rows ignored).
     """
     labelled = labels >= 0
     feats, ys = features.detach()[labelled].to(centers.dtype), labels[labelled]
