@@ -163,3 +163,23 @@ def test_the_package_exports_its_api_and_the_old_paths_still_work():
     from peerlearn.transfer import alignment
 
     assert alignment.coral_loss is losses.coral_loss and alignment.ALIGNMENT_LOSSES is losses.ALIGNMENT_LOSSES
+
+
+def test_a_js_cohort_step_with_saturated_members_leaves_finite_weights(tiny):
+    """End to end (issue 14.5): the loss of saturated members was finite, so the non-finite-loss guard let
+    NaN gradients through into the weights. Now the step keeps every weight finite."""
+    from peerlearn.api import prepare_run
+    from peerlearn.config import load_config
+
+    _, _, recipe = prepare_run(load_config(tiny(recipe="mutual", mutual={"divergence": "js"})))
+    for member in recipe.cohort:
+        head = [m for m in member.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            head.weight.mul_(1e4)  # logit gaps in the thousands: probabilities 0 in float32
+    batch = next(iter(recipe.train_stream.epoch(0)))[1]
+    with torch.no_grad():
+        probs = [torch.softmax(m.model(batch.x), 1) for m in recipe.cohort]
+    assert bool(((probs[0] == 0) & (probs[1] == 0)).any())  # both members give 0 to some class
+    recipe.cohort.train()
+    recipe.step(batch)
+    assert all(bool(torch.isfinite(p).all()) for m in recipe.cohort for p in m.model.parameters())
