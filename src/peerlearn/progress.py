@@ -1,7 +1,8 @@
 """Progress bars for work that takes more than a few seconds, silent when nobody is watching.
 
 ``mode`` is the ``train.progress`` setting: ``on``, ``off`` or ``auto`` (a bar only when standard
-error is a terminal, so logs, pipes and CI output stay clean).
+error is a terminal, so logs, pipes and CI output stay clean). What a person reads off a terminal is the
+per-epoch line that training logs either way (``peerlearn.engine.epoch_log``, logger ``peerlearn``).
 """
 
 from __future__ import annotations
