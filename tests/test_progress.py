@@ -81,12 +81,17 @@ def test_training_through_a_pipe_prints_no_bar_but_one_line_per_epoch(tmp_path):
     assert all("val top-1 % a " in line and ", ensemble " in line for line in lines), lines
 
 
-def test_with_a_bar_the_same_line_follows_each_epoch(tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(train={"epochs": 2, "progress": "on", "threads": 1})))
-    done = run_cli("train", str(config), "--out", str(tmp_path / "runs"))
-    assert done.returncode == 0, done.stderr
-    err = done.stderr
+def test_with_a_bar_the_same_line_follows_each_epoch(tmp_path, monkeypatch, capsys):
+    import logging
+
+    import peerlearn
+
+    # as in a plain program: nothing configured logging, so peerlearn's own stderr handler prints the line
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("peerlearn"), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("peerlearn"), "level", logging.NOTSET)
+    peerlearn.train(tiny_config(train={"epochs": 2, "progress": "on", "threads": 1}), out=tmp_path)
+    err = capsys.readouterr().err
     first_bar, second_bar = err.index("train epoch 1/2"), err.index("train epoch 2/2")
     first_line, second_line = err.index("train epoch 1/2: loss"), err.index("train epoch 2/2: loss")
     assert first_bar < first_line < second_bar < second_line, err
