@@ -54,12 +54,20 @@ def _forbidden_node_types(exp) -> tuple[type, ...]:
     return tuple(t for t in (getattr(exp, name, None) for name in names) if isinstance(t, type))
 
 
+class NotAReadQuery(ConfigError):
+    """The text is not exactly one read query; ``reason`` says why (the message adds the key)."""
+
+    def __init__(self, key: str, reason: str):
+        self.reason = reason
+        super().__init__(f"Invalid config: key {key!r}: {reason}.")
+
+
 def parse_read_query(query: str, dialect: Optional[str], key: str):
-    """The sqlglot tree of ``query`` when it is exactly one read-only query; ``ConfigError`` otherwise."""
+    """The sqlglot tree of ``query`` when it is exactly one read-only query; ``NotAReadQuery`` otherwise."""
     import sqlglot
     from sqlglot import exp
 
-    shown = query if len(query) <= 200 else query[:197] + "..."
+    shown = query.strip() if len(query.strip()) <= 200 else query.strip()[:197] + "..."
     logger = logging.getLogger("sqlglot")
     level = logger.level
     logger.setLevel(logging.ERROR)  # sqlglot logs a warning when it falls back to an opaque Command
@@ -67,26 +75,25 @@ def parse_read_query(query: str, dialect: Optional[str], key: str):
         trees = [tree for tree in sqlglot.parse(query, dialect=dialect) if tree is not None]
     except sqlglot.errors.SqlglotError as error:
         detail = str(error).strip().splitlines()[0]
-        raise ConfigError(f"Invalid config: key {key!r}: the query {shown!r} is not valid SQL (syntax error: "
-                          f"{detail}).") from None
+        raise NotAReadQuery(key, f"the query {shown!r} is not valid SQL (syntax error: {detail})") from None
     finally:
         logger.setLevel(level)
     if not trees:
-        raise ConfigError(f"Invalid config: key {key!r} is empty; give a SELECT query.")
+        raise NotAReadQuery(key, "the query is empty; give a SELECT query")
     if len(trees) > 1:
-        raise ConfigError(f"Invalid config: key {key!r}: the text {shown!r} holds {len(trees)} statements; "
-                          "only a single SELECT query is run.")
+        raise NotAReadQuery(key, f"the text {shown!r} holds {len(trees)} statements; only a single SELECT query "
+                                 "is run")
     tree = trees[0]
     if not isinstance(tree, (exp.Select, exp.SetOperation)):
         what = tree.key.upper() if tree.key != "command" else str(tree.this).upper()
-        raise ConfigError(f"Invalid config: key {key!r}: the statement {shown!r} is a {what}, not a SELECT; "
-                          "the tabular source only reads (a single SELECT, optionally with WITH or UNION).")
+        raise NotAReadQuery(key, f"the statement {shown!r} is {what}, not a SELECT; databases are only read "
+                                 "(a single SELECT, optionally with WITH or UNION)")
     forbidden = _forbidden_node_types(exp)
     for node in tree.walk():
         if isinstance(node, forbidden):
             part = "SELECT ... INTO" if isinstance(node, exp.Into) else node.key.upper()
-            raise ConfigError(f"Invalid config: key {key!r}: the query {shown!r} contains {part}, which "
-                              "writes or locks; the tabular source only reads.")
+            raise NotAReadQuery(key, f"the query {shown!r} contains {part}, which writes or locks; databases are "
+                                     "only read")
     return tree
 
 
