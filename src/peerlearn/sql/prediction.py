@@ -57,6 +57,9 @@ def load_model(store: ModelStore, name: str) -> StoredModel:
     if config.data.source != "tabular":
         raise ConfigError(f"The model {name!r} was trained on the {config.data.source!r} source, not on table rows; "
                           "only tabular models read the rows of a query.")
+    for member in recipe.cohort:  # a transfer head trained on cached features: run the backbone on the rows
+        if getattr(member.model, "head_only", False):
+            member.model.head_only = False
     options = config.data.options
     features = options.get("features")
     if not features:

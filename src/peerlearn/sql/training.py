@@ -76,23 +76,50 @@ def with_overrides(statement: TrainStatement) -> dict[str, Any]:
     return overrides
 
 
-def resolve_store_names(config: RunConfig, store: ModelStore) -> RunConfig:
-    """Member ``weights`` and backbone ``source`` values that name a model of the store become its directory."""
-    def stored(value: Optional[str]) -> Optional[str]:
-        if value and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value) and not Path(value).exists() \
-                and store.exists(value):
-            return str(store.require(value).resolve())
-        return None
+def member_weights_file(store: ModelStore, value: str, member_name: str) -> Optional[str]:
+    """``weights = MODEL`` or ``'MODEL.MEMBER'`` naming a stored model: a .safetensors file of that one member.
 
+    A run directory gives the member of the same name; a stored model's member usually has another name (the
+    teacher is called teacher, the model's member m0), so its weights are copied once, without the member
+    prefix, to ``STORE/.weights/MODEL.MEMBER.safetensors``.
+    """
+    from safetensors.torch import save_file
+
+    from peerlearn.engine.checkpoint import load_weights
+
+    model, _, member = value.partition(".")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model) or Path(value).exists() or not store.exists(model):
+        return None
+    run_dir = store.require(model)
+    names = [m["name"] for m in load_config(run_dir / "config.yaml").model_dump()["members"]]
+    if not member:
+        if member_name in names:
+            member = member_name
+        elif len(names) == 1:
+            member = names[0]
+        else:
+            raise ConfigError(f"The model {model!r} has the members {', '.join(names)}; name one as weights = "
+                              f"'{model}.<member>'.")
+    if member not in names:
+        raise ConfigError(f"The model {model!r} has no member {member!r}; its members: {', '.join(names)}.")
+    target = store.root / ".weights" / f"{model}.{member}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    weights = load_weights(run_dir / "model.safetensors", member)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
+    return str(target.resolve())
+
+
+def resolve_store_names(config: RunConfig, store: ModelStore) -> RunConfig:
+    """Member ``weights`` and backbone ``source`` values that name a model of the store point at its weights."""
     updates = {}
     for index, member in enumerate(config.members):
-        path = stored(member.weights)
+        path = member_weights_file(store, member.weights, member.name) if member.weights else None
         if path:
             updates[f"members.{index}.weights"] = path
     for index, backbone in enumerate(config.transfer.backbones):
-        path = stored(backbone.source)
-        if path:
-            updates[f"transfer.backbones.{index}.source"] = path
+        name = backbone.source
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and not Path(name).exists() and store.exists(name):
+            updates[f"transfer.backbones.{index}.source"] = str(store.require(name).resolve())
     return load_config(config, updates) if updates else config
 
 
