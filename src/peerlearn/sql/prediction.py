@@ -135,6 +135,7 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
     options = predict_options(statement)
     model = load_model(store, statement.model)
     table = query_table(url, statement.select)
+    x = feature_matrix(table, model.features)
     keys = options["keys"]
     if keys is None:
         keys = [c for c in table.columns if c not in model.features and c != model.label]
@@ -146,7 +147,7 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
         raise ConfigError("The query gives no column to tell its rows apart besides the features (an id, say): "
                           "select one, or name key columns with WITH keys = [...].")
     names = predicting_members(model, options["member"])
-    probabilities = class_probabilities(model, feature_matrix(table, model.features), names)
+    probabilities = class_probabilities(model, x, names)
     classes, kind = typed_classes(model.data.class_names)
     predicted = probabilities.argmax(1).tolist()
     index = [table.columns.index(k) for k in keys]

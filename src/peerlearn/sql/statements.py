@@ -76,25 +76,31 @@ def _sqlglot():
     return sqlglot
 
 
+QUOTED_TOKENS = {"STRING", "IDENTIFIER", "NATIONAL_STRING", "RAW_STRING", "HEREDOC_STRING", "BIT_STRING",
+                 "HEX_STRING", "BYTE_STRING"}
+
+
 def split_at_action(text: str, dialect: Optional[str]) -> int:
-    """Offset of the ``TO`` that starts the extension (outside strings, comments and parentheses)."""
+    """Offset of the ``TO`` that starts the extension (outside strings, comments and parentheses).
+
+    Each ``TO TRAIN|PREDICT|EVALUATE`` in the text is a candidate; the first one whose prefix sqlglot's
+    tokenizer reads with those two words as its last tokens, outside any parenthesis, is it. Only the
+    prefix is tokenized: the clauses after it follow their own grammar.
+    """
     sqlglot = _sqlglot()
-    try:
-        tokens = sqlglot.tokenize(text, dialect=dialect)
-    except sqlglot.errors.SqlglotError as error:
-        raise SqlSyntaxError(f"Syntax error: {str(error).strip().splitlines()[0]}", text, 0) from None
-    depth = 0
-    quoted = {"STRING", "IDENTIFIER", "NATIONAL_STRING", "RAW_STRING", "HEREDOC_STRING", "BIT_STRING",
-              "HEX_STRING", "BYTE_STRING"}
-    for index, token in enumerate(tokens):
-        kind = token.token_type.name
-        if kind == "L_PAREN":
-            depth += 1
-        elif kind == "R_PAREN":
-            depth -= 1
-        elif (depth == 0 and kind not in quoted and token.text.upper() == "TO" and index + 1 < len(tokens)
-              and tokens[index + 1].token_type.name not in quoted and tokens[index + 1].text.upper() in ACTIONS):
-            return token.start
+    for match in re.finditer(r"\bTO\s+(TRAIN|PREDICT|EVALUATE)\b", text, re.IGNORECASE):
+        try:
+            tokens = sqlglot.tokenize(text[:match.end()], dialect=dialect)
+        except sqlglot.errors.SqlglotError:  # e.g. the candidate sits in a quote that is still open
+            continue
+        if len(tokens) < 2 or any(t.token_type.name in QUOTED_TOKENS for t in tokens[-2:]):
+            continue
+        to, action = tokens[-2], tokens[-1]
+        if to.text.upper() != "TO" or action.text.upper() not in ACTIONS or to.start != match.start():
+            continue
+        depth = sum({"L_PAREN": 1, "R_PAREN": -1}.get(t.token_type.name, 0) for t in tokens[:-2])
+        if depth == 0:
+            return to.start
     end = len(text.rstrip().rstrip(";").rstrip())
     raise SqlSyntaxError("Syntax error: expected TO TRAIN, TO PREDICT or TO EVALUATE after the SELECT query "
                          "(or a statement SHOW TRAIN <model>).", text, end)
@@ -111,9 +117,10 @@ def check_select(text: str, select: str, dialect: Optional[str]):
         detail = error.errors[0] if getattr(error, "errors", None) else {}
         line, column = detail.get("line"), detail.get("col")
         position = 0
-        if line and column:
+        if line and column:  # sqlglot gives the last column of the offending token: point at its start
             lines = select.split("\n")
-            position = sum(len(part) + 1 for part in lines[: line - 1]) + max(column - 1, 0)
+            length = len(detail.get("highlight") or "x")
+            position = sum(len(part) + 1 for part in lines[: line - 1]) + max(column - length, 0)
         message = (detail.get("description") or str(error).splitlines()[0]).strip()
         raise SqlSyntaxError(f"Syntax error in the SELECT query: {message}.", text, position) from None
     except sqlglot.errors.SqlglotError as error:
