@@ -9,7 +9,7 @@ import yaml
 import peerlearn
 import peerlearn.sql
 from conftest import run_cli
-from peerlearn.errors import ConfigError
+from peerlearn.errors import ConfigError, DataError
 from peerlearn.sql.grammar import SqlSyntaxError
 
 pytest.importorskip("sqlglot")
@@ -103,7 +103,7 @@ def test_independent_with_named_columns_and_a_taken_name(demo):
     sql(statement.replace("epochs = 5", "epochs = 1"), demo, overwrite=True)
     config = yaml.safe_load((demo[1] / "wine_four" / "config.yaml").read_text())
     assert config["train"]["epochs"] == 1
-    with pytest.raises(ConfigError, match="no column.*flavanoids, color_intensity, which the model needs"):
+    with pytest.raises(DataError, match="no column.*flavanoids, color_intensity, which the model needs"):
         sql("SELECT id, alcohol FROM wine TO PREDICT p.cultivar USING wine_four;", demo)
 
 
