@@ -124,3 +124,22 @@ def test_csv_problems_name_column_and_row(tmp_path):
     with pytest.raises(ConfigError, match="members.0.model.*small_cnn.*mlp"):
         prepare_run(load_config(_config(tmp_path, {"label": "label", "test_fraction": 0.34}, path=str(path),
                                         members=[{"name": "a", "model": "small_cnn"}])))
+
+
+def test_an_id_column_is_left_out_unless_named(tmp_path, wine):
+    """Rows sorted by class: the id alone would give the label away (issue 18.4). Text columns are left out too."""
+    columns, rows = wine
+    ordered = sorted(rows, key=lambda row: row[-1])
+    path = tmp_path / "wine.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "vineyard", *columns, "cultivar"])
+        writer.writerows([i, f"v{i % 7}", *row] for i, row in enumerate(ordered))
+    with pytest.warns(UserWarning, match=r"left out of the features: 'id' has a different integer in every row "
+                                         r"\(an identifier\?\); 'vineyard' holds text") as caught:
+        data = prepare_run(load_config(_config(tmp_path, {"label": "cultivar"}, path=str(path))))[0]
+    assert "data.options.features" in str(caught[0].message)
+    assert data.in_features == 13
+    named = prepare_run(load_config(_config(tmp_path, {"label": "cultivar", "features": ["id", "alcohol"]},
+                                            path=str(path))))[0]
+    assert named.in_features == 2  # named explicitly: used
