@@ -84,6 +84,8 @@ def parse_read_query(query: str, dialect: Optional[str], key: str):
         raise NotAReadQuery(key, f"the text {shown!r} holds {len(trees)} statements; only a single SELECT query "
                                  "is run")
     tree = trees[0]
+    while isinstance(tree, exp.Subquery) and isinstance(tree.this, exp.Query):  # (SELECT ...)
+        tree = tree.this
     if not isinstance(tree, (exp.Select, exp.SetOperation)):
         what = tree.key.upper() if tree.key != "command" else str(tree.this).upper()
         raise NotAReadQuery(key, f"the statement {shown!r} is {what}, not a SELECT; databases are only read "
