@@ -54,6 +54,10 @@ def test_train_evaluate_predict_on_postgres(tmp_path, pg):
         peerlearn.sql.run("SELECT * FROM wine TO PREDICT wine_predicted.cultivar USING wine_mlp", db=pg,
                           models=models)
     assert len(_count(pg, "SELECT * FROM wine_predicted")) == 35  # unchanged by the refused statement
+    # unquoted names fold to lower case, as PostgreSQL folds them: a plain SELECT finds the table
+    peerlearn.sql.run("SELECT * FROM wine WHERE id < 4 TO PREDICT Wine_Upper.Cultivar USING wine_mlp", db=pg,
+                      models=models)
+    assert [r[0] for r in _count(pg, "SELECT Id FROM Wine_Upper ORDER BY id")] == [1, 2, 3]
 
 
 def test_postgres_is_only_read(pg):

@@ -143,3 +143,21 @@ def test_cli_runs_a_statement(tmp_path):
                    "LABEL species INTO iris_mlp", "--db", str(tmp_path / "demo.db"), "--models", str(tmp_path / "m"))
     assert done.returncode == 0, done.stderr
     assert "features (4): sepal_length_cm" in done.stdout and (tmp_path / "m" / "iris_mlp" / "statement.sql").is_file()
+
+
+def test_the_table_is_written_in_one_transaction(tmp_path):
+    """A failure while filling the table leaves no table; a replacement replaces all or nothing."""
+    from peerlearn.sql.writer import write_table
+
+    path = tmp_path / "t.db"
+    sqlite3.connect(path).close()
+    url = f"sqlite:///{path}"
+    columns = [("id", "integer"), ("label", "text")]
+    write_table(url, "out", None, columns, [(1, "a"), (2, "b")])
+    with pytest.raises(ConfigError, match="Cannot write the table 'fresh'"):
+        write_table(url, "fresh", None, columns, [(1, "a"), (2, object())])  # the second row cannot be stored
+    with pytest.raises(ConfigError, match="Cannot write the table 'out'"):
+        write_table(url, "out", None, columns, [(3, "c"), (4, object())], overwrite=True)
+    with sqlite3.connect(path) as connection:
+        tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert tables == ["out"] and connection.execute("SELECT * FROM out").fetchall() == [(1, "a"), (2, "b")]

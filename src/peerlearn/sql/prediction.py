@@ -12,13 +12,14 @@ student, a transfer head); ``WITH member = NAME`` picks a member.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
+from peerlearn.data.sql_read import url_scheme
 from peerlearn.data.bundle import Split
 from peerlearn.data.tabular import Table, _label_text, encode_labels, feature_matrix, run_query
 from peerlearn.engine.evaluation import ENSEMBLE
@@ -130,9 +131,23 @@ def predict_options(statement: PredictStatement) -> dict[str, Any]:
     return options
 
 
+def fold_names(statement: PredictStatement, url: str) -> PredictStatement:
+    """PostgreSQL folds unquoted names to lower case: write the table so that a plain SELECT finds it."""
+    if url_scheme(url) not in ("postgresql", "postgres"):
+        return statement
+
+    def fold(name: Optional[str]) -> Optional[str]:
+        return name if name is None or name in statement.quoted else name.lower()
+
+    return replace(statement, schema=fold(statement.schema), table=fold(statement.table),
+                   column=fold(statement.column))
+
+
 def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwrite: bool = False
                 ) -> dict[str, Any]:
     options = predict_options(statement)
+    statement = fold_names(statement, url)
+    lower = url_scheme(url) in ("postgresql", "postgres") and statement.column not in statement.quoted
     model = load_model(store, statement.model)
     table = query_table(url, statement.select)
     x = feature_matrix(table, model.features)
@@ -154,6 +169,8 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
     columns = [(k, value_kind([row[i] for row in table.rows])) for k, i in zip(keys, index)]
     columns.append((statement.column, kind))
     probability_columns = [f"{statement.column}_prob_{identifier(str(c))}" for c in model.data.class_names]
+    if lower:
+        probability_columns = [name.lower() for name in probability_columns]
     if options["probabilities"]:
         columns += [(name, "real") for name in probability_columns]
     names_used = [name for name, _ in columns]

@@ -47,6 +47,7 @@ class PredictStatement:
     options: list[Assignment]
     model: str
     positions: dict[str, int] = field(default_factory=dict)
+    quoted: set[str] = field(default_factory=set)  # the names of schema/table/column written in double quotes
 
 
 @dataclass
@@ -183,10 +184,12 @@ def _train(parser: Parser, text: str, select: str) -> TrainStatement:
 
 def _predict(parser: Parser, text: str, select: str) -> PredictStatement:
     positions: dict[str, int] = {"target": parser.current.start}
-    parts = [parser.column("the result table (table.column)").text]
+    tokens = [parser.column("the result table (table.column)")]
     while parser.at_punct("."):
         parser.advance()
-        parts.append(parser.column("a column name after '.'").text)
+        tokens.append(parser.column("a column name after '.'"))
+    parts = [t.text for t in tokens]
+    quoted = {t.text for t in tokens if t.kind == "quoted"}
     if len(parts) not in (2, 3):
         raise SqlSyntaxError("Syntax error: TO PREDICT names the result as table.column (or schema.table.column).",
                              text, positions["target"])
@@ -198,7 +201,7 @@ def _predict(parser: Parser, text: str, select: str) -> PredictStatement:
         options = parser.assignments()
     parser.keyword("USING")
     model = model_name(parser, positions)
-    return PredictStatement(text, select, table, schema, column, options, model, positions)
+    return PredictStatement(text, select, table, schema, column, options, model, positions, quoted)
 
 
 def _evaluate(parser: Parser, text: str, select: str) -> EvaluateStatement:

@@ -80,7 +80,11 @@ class ModelStore:
             if old.exists():
                 shutil.rmtree(old)
             target.rename(old)
-        run_dir.rename(target)
+        try:
+            run_dir.rename(target)
+        except OSError as error:  # another statement published the name meanwhile
+            raise ResourceError(f"Cannot move the finished run {str(run_dir)!r} to {str(target)!r}: "
+                                f"{error.strerror or error}. The run is complete where it is.") from None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return target
