@@ -161,3 +161,25 @@ def test_the_table_is_written_in_one_transaction(tmp_path):
     with sqlite3.connect(path) as connection:
         tables = [r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         assert tables == ["out"] and connection.execute("SELECT * FROM out").fetchall() == [(1, "a"), (2, "b")]
+
+
+def test_a_model_whose_training_rows_changed_refuses_to_predict(tmp_path):
+    url = peerlearn.sql.create_demo_db(tmp_path / "demo.db")
+    models = tmp_path / "models"
+    peerlearn.sql.run(f"SELECT * FROM iris TO TRAIN independent WITH members = [{SMALL_MLP}], {FAST} "
+                      "LABEL species INTO iris_mlp", db=url, models=models)
+    predict = "SELECT * FROM iris TO PREDICT iris_predicted.species USING iris_mlp"
+    with sqlite3.connect(tmp_path / "demo.db") as connection:
+        connection.execute("UPDATE iris SET petal_length_cm = petal_length_cm * 10")
+    with pytest.raises(ConfigError, match="training rows of the model 'iris_mlp' changed"):
+        peerlearn.sql.run(predict, db=url, models=models)
+    with sqlite3.connect(tmp_path / "demo.db") as connection:
+        connection.execute("UPDATE iris SET petal_length_cm = petal_length_cm / 10")
+    assert peerlearn.sql.run(predict, db=url, models=models).details["rows"] == 150
+
+
+def test_show_train_hides_a_password():
+    from peerlearn.sql.runner import hide_password
+
+    assert hide_password("url: postgresql+psycopg://bob:s3cret@db.example:5432/wine") == \
+        "url: postgresql+psycopg://bob:***@db.example:5432/wine"

@@ -81,8 +81,9 @@ def train(statement: TrainStatement, url: str, store: ModelStore, overwrite: boo
     config = build_config(statement, url, features, store)
     result = train_run(config, out=store.staging())
     run_dir = store.publish(result.run_dir, statement.model, overwrite)
+    data = result.recipe.data
     info = {"statement": statement.text.strip(), "query": statement.select, "label": statement.label,
-            "features": features, "left_out": left_out}
+            "features": features, "left_out": left_out, "mean": data.mean, "std": data.std}
     store.save_statement(statement.model, statement.text, info)
     lines = [f"features ({len(features)}): {', '.join(features)}"]
     if left_out:
@@ -92,10 +93,15 @@ def train(statement: TrainStatement, url: str, store: ModelStore, overwrite: boo
                      {"summary": result.summary, "features": features, "left_out": left_out})
 
 
+def hide_password(text: str) -> str:
+    """``scheme://user:secret@host`` shown as ``scheme://user:***@host``."""
+    return re.sub(r"(://[^/:@\s]+:)[^@\s/]+@", r"\1***@", text)
+
+
 def show_train(statement: ShowTrainStatement, store: ModelStore) -> SqlResult:
     run_dir = store.require(statement.model)
     text = store.statement(statement.model)
-    config = (run_dir / "config.yaml").read_text()
+    config = hide_password((run_dir / "config.yaml").read_text())
     lines = [f"-- model {statement.model}: {run_dir}",
              text if text is not None else "-- (not trained by a SQL statement)", "", "-- its config:", config.rstrip()]
     return SqlResult("show", statement.model, "\n".join(lines), run_dir, {"statement": text, "config": config})
