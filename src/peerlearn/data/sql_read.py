@@ -10,8 +10,9 @@ Three guards, each enough on its own for the common mistakes:
    several statements, and text sqlglot cannot parse are refused with ``ConfigError`` (exit 2) before any
    connection is opened.
 2. **The connection.** SQLite files are opened with the URI ``file:...?mode=ro`` (a missing file is not
-   created, nothing can be written) and an authorizer that allows reading only (and reading, not setting, PRAGMAs). Other databases run the
-   query in a transaction declared ``READ ONLY`` (PostgreSQL, MySQL) that is rolled back afterwards.
+   created, nothing can be written) and an authorizer that allows reading only (PRAGMAs may be read, not
+   set). Other databases run the query in a transaction declared ``READ ONLY`` (PostgreSQL, MySQL) that is
+   rolled back afterwards.
 3. **The end.** Nothing is committed: the transaction is rolled back and the connection closed.
 
 sqlglot and SQLAlchemy come with ``pip install 'peerlearn[sql]'``. Without sqlglot, SQLite files are
@@ -41,6 +42,17 @@ _SQLITE_READ_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLI
 def url_scheme(url: str) -> str:
     """``postgresql`` for ``postgresql+psycopg://...``."""
     return url.split(":", 1)[0].split("+", 1)[0].lower()
+
+
+def sqlite_path(url: str) -> Optional[str]:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (None when not SQLite)."""
+    if not url.startswith("sqlite:"):
+        return None
+    rest = url[len("sqlite:"):]
+    if not rest.startswith("///"):
+        raise ConfigError(f"Invalid config: key 'data.options.url' has the value {url!r}; a SQLite URL is written "
+                          "sqlite:///relative/path.db or sqlite:////absolute/path.db.")
+    return rest[3:]
 
 
 def dialect_of(url: str) -> Optional[str]:
@@ -167,8 +179,6 @@ def create_engine(url: str, read_only: bool):
     """A SQLAlchemy engine for ``url``; SQLite files are opened through ``open_sqlite_read_only`` when
     ``read_only``."""
     sqlalchemy = _sqlalchemy()
-    from peerlearn.data.tabular import sqlite_path
-
     path = sqlite_path(url) if url_scheme(url) == "sqlite" else None
     try:
         if path is not None and read_only:

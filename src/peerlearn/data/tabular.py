@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.splits import stratified_permutation
-from peerlearn.data.sql_read import check_read_query, sqlalchemy_read, sqlite_read
+from peerlearn.data.sql_read import check_read_query, sqlalchemy_read, sqlite_path, sqlite_read
 from peerlearn.errors import ConfigError, DataError
 
 TABULAR_SPLIT_SEED = 1234  # fixed: a table without its own test part always gives the same test rows
@@ -79,17 +79,6 @@ def read_csv(path: str, delimiter: str, key: str) -> Table:
     return Table([h.strip() for h in header], rows, f"CSV file {path!r}")
 
 
-def sqlite_path(url: str) -> Optional[str]:
-    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (None when not SQLite)."""
-    if not url.startswith("sqlite:"):
-        return None
-    rest = url[len("sqlite:"):]
-    if not rest.startswith("///"):
-        raise ConfigError(f"Invalid config: key 'data.options.url' has the value {url!r}; a SQLite URL is written "
-                          "sqlite:///relative/path.db or sqlite:////absolute/path.db.")
-    return rest[3:]
-
-
 def run_query(url: str, query: str, client: str, key: str) -> Table:
     """Rows and column names of ``query`` on the database at ``url``, read-only (``peerlearn.data.sql_read``):
     the text must be a single SELECT, checked before any connection is opened."""
@@ -120,7 +109,7 @@ def _number(value: Any, column: str, row: int, origin: str) -> float:
     return number
 
 
-def _label_text(value: Any) -> str:
+def label_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return "" if value is None else str(value).strip()
@@ -239,7 +228,7 @@ def table_tensors(table: Table, options: TabularOptions) -> tuple[torch.Tensor, 
         raise DataError(f"The {table.origin} gives no rows.")
     values = [[_number(row[i], features[k], n, table.origin) for k, i in enumerate(feature_index)]
               for n, row in enumerate(table.rows, start=1)]
-    labels = [_label_text(row[label_index]) for row in table.rows]
+    labels = [label_text(row[label_index]) for row in table.rows]
     empty = [n for n, label in enumerate(labels, start=1) if label == ""]
     if empty:
         raise DataError(f"The {table.origin}: the label column {options.label!r} is empty in row {empty[0]} "

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.sql_read import url_scheme
 from peerlearn.data.bundle import Split
-from peerlearn.data.tabular import Table, _label_text, encode_labels, feature_matrix, run_query
+from peerlearn.data.tabular import Table, label_text, encode_labels, feature_matrix, run_query
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
@@ -214,7 +214,7 @@ def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore) -> d
         raise SqlSyntaxError(f"The query has no column {statement.label!r} to use as the LABEL; its columns: "
                              f"{', '.join(table.columns)}.", statement.text, statement.positions["label"])
     column = table.columns.index(statement.label)
-    labels = [_label_text(row[column]) for row in table.rows]
+    labels = [label_text(row[column]) for row in table.rows]
     y = encode_labels(labels, model.data.class_names, table.origin)
     x = feature_matrix(table, model.features)
     names = select_members(model.recipe, None)

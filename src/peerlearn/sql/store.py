@@ -41,7 +41,8 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / "config.yaml").is_file())
+        return sorted(p.name for p in self.root.iterdir()
+                      if not p.name.startswith(".") and (p / "config.yaml").is_file())
 
     def require(self, name: str) -> Path:
         """The run directory of model ``name``; an error listing the store's models when there is none."""
