@@ -183,3 +183,31 @@ def test_show_train_hides_a_password():
 
     assert hide_password("url: postgresql+psycopg://bob:s3cret@db.example:5432/wine") == \
         "url: postgresql+psycopg://bob:***@db.example:5432/wine"
+
+
+def test_cli_demo_db_and_evaluate_in_process(tmp_path, demo, mutual, capsys):
+    from peerlearn.cli import main
+
+    assert main(["sql", "--demo-db", str(tmp_path / "demo.db")]) == 0
+    assert "demo database with tables wine, breast_cancer, iris: sqlite:///" in capsys.readouterr().out
+    with sqlite3.connect(tmp_path / "demo.db") as connection:
+        assert connection.execute("SELECT count(*), count(DISTINCT diagnosis) FROM breast_cancer").fetchone() == (569, 2)
+    assert main(["sql", "--demo-db", str(tmp_path / "demo.db")]) == 2  # the tables exist: nothing replaced
+    assert "already exists" in capsys.readouterr().err
+    assert main(["sql", f"{TEST_ROWS} TO EVALUATE wine_dml LABEL cultivar", "--db", str(tmp_path / "demo.db"),
+                 "--models", str(demo[1])]) == 0
+    assert "ensemble: confusion matrix" in capsys.readouterr().out
+
+
+def test_dml_variants_are_with_keys(demo):
+    from peerlearn.sql.statements import parse_statement
+    from peerlearn.sql.store import ModelStore
+    from peerlearn.sql.training import build_config
+
+    statement = parse_statement(f"{TRAIN_ROWS} TO TRAIN mutual WITH members = [mlp, mlp, mlp], mutual.teacher = "
+                                "ensemble, mutual.divergence = js, mutual.update = sequential, mutual.temperature = 2 "
+                                "LABEL cultivar INTO dml_e", "sqlite")
+    config = build_config(statement, demo[0], ["alcohol", "hue"], ModelStore(demo[1]))
+    assert [m.model for m in config.members] == ["mlp"] * 3
+    assert (config.mutual.teacher, config.mutual.divergence, config.mutual.update) == ("ensemble", "js", "sequential")
+    assert config.data.options["features"] == ["alcohol", "hue"] and config.data.options["url"] == demo[0]
