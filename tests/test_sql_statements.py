@@ -191,7 +191,8 @@ def test_cli_demo_db_and_evaluate_in_process(tmp_path, demo, mutual, capsys):
     assert main(["sql", "--demo-db", str(tmp_path / "demo.db")]) == 0
     assert "demo database with tables wine, breast_cancer, iris: sqlite:///" in capsys.readouterr().out
     with sqlite3.connect(tmp_path / "demo.db") as connection:
-        assert connection.execute("SELECT count(*), count(DISTINCT diagnosis) FROM breast_cancer").fetchone() == (569, 2)
+        counts = connection.execute("SELECT count(*), count(DISTINCT diagnosis) FROM breast_cancer").fetchone()
+    assert counts == (569, 2)
     assert main(["sql", "--demo-db", str(tmp_path / "demo.db")]) == 2  # the tables exist: nothing replaced
     assert "already exists" in capsys.readouterr().err
     assert main(["sql", f"{TEST_ROWS} TO EVALUATE wine_dml LABEL cultivar", "--db", str(tmp_path / "demo.db"),
