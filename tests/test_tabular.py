@@ -66,9 +66,10 @@ def test_dml_trains_from_a_sqlite_query(tmp_path, wine_db):
 
 def test_sqlalchemy_client_reads_the_same_rows(tmp_path, wine_db):
     options = {"url": f"sqlite:///{wine_db}", "label": "cultivar", "table": "wine"}
-    by_sqlite3 = prepare_run(load_config(_config(tmp_path, options)))[0]
-    by_sqlalchemy = prepare_run(load_config(_config(tmp_path, {**options, "sql_client": "sqlalchemy"})))[0]
-    assert by_sqlite3.in_features == 14  # id + 13 measurements
+    with pytest.warns(UserWarning, match="'id' has a different integer in every row"):
+        by_sqlite3 = prepare_run(load_config(_config(tmp_path, options)))[0]
+        by_sqlalchemy = prepare_run(load_config(_config(tmp_path, {**options, "sql_client": "sqlalchemy"})))[0]
+    assert by_sqlite3.in_features == 13  # the 13 measurements: the id column is left out
     torch.testing.assert_close(by_sqlite3.train.x, by_sqlalchemy.train.x)
     assert torch.equal(by_sqlite3.test.y, by_sqlalchemy.test.y)
 
@@ -113,10 +114,10 @@ def test_csv_with_string_labels_and_a_test_file(tmp_path, wine):
 
 def test_csv_problems_name_column_and_row(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("a,b,label\n1,2,x\n3,,y\n")
+    path.write_text("a,b,label\n1,2,x\n1,,y\n")
     with pytest.raises(DataError, match=r"column 'b', row 2 is empty"):
         prepare_run(load_config(_config(tmp_path, {"label": "label"}, path=str(path))))
-    path.write_text("a,label\n1,3\n2,10\n3,3\n4,10\n5,3\n6,10\n")  # numeric labels sort numerically
+    path.write_text("a,label\n1,3\n2,10\n1,3\n4,10\n5,3\n6,10\n")  # numeric labels sort numerically
     data = prepare_run(load_config(_config(tmp_path, {"label": "label", "test_fraction": 0.34}, path=str(path))))[0]
     assert data.class_names == ["3", "10"]
     with pytest.raises(ConfigError, match=r"data.options.sheet.*allowed: label"):
@@ -124,3 +125,22 @@ def test_csv_problems_name_column_and_row(tmp_path):
     with pytest.raises(ConfigError, match="members.0.model.*small_cnn.*mlp"):
         prepare_run(load_config(_config(tmp_path, {"label": "label", "test_fraction": 0.34}, path=str(path),
                                         members=[{"name": "a", "model": "small_cnn"}])))
+
+
+def test_an_id_column_is_left_out_unless_named(tmp_path, wine):
+    """Rows sorted by class: the id alone would give the label away (issue 18.4). Text columns are left out too."""
+    columns, rows = wine
+    ordered = sorted(rows, key=lambda row: row[-1])
+    path = tmp_path / "wine.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "vineyard", *columns, "cultivar"])
+        writer.writerows([i, f"v{i % 7}", *row] for i, row in enumerate(ordered))
+    with pytest.warns(UserWarning, match=r"left out of the features: 'id' has a different integer in every row "
+                                         r"\(an identifier\?\); 'vineyard' holds text") as caught:
+        data = prepare_run(load_config(_config(tmp_path, {"label": "cultivar"}, path=str(path))))[0]
+    assert "data.options.features" in str(caught[0].message)
+    assert data.in_features == 13
+    named = prepare_run(load_config(_config(tmp_path, {"label": "cultivar", "features": ["id", "alcohol"]},
+                                            path=str(path))))[0]
+    assert named.in_features == 2  # named explicitly: used

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Optional
 
 from peerlearn.errors import PeerlearnError
+from peerlearn.sql.cli import add_sql_parser, cmd_sql
 
 
 def _print_json(value) -> None:
@@ -179,6 +180,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "export": cmd_export,
     "probe": cmd_probe,
+    "sql": cmd_sql,
 }
 
 
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--pool", type=int, default=2, help="average each map to POOL x POOL (default 2)")
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    add_sql_parser(sub)
     return parser
 
 

@@ -1,6 +1,8 @@
 """Tabular data: rows of a CSV file, or of a SQL query run on a database, with named columns.
 
-One column is the label, the feature columns (default: all the others) must hold numbers. Labels may
+One column is the label, the feature columns must hold numbers (default: every numeric column but the label,
+leaving out identifiers: integer columns with a different value in every row, which tell rows apart and
+can leak the label; they are used only when named). Labels may
 be strings or numbers; they become class indices 0..C−1 in sorted order (numerically when every label
 is a number) and the original values are kept as the class names. Features become a float32 [N, F]
 tensor; ``load_data`` standardises them with the training split's per-column mean and standard
@@ -9,14 +11,15 @@ deviation (``data.normalize``), and models that take ``in_features`` (``mlp``) r
 Where the rows come from (``data.path`` or ``data.options.url``) and which columns to use are
 ``data.options`` keys, checked by ``TabularOptions``. SQLite URLs (``sqlite:///file.db``) are read with
 the standard library's ``sqlite3``; other URLs (PostgreSQL, MySQL, ...) need SQLAlchemy
-(``pip install 'peerlearn[sql]'``). See docs/tabular.md.
+(``pip install 'peerlearn[sql]'``). Databases are only read: a query must be one SELECT and runs on a
+read-only connection (``peerlearn.data.sql_read``). See docs/tabular.md.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.splits import stratified_permutation
+from peerlearn.data.sql_read import check_read_query, sqlalchemy_read, sqlite_path, sqlite_read
 from peerlearn.errors import ConfigError, DataError
 
 TABULAR_SPLIT_SEED = 1234  # fixed: a table without its own test part always gives the same test rows
@@ -75,75 +79,16 @@ def read_csv(path: str, delimiter: str, key: str) -> Table:
     return Table([h.strip() for h in header], rows, f"CSV file {path!r}")
 
 
-def sqlite_path(url: str) -> Optional[str]:
-    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (None when not SQLite)."""
-    if not url.startswith("sqlite:"):
-        return None
-    rest = url[len("sqlite:"):]
-    if not rest.startswith("///"):
-        raise ConfigError(f"Invalid config: key 'data.options.url' has the value {url!r}; a SQLite URL is written "
-                          "sqlite:///relative/path.db or sqlite:////absolute/path.db.")
-    return rest[3:]
-
-
 def run_query(url: str, query: str, client: str, key: str) -> Table:
-    """Rows and column names of ``query`` on the database at ``url``."""
+    """Rows and column names of ``query`` on the database at ``url``, read-only (``peerlearn.data.sql_read``):
+    the text must be a single SELECT, checked before any connection is opened."""
     path = sqlite_path(url)
-    if client == "sqlite3" or (client == "auto" and path is not None):
-        if path is None:
-            raise ConfigError(f"Invalid config: key 'data.options.sql_client' is sqlite3, but the URL {url!r} is not "
-                              "a sqlite:/// URL.")
-        return _sqlite_query(path, query, key)
-    return _sqlalchemy_query(url, query, key)
-
-
-def _sqlite_query(path: str, query: str, key: str) -> Table:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"Invalid config: key 'data.options.url' names the SQLite database {path!r}, "
-                          "which does not exist.")
-    try:  # read-only: a query cannot change the database
-        connection = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error as error:
-        raise ConfigError(f"Invalid config: key 'data.options.url': cannot open the SQLite database {path!r}: "
-                          f"{error}.") from None
-    try:
-        cursor = connection.execute(query)
-        if cursor.description is None:
-            raise ConfigError(f"Invalid config: key {key!r}: the query {query!r} returns no rows (it is not a SELECT).")
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-    except sqlite3.Error as error:
-        raise ConfigError(f"Invalid config: key {key!r}: the query {query!r} failed on {path!r}: {error}.") from None
-    finally:
-        connection.close()
-    return Table(columns, rows, f"query {query!r}")
-
-
-def _sqlalchemy_query(url: str, query: str, key: str) -> Table:
-    try:
-        import sqlalchemy
-    except ImportError:
-        raise ConfigError(f"Invalid config: key 'data.options.url' has the value {url!r}; databases other than "
-                          "SQLite need SQLAlchemy and the database's driver: pip install 'peerlearn[sql]'.") from None
-    try:
-        engine = sqlalchemy.create_engine(url)
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError) as error:
-        raise ConfigError(f"Invalid config: key 'data.options.url' has the value {url!r}, which SQLAlchemy "
-                          f"cannot open: {error}.") from None
-    try:
-        with engine.connect() as connection:
-            result = connection.execute(sqlalchemy.text(query))
-            if not result.returns_rows:
-                raise ConfigError(f"Invalid config: key {key!r}: the query {query!r} returns no rows "
-                                  "(it is not a SELECT).")
-            columns = list(result.keys())
-            rows = [tuple(row) for row in result.fetchall()]
-    except sqlalchemy.exc.SQLAlchemyError as error:
-        message = str(getattr(error, "orig", None) or error).splitlines()[0]
-        raise ConfigError(f"Invalid config: key {key!r}: the query {query!r} failed: {message}.") from None
-    finally:
-        engine.dispose()
+    stdlib = client == "sqlite3" or (client == "auto" and path is not None)
+    if stdlib and path is None:
+        raise ConfigError(f"Invalid config: key 'data.options.sql_client' is sqlite3, but the URL {url!r} is not "
+                          "a sqlite:/// URL.")
+    check_read_query(query, url, key, required=not stdlib)  # without sqlglot, SQLite's authorizer guards alone
+    columns, rows = sqlite_read(path, query, key) if stdlib else sqlalchemy_read(url, query, key)
     return Table(columns, rows, f"query {query!r}")
 
 
@@ -164,7 +109,7 @@ def _number(value: Any, column: str, row: int, origin: str) -> float:
     return number
 
 
-def _label_text(value: Any) -> str:
+def label_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return "" if value is None else str(value).strip()
@@ -178,22 +123,102 @@ def _class_order(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return True
+    try:
+        float(str(value).strip())
+        return True
+    except ValueError:
+        return False
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def column_kind(table: Table, index: int) -> str:
+    """'text' when some cell holds text that is not a number; 'identifier' when every cell is an integer and no
+    two rows share one (an id: it tells rows apart, and in a sorted table it leaks the label); else 'number'.
+    Empty cells count as neither (they are reported as missing values when the column is used)."""
+    values = [row[index] for row in table.rows if not _is_blank(row[index])]
+    if any(not _is_number(v) for v in values):
+        return "text"
+    numbers = [float(v) for v in values]
+    if (len(table.rows) > 1 and len(numbers) == len(table.rows) and all(math.isfinite(v) and v.is_integer()
+                                                                       for v in numbers)
+            and len(set(numbers)) == len(numbers)):
+        return "identifier"
+    return "number"
+
+
+LEFT_OUT_REASONS = {
+    "text": "holds text",
+    "identifier": "has a different integer in every row (an identifier?)",
+}
+
+
+def default_features(table: Table, label: str) -> tuple[list[str], dict[str, str]]:
+    """The feature columns used when none are named: every numeric column but the label and identifiers.
+
+    Returns the features and, for each column left out, why (``LEFT_OUT_REASONS``).
+    """
+    features, left_out = [], {}
+    for index, column in enumerate(table.columns):
+        if column == label:
+            continue
+        kind = column_kind(table, index)
+        if kind == "number":
+            features.append(column)
+        else:
+            left_out[column] = LEFT_OUT_REASONS[kind]
+    return features, left_out
+
+
+def describe_left_out(left_out: dict[str, str]) -> str:
+    return "; ".join(f"{column!r} {reason}" for column, reason in left_out.items())
+
+
 def select_columns(table: Table, options: TabularOptions) -> tuple[list[str], int, list[int]]:
-    """Feature names, the label's column index and the features' column indices (errors name what is missing)."""
+    """Feature names, the label's column index and the features' column indices (errors name what is missing).
+
+    Without ``features`` every numeric column but the label is one, except identifier columns (a different
+    integer in every row), which are used only when named; the columns left out are reported as a warning.
+    """
     available = ", ".join(table.columns)
     if options.label not in table.columns:
         raise ConfigError(f"Invalid config: key 'data.options.label' has the value {options.label!r}, but the "
                           f"{table.origin} has no such column; its columns: {available}.")
-    features = options.features if options.features is not None else [c for c in table.columns if c != options.label]
+    if options.features is not None:
+        features = options.features
+    else:
+        features, left_out = default_features(table, options.label)
+        if left_out:
+            warnings.warn(f"The {table.origin}: columns left out of the features: {describe_left_out(left_out)}. "
+                          "Name the feature columns in data.options.features to choose them yourself.",
+                          stacklevel=2)
     missing = [c for c in features if c not in table.columns]
     if missing:
         raise ConfigError(f"Invalid config: key 'data.options.features' names the column(s) {', '.join(missing)}, "
                           f"which the {table.origin} does not have; its columns: {available}.")
     if not features:
-        raise ConfigError("Invalid config: key 'data.options.features': no feature column is left besides the label.")
+        raise ConfigError("Invalid config: key 'data.options.features': no numeric feature column is left besides "
+                          f"the label; the {table.origin} has: {available}.")
     if options.label in features:
         raise ConfigError(f"Invalid config: key 'data.options.features' includes the label column {options.label!r}.")
     return features, table.columns.index(options.label), [table.columns.index(c) for c in features]
+
+
+def feature_matrix(table: Table, features: Sequence[str]) -> torch.Tensor:
+    """The named feature columns of every row as float32 [N, F] (for prediction: no label needed)."""
+    missing = [c for c in features if c not in table.columns]
+    if missing:
+        raise DataError(f"The {table.origin} has no column(s) {', '.join(missing)}, which the model needs as "
+                        f"features; its columns: {', '.join(table.columns)}.")
+    index = [table.columns.index(c) for c in features]
+    values = [[_number(row[i], features[k], n, table.origin) for k, i in enumerate(index)]
+              for n, row in enumerate(table.rows, start=1)]
+    return torch.tensor(values, dtype=torch.float32).reshape(len(values), len(features))
 
 
 def table_tensors(table: Table, options: TabularOptions) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -203,7 +228,7 @@ def table_tensors(table: Table, options: TabularOptions) -> tuple[torch.Tensor, 
         raise DataError(f"The {table.origin} gives no rows.")
     values = [[_number(row[i], features[k], n, table.origin) for k, i in enumerate(feature_index)]
               for n, row in enumerate(table.rows, start=1)]
-    labels = [_label_text(row[label_index]) for row in table.rows]
+    labels = [label_text(row[label_index]) for row in table.rows]
     empty = [n for n, label in enumerate(labels, start=1) if label == ""]
     if empty:
         raise DataError(f"The {table.origin}: the label column {options.label!r} is empty in row {empty[0]} "

@@ -52,7 +52,12 @@ def ensemble_members(recipe, names: Sequence[str]) -> list[str]:
 
 def classification_section(recipe, split: str, names: Sequence[str]) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on ``split`` (None when it has no labelled item)."""
-    stream = split_stream(recipe, split)
+    return classification_scores(recipe, split_stream(recipe, split), names)
+
+
+def classification_scores(recipe, stream: BatchStream, names: Sequence[str]) -> dict[str, Any] | None:
+    """Classification metrics of every member and the ensemble on the items of ``stream`` (None when none
+    is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
     logits, _, labels = predict_with_features(recipe.cohort, stream, names)
