@@ -107,7 +107,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(read_image(self.files[index], self.mode, self.size)), self.labels[index]
+        return torch.from_numpy(read_image(self.files[index], self.mode, self.size).copy()), self.labels[index]
 
 
 def image_items(files: list[Path], labels: list[int], mode: str, size: int, workers: int, stream: bool):
