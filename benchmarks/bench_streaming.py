@@ -21,6 +21,7 @@ The goal stated for the streaming path: not more than 2x slower than the in-memo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def main() -> None:
     if args.quick:
         args.images, args.repeats = 1_000, 1
     torch.set_num_threads(1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as folder:
         root = write_folder(Path(folder), args.images)
         cached = warm_os_cache(root)
@@ -124,7 +126,8 @@ def main() -> None:
     body = (f"## Streaming vs in-memory data ({args.images:,} {SIZE}x{SIZE} PNGs)\n\n"
             f"Training images per second delivered as augmented batches of {BATCH} (crop+flip), on the CPU; "
             f"mean ± std over {args.repeats} repetitions, files in the OS cache ({cached / 2**20:.1f} MiB read "
-            "once before timing).\n\n"
+            f"once before timing); the machine's 1-minute load average at the start was {load:.1f} (a shared "
+            "machine: absolute rates vary, the ratio is measured under the same load).\n\n"
             + markdown_table(["path", "images/s"], rows)
             + f"\n\nThe in-memory first epoch is {ratio:.2f}x the streaming throughput "
               f"(goal: streaming at most 2x slower: {verdict}).")

@@ -123,3 +123,32 @@ def test_streamed_image_folder_trains_like_the_in_memory_one(folder, tmp_path):
     for name in ("a", "b"):
         ours, theirs = (r.cohort[name].model.state_dict() for r in results)
         assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-4) for k in theirs)
+
+
+def test_user_dataset_streams_by_default_and_reads_into_memory_when_asked():
+    from peerlearn.data import load_raw
+
+    raw = load_raw(load_config(tiny_config()).data)
+
+    class Plain(Dataset):  # no `targets`: labels come from one pass over the items
+        def __len__(self):
+            return 200
+
+        def __getitem__(self, i):
+            return raw.train_x[i], int(raw.train_y[i])
+
+    bundles = {}
+    for stream in ("auto", False):
+        config = load_config(tiny_config(data={"source": "python", "stream": stream, "stream_workers": 0})).data
+        user = peerlearn.UserData(train=Plain(), num_classes=10)
+        bundles[stream] = load_data(config, seed=0, raw=user.to_raw(config))
+    tensors = peerlearn.UserData(train=(raw.train_x[:200], raw.train_y[:200]), num_classes=10)
+    config = load_config(tiny_config(data={"source": "python"})).data
+    in_memory = load_data(config, seed=0, raw=tensors.to_raw(config))
+    assert isinstance(bundles["auto"].train.x, LazyItems) and isinstance(bundles[False].train.x, torch.Tensor)
+    for bundle in bundles.values():
+        for split in ("train", "val"):
+            ours, theirs = getattr(bundle, split), getattr(in_memory, split)
+            x = ours.x.materialize() if isinstance(ours.x, LazyItems) else ours.x
+            assert torch.equal(ours.y, theirs.y) and torch.equal(x, theirs.x)
+        assert len(bundle.test) == 0

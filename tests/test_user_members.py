@@ -235,3 +235,23 @@ def test_resuming_python_data_without_it_says_what_to_pass(nets, tmp_path, monke
     monkeypatch.setattr(peerlearn, "train", train)
     with pytest.raises(DataError, match="UserData"):
         peerlearn.train(resume=broken, members={"a": nets.make_net})
+
+
+@pytest.mark.parametrize("recipe", ["mutual", "distill"])
+def test_batch_transform_sees_every_training_batch_only(tmp_path, recipe):
+    seen = []
+
+    def erase_corner(x):  # a per-batch augmentation: uint8 images before normalisation
+        seen.append((tuple(x.shape), x.dtype))
+        x = x.clone()
+        x[:, :, :2, :2] = 0
+        return x
+
+    data = digits_data()
+    data.transform = erase_corner
+    config = tiny_config(recipe=recipe, train={"epochs": 1})
+    if recipe == "distill":
+        config["members"] = [{"name": "t", "model": "small_cnn", "model_args": {"width": 8}, "trainable": False},
+                             {"name": "s", "model": "small_cnn", "model_args": {"width": 8}}]
+    result = peerlearn.train(config, out=tmp_path, data=data)
+    assert len(seen) == result.summary["steps"] and all(s == ((64, 1, 8, 8), torch.uint8) for s in seen)

@@ -38,6 +38,8 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    if images.dtype != torch.uint8:  # float images (data given from Python) stay float
+        return resized.to(images.dtype)
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 

@@ -40,11 +40,9 @@ class Recipe:
         self.data = data
         self.device = device
         self.normalizer = Normalizer(data.mean, data.std, device, data.is_image)
-        augment = BatchAugment(**config.data.augment.model_dump())
-        if data.batch_transform is not None:  # UserData.transform, after the built-in augmentation
-            augment = WithBatchTransform(augment, data.batch_transform)
         self.train_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
-                                        seed=config.seed, augment=augment, shuffle=True, drop_last=True)
+                                        seed=config.seed, augment=self.batch_augment(config.data.augment),
+                                        shuffle=True, drop_last=True)
         self.eval_streams = {
             split: BatchStream(getattr(data, split), config.data.eval_batch_size, self.normalizer, device,
                                shuffle=False)
@@ -56,6 +54,14 @@ class Recipe:
         self.autocast_dtype: torch.dtype | None = None  # set by engine.acceleration (bf16 on CUDA)
         self.distributed = None  # a DistContext in a multi-process run (engine.distributed)
         self.user_members: dict[str, Any] = {}  # members given from Python (peerlearn.train(members=...)), by name
+
+    def batch_augment(self, settings) -> BatchAugment | WithBatchTransform:
+        """The augmentation of training batches: ``settings`` (an ``AugmentConfig``), then the user's batch
+        transform when data came from Python with one (``UserData.transform``)."""
+        augment = BatchAugment(**settings.model_dump())
+        if self.data.batch_transform is not None:
+            return WithBatchTransform(augment, self.data.batch_transform)
+        return augment
 
     def autocast(self):
         """Context for the forward passes: bf16 autocast when ``engine.precision: bf16`` on CUDA, else nothing.

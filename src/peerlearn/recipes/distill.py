@@ -28,7 +28,6 @@ from typing import Any, Optional
 
 import torch
 
-from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
@@ -53,12 +52,12 @@ class DistillRecipe(Recipe):
         self._check_settings()
         teacher_augment = self.settings.teacher_augment or config.data.augment
         self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
-                                          seed=config.seed, augment=BatchAugment(**teacher_augment.model_dump()),
+                                          seed=config.seed, augment=self.batch_augment(teacher_augment),
                                           shuffle=True, drop_last=True)
         self.transfer = self._transfer_split()
         # the trainer's default stream (the distillation stage's) is the transfer set
         self.train_stream = BatchStream(self.transfer, config.data.batch_size, self.normalizer, device,
-                                        seed=config.seed, augment=BatchAugment(**config.data.augment.model_dump()),
+                                        seed=config.seed, augment=self.batch_augment(config.data.augment),
                                         shuffle=True, drop_last=True)
         self.target_cache: Optional[torch.Tensor] = None
         self.cache_seconds = 0.0
