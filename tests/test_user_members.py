@@ -238,7 +238,7 @@ def test_resuming_python_data_without_it_says_what_to_pass(nets, tmp_path, monke
 
 
 @pytest.mark.parametrize("recipe", ["mutual", "distill"])
-def test_batch_transform_sees_every_training_batch_only(tmp_path, recipe):
+def test_batch_transform_sees_every_training_batch_only(tmp_path, recipe, nets):
     seen = []
 
     def erase_corner(x):  # a per-batch augmentation: uint8 images before normalisation
@@ -250,8 +250,9 @@ def test_batch_transform_sees_every_training_batch_only(tmp_path, recipe):
     data = digits_data()
     data.transform = erase_corner
     config = tiny_config(recipe=recipe, train={"epochs": 1})
-    if recipe == "distill":
-        config["members"] = [{"name": "t", "model": "small_cnn", "model_args": {"width": 8}, "trainable": False},
-                             {"name": "s", "model": "small_cnn", "model_args": {"width": 8}}]
-    result = peerlearn.train(config, out=tmp_path, data=data)
+    members = None
+    if recipe == "distill":  # a teacher given as a (trained) module needs no weights file
+        config["members"] = [{"name": "t", "trainable": False}, {"name": "s"}]
+        members = {"t": nets.TinyNet(), "s": nets.make_net}
+    result = peerlearn.train(config, out=tmp_path, data=data, members=members)
     assert len(seen) == result.summary["steps"] and all(s == ((64, 1, 8, 8), torch.uint8) for s in seen)
