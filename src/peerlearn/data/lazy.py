@@ -94,8 +94,8 @@ class LazyItems:
         value = input_of(self.dataset[position], f"item {position} of the dataset")
         if tuple(value.shape) != self.item_shape or value.dtype != self.dtype:
             raise DataError(f"Item {position} of the dataset has shape {tuple(value.shape)} and dtype {value.dtype}, "
-                            f"but the first item has {self.item_shape} and {self.dtype}; every input must have the same "
-                            "shape and type (resize in the Dataset, or give data.image_size for an image folder).")
+                            f"but the first item has {self.item_shape} and {self.dtype}; every input must have the "
+                            "same shape and type (resize in the Dataset, or give data.image_size for an image folder).")
         return value
 
     def materialize(self) -> torch.Tensor:

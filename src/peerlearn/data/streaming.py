@@ -77,7 +77,8 @@ DEFAULT_THRESHOLD_MB = 2048.0
 
 def wants_stream(config, decoded_bytes: int, user_dataset: bool = False) -> bool:
     """``data.stream``: true / false as given; auto streams a user's Dataset, or data whose decoded
-    size exceeds ``data.stream_threshold_mb``. Configs without the key (e.g. transfer source data) hold data in memory."""
+    size exceeds ``data.stream_threshold_mb``. Configs without the key (e.g. transfer source data) hold data
+    in memory."""
     choice = getattr(config, "stream", False)
     if choice == "auto":
         threshold = float(getattr(config, "stream_threshold_mb", DEFAULT_THRESHOLD_MB))

@@ -51,7 +51,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
                       "in_features": in_features if in_features is not None else in_channels * image_size * image_size}
         return build_reference(name, kwargs, shape_args, features_from)
     if features_from is not None:
-        raise ValueError(f"features_from is for networks of your own; the zoo's model {name!r} has its features built in")
+        raise ValueError(f"features_from is for networks of your own; the zoo's model {name!r} has its features "
+                         "built in")
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(available_models())}")
     builder = _REGISTRY[name]

@@ -267,7 +267,8 @@ def describe_factory(factory: Callable) -> str:
     name = importable_name(factory)
     if name is not None:
         return name
-    return f"{PYTHON_OBJECT_PREFIX}{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+    module, qualname = getattr(factory, "__module__", "?"), getattr(factory, "__qualname__", repr(factory))
+    return f"{PYTHON_OBJECT_PREFIX}{module}:{qualname}"
 
 
 def build_from_python(source: Any, name: str, model_args: dict, shape_args: dict,
