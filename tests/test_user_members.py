@@ -124,11 +124,12 @@ def test_modules_and_factories_train_with_feature_mimicry_and_record_how_to_rebu
     with pytest.raises(ConfigError, match="a: 24, b: 16"):  # the pulled features must have one size
         peerlearn.train(config, out=tmp_path / "bad", members={"a": instance, "b": nets.make_net},
                         data=digits_data())
-    config["members"] = [{"name": "b", "model_args": {"hidden": 24}}]  # options of a member given from Python
-    result = peerlearn.train(config, out=tmp_path, members={"a": instance, "b": nets.make_net},
+    config["members"] = [{"name": "b", "optim": {"lr": 0.04}}]  # options of a member given from Python
+    result = peerlearn.train(config, out=tmp_path, members={"a": instance, "b": (nets.make_net, {"hidden": 24})},
                              data=digits_data(), features_from={"a": "body"})
     assert [m.name for m in result.config.members] == ["b", "a"]
     assert result.cohort["a"].model.network is instance  # trained in place, as the user's own object
+    assert result.cohort["b"].optimizer.param_groups[0]["lr"] == 0.04
     assert result.summary["dataset"] == "python" and result.summary["members"]["a"]["test"]["top1"] > 0.5
     saved = load_config(result.run_dir / "config.yaml")
     b, a = saved.members
@@ -256,3 +257,14 @@ def test_batch_transform_sees_every_training_batch_only(tmp_path, recipe, nets):
         members = {"t": nets.TinyNet(), "s": nets.make_net}
     result = peerlearn.train(config, out=tmp_path, data=data, members=members)
     assert len(seen) == result.summary["steps"] and all(s == ((64, 1, 8, 8), torch.uint8) for s in seen)
+
+
+def test_cli_evaluates_a_run_of_python_members_from_what_it_recorded(nets, tmp_path, capsys):
+    import json
+
+    result = peerlearn.train(tiny_config(recipe="mutual", train={"epochs": 1}), out=tmp_path,
+                             members={"a": nets.TinyNet(hidden=24), "b": nets.make_net})
+    assert main(["evaluate", str(result.run_dir), "--json"]) == 0
+    section = json.loads(capsys.readouterr().out)["classification"]
+    for name in ("a", "b"):
+        assert section[name]["top1"] == pytest.approx(result.summary["members"][name]["test"]["top1"], abs=1e-6)

@@ -1,9 +1,11 @@
 """Members and data given to ``peerlearn.train`` as Python objects, merged into the run's config.
 
-``members={"a": module_or_factory_or_name, ...}``: a member whose name is in the config keeps its
-options there (optimizer, ``trainable``, ``weights``, ``features_from``, ...) and gets this network;
-a new name is appended with the top-level options. When the config lists no members itself (the
-default cohort), the cohort is exactly the given members, in the given order.
+``members={"a": module_or_factory_or_name, "b": (factory, {"width": 32}), ...}``: a member whose name
+is in the config keeps its options there (optimizer, ``trainable``, ``weights``, ``features_from``, ...)
+and gets this network; a new name is appended with the top-level options. A factory's arguments are
+given with it as a pair; the config's ``model_args`` of a replaced zoo model (e.g. ``small_cnn``'s
+width) are dropped, as they belong to that model. When the config lists no members itself (the default
+cohort), the cohort is exactly the given members, in the given order.
 
 The config records how to rebuild each network: a factory as ``package.module:callable`` with
 ``model_args``; a module as ``package.module:Class`` when ``Class()`` rebuilds it, else as
@@ -21,7 +23,7 @@ from torch import nn
 from peerlearn.config import RunConfig, load_config
 from peerlearn.data.user import PYTHON_SOURCE, UserData
 from peerlearn.errors import ConfigError
-from peerlearn.models.user import PYTHON_OBJECT_PREFIX, describe_factory
+from peerlearn.models.user import PYTHON_OBJECT_PREFIX, describe_factory, is_reference
 
 
 @dataclass
@@ -46,6 +48,16 @@ def placeholder_name(source: Any) -> str:
                       "function that returns one, or a model name.")
 
 
+def split_arguments(name: str, source: Any) -> tuple[Any, Optional[dict]]:
+    """``(factory, {"width": 32})`` -> (factory, its model_args); anything else -> (it, None)."""
+    if isinstance(source, tuple):
+        if len(source) != 2 or not isinstance(source[1], Mapping) or isinstance(source[0], nn.Module):
+            raise ConfigError(f"The member {name!r} is a tuple; give (factory, {{keyword arguments}}), e.g. "
+                              "(make_net, {'width': 32}).")
+        return source[0], dict(source[1])
+    return source, None
+
+
 def merge_user_inputs(config: RunConfig, explicit_members: bool, members: Optional[Mapping[str, Any]],
                       data: Optional[UserData], features_from: Optional[Mapping[str, str]] = None
                       ) -> tuple[RunConfig, UserInputs]:
@@ -63,6 +75,11 @@ def merge_user_inputs(config: RunConfig, explicit_members: bool, members: Option
             if entry is None:
                 entry = {"name": name}
                 cohort.append(entry)
+            source, args = split_arguments(name, source)
+            if args is not None:
+                entry["model_args"] = args
+            elif not is_reference(entry.get("model", "")):
+                entry.pop("model_args", None)  # a replaced zoo model's options
             if isinstance(source, str):
                 entry["model"] = source
             else:
