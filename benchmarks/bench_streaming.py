@@ -118,19 +118,20 @@ def main() -> None:
             streamed.append(time_streaming(root, args.workers))
             print(f"repeat {repeat + 1}: in memory {first:.0f} img/s (first epoch), {later:.0f} (later); "
                   f"streaming {streamed[-1]:.0f} img/s", flush=True)
-    ratio = statistics.mean(memory_first) / statistics.mean(streamed)
+    ratio = statistics.mean(streamed) / statistics.mean(memory_first)
     rows = [["in memory, first epoch (decode all, then batches)", mean_std(memory_first, digits=0)],
             ["in memory, later epochs (batches from memory)", mean_std(memory_later, digits=0)],
             [f"streaming, every epoch ({args.workers} DataLoader workers)", mean_std(streamed, digits=0)]]
-    verdict = "met" if ratio <= 2.0 else "not met"
+    verdict = "met" if ratio >= 0.5 else "not met"
     body = (f"## Streaming vs in-memory data ({args.images:,} {SIZE}x{SIZE} PNGs)\n\n"
             f"Training images per second delivered as augmented batches of {BATCH} (crop+flip), on the CPU; "
             f"mean ± std over {args.repeats} repetitions, files in the OS cache ({cached / 2**20:.1f} MiB read "
             f"once before timing); the machine's 1-minute load average at the start was {load:.1f} (a shared "
             "machine: absolute rates vary, the ratio is measured under the same load).\n\n"
             + markdown_table(["path", "images/s"], rows)
-            + f"\n\nThe in-memory first epoch is {ratio:.2f}x the streaming throughput "
-              f"(goal: streaming at most 2x slower: {verdict}).")
+            + f"\n\nStreaming runs at {ratio:.2f}x the rate of the in-memory path's first epoch (goal: at least "
+              f"0.5x, i.e. not more than 2x slower: {verdict}). From the second epoch on the in-memory path only "
+              "indexes memory and is much faster, which is why it stays the default for data that fits.")
     print(body)
     if not args.quick:
         write_section("streaming", body)
