@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from peerlearn.api import RunResult, load_run, train  # noqa: E402
 from peerlearn.config import RunConfig, load_config  # noqa: E402
+from peerlearn.data.user import UserData  # noqa: E402
 from peerlearn.models import available_models, create_model  # noqa: E402
 
 
@@ -25,5 +26,5 @@ def analyze_run(run_dir, **options) -> dict:
     return run(run_dir, **options)
 
 
-__all__ = ["RunConfig", "RunResult", "analyze_run", "available_models", "create_model", "evaluate_run",
+__all__ = ["RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model", "evaluate_run",
            "load_config", "load_run", "train", "__version__"]

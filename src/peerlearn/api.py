@@ -28,6 +28,8 @@ from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable
 from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
 from peerlearn.errors import PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
+from peerlearn.data.user import UserData
+from peerlearn.user_inputs import for_resume, merge_user_inputs
 
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
@@ -75,18 +77,24 @@ def _normalise_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
-def prepare_run(config: RunConfig, distributed=None):
+def prepare_run(config: RunConfig, distributed=None, user=None):
     """Data, device, recipe and cohort for a validated config (nothing trained yet).
 
-    ``distributed`` (a DistContext) places this process on its rank's device and member.
+    ``distributed`` (a DistContext) places this process on its rank's device and member; ``user`` (a
+    ``UserInputs``) holds members and data given as Python objects.
     """
     from peerlearn.engine.acceleration import configure
 
     set_determinism(config)
     device = distributed.device if distributed is not None else resolve_device(config.train.device)
-    data = load_data(config.data, seed=config.seed)
+    user_data = user.data if user is not None else None
+    data = load_data(config.data, seed=config.seed,
+                     raw=user_data.to_raw(config.data) if user_data is not None else None)
+    if user_data is not None:
+        data.batch_transform = user_data.transform
     recipe = get_recipe(config.recipe)(config, data, device)
     recipe.distributed = distributed
+    recipe.user_members = dict(user.members) if user is not None else {}
     recipe.build_cohort()
     configure(recipe, device)
     return data, device, recipe
@@ -94,12 +102,17 @@ def prepare_run(config: RunConfig, distributed=None):
 
 def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[str, Path] = "runs",
           resume: Union[str, Path, None] = None, overrides: Optional[list[str]] = None,
-          **keyword_overrides: Any) -> RunResult:
+          members: Optional[dict[str, Any]] = None, data: Optional[UserData] = None,
+          features_from: Optional[dict[str, str]] = None, **keyword_overrides: Any) -> RunResult:
     """Train the cohort a config describes; return the run's results.
 
     ``config`` is a YAML path, a dict or a ``RunConfig``; ``overrides`` are ``key=value`` strings and
     keyword overrides are dotted keys (``**{"optim.lr": 0.05}``) or ``optim__lr=0.05``.
     ``resume`` continues the run in that directory from its last checkpoint (the config is the run's own).
+    ``members`` maps member names to your own networks (``nn.Module`` instances, factories or model
+    names), ``data`` is a ``UserData`` of your Datasets or tensors and ``features_from`` maps member
+    names to the submodule whose output gives their features (see ``peerlearn.user_inputs`` and
+    docs/own-models.md). To resume such a run, pass the same ``members`` and ``data`` again.
     """
     if resume is not None:
         run_dir = Path(resume)
@@ -108,10 +121,13 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
             raise PeerlearnError(f"Cannot resume {str(run_dir)!r}: it holds no {CHECKPOINT_NAME}.")
         run_config = load_config(run_dir / CONFIG_NAME)
         ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
+        user = for_resume(run_config, members, data)
     else:
         run_config = load_config(config, overrides)
+        explicit_members = "members" in run_config.model_fields_set
         if keyword_overrides:
             run_config = load_config(run_config, _normalise_overrides(keyword_overrides))
+        run_config, user = merge_user_inputs(run_config, explicit_members, members, data, features_from)
         checkpoint = None
         ensure_writable(Path(out))  # fail before loading data or training
     if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
@@ -122,7 +138,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
 
     distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
     try:
-        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value)
+        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, user)
     except BaseException:
         shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
         raise
@@ -130,7 +146,8 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     return result
 
 
-def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value) -> RunResult:
+def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value,
+                    user=None) -> RunResult:
     """Train in this process; the main process holds the run directory's lock (``RunLock``) throughout."""
     is_main = distributed is None or distributed.is_main
     lock = None
@@ -138,7 +155,7 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
         if resume is not None and is_main:
             lock = RunLock(Path(resume)).acquire()
             remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
-        data, device, recipe = prepare_run(run_config, distributed)
+        data, device, recipe = prepare_run(run_config, distributed, user)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
             run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))

@@ -72,6 +72,13 @@ class DataConfig(Section):
     eval_batch_size: int = Field(1024, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
+    stream: Union[Literal["auto"], bool] = Field(
+        "auto", description="read items lazily through a DataLoader with worker processes instead of holding the "
+                            "decoded data in memory; auto: stream image folders larger than stream_threshold_mb "
+                            "decoded, and Datasets given from Python")
+    stream_workers: int = Field(2, ge=0, description="streaming: DataLoader worker processes (0 = in this process)")
+    stream_threshold_mb: float = Field(2048.0, gt=0, description="stream=auto: stream when the decoded training "
+                                                                 "images would exceed this many MiB")
 
     _known_source = field_validator("source")(known_source)
 
@@ -135,13 +142,20 @@ class MemberConfig(Section):
         None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "
                                 "vector is scaled down to this L2 norm if longer (Hinton/Srivastava dropout nets)")
 
+    features_from: Optional[str] = Field(
+        None, description="networks of your own (package.module:factory, timm:<name>): submodule whose output "
+                          "gives the penultimate features, read by a forward hook (name:input reads its input; "
+                          "default: the input of the last nn.Linear)")
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
         from peerlearn.models import available_models
+        from peerlearn.models.user import is_reference
 
-        if value not in available_models():
-            raise ValueError(f"unknown model; allowed: {', '.join(available_models())}")
+        if value not in available_models() and not is_reference(value):
+            raise ValueError(f"unknown model; allowed: {', '.join(available_models())}, "
+                             "package.module:factory or timm:<name>")
         return value
 
 

@@ -6,8 +6,9 @@ from peerlearn.data.bundle import DataBundle, Split
 from peerlearn.data.prepare import load_data, load_raw
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.registry import SOURCES
+from peerlearn.data.user import UserData
 
 __all__ = [
     "Batch", "BatchAugment", "BatchStream", "DataBundle", "Normalizer", "RawDataset", "SOURCES", "Split",
-    "load_data", "load_raw",
+    "UserData", "load_data", "load_raw",
 ]

@@ -13,6 +13,8 @@ import torch
 
 from peerlearn.data.augment import BatchAugment
 from peerlearn.data.bundle import Split
+from peerlearn.data.lazy import LazyItems
+from peerlearn.data.streaming import mix_seed, streamed_batches
 
 
 @dataclass
@@ -37,8 +39,9 @@ class Normalizer:
         self.std = torch.tensor(std, device=device).reshape(shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.image and x.dtype == torch.uint8  # float images (a user's Dataset) are taken as given
         x = x.float()
-        if self.image:
+        if scale:
             x = x / 255.0
         x = (x - self.mean) / self.std
         if self.channels_last and x.dim() == 4:
@@ -46,17 +49,14 @@ class Normalizer:
         return x
 
 
-def _mix_seed(*parts: int) -> int:
-    value = 0x9E3779B97F4A7C15
-    for part in parts:
-        value = (value ^ (part + 0x632BE59BD9B4E019 + (value << 6) + (value >> 2))) & 0x7FFFFFFFFFFFFFFF
-    return value
+_mix_seed = mix_seed
 
 
 class BatchStream:
     """Yields the batches of one epoch of a split, on ``device``.
 
     ``drop_last`` keeps every step the same size (BatchNorm behaves better, timing is regular).
+    A split whose inputs are ``LazyItems`` is streamed: the same steps, read by DataLoader workers.
     """
 
     def __init__(
@@ -78,8 +78,9 @@ class BatchStream:
         self.augment = augment
         self.shuffle = shuffle
         self.drop_last = drop_last and len(split) >= batch_size
-        # small datasets live on the device once, as stored (uint8 for images)
-        self.x = split.x.to(device)
+        self.streamed = isinstance(split.x, LazyItems)
+        # small datasets live on the device once, as stored (uint8 for images); streamed ones stay where they are
+        self.x = split.x if self.streamed else split.x.to(device)
         self.y = split.y.to(device)
         self.on_host = False
 
@@ -89,6 +90,8 @@ class BatchStream:
         For datasets larger than the device's memory. With ``pin`` the batch is gathered into
         page-locked memory and copied asynchronously (``non_blocking``), overlapping the next step.
         """
+        if self.streamed:
+            return  # a streamed split is never on the device as a whole
         self.x = self.split.x.cpu()
         self.y = self.split.y.cpu()
         if pin:
@@ -108,6 +111,9 @@ class BatchStream:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, Batch]]:
         """Yield (step, batch) for ``epoch``, beginning at ``start_step`` (for resume)."""
+        if self.streamed:
+            yield from self._streamed_epoch(epoch, start_step)
+            return
         order = self.order(epoch).to("cpu" if self.on_host else self.device)
         for step in range(start_step, len(self)):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
@@ -118,7 +124,20 @@ class BatchStream:
                 x = x.to(self.device, non_blocking=self.pinned)
                 y = y.to(self.device, non_blocking=self.pinned)
                 index = index.to(self.device, non_blocking=False)
-            if self.augment is not None and self.augment.active:
-                generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, step, 7))
-                x = self.augment(x, generator)
-            yield step, Batch(self.normalizer(x), y, index)
+            yield step, self._finish(epoch, step, x, y, index)
+
+    def _streamed_epoch(self, epoch: int, start_step: int) -> Iterator[tuple[int, Batch]]:
+        """The same steps as ``epoch`` for a lazily read split, decoded by the DataLoader's workers."""
+        pin = self.device.type == "cuda"
+        for step, index, x in streamed_batches(self.x, self.order(epoch), self.batch_size, epoch,
+                                               range(start_step, len(self)), self.seed, pin_memory=pin):
+            x = x.to(self.device, non_blocking=pin)
+            index = index.to(self.device)
+            yield step, self._finish(epoch, step, x, self.y[index], index)
+
+    def _finish(self, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Batch:
+        """Augment (generator seeded by (seed, epoch, step)) and normalise one drawn batch."""
+        if self.augment is not None and self.augment.active:
+            generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, step, 7))
+            x = self.augment(x, generator)
+        return Batch(self.normalizer(x), y, index)

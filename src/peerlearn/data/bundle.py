@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -46,6 +47,7 @@ class DataBundle:
     std: list[float] = field(default_factory=list)
     train_labels_full: torch.Tensor | None = None  # true labels of train, including hidden ones
     retrieval: dict[str, RetrievalSplit] = field(default_factory=dict)  # re-id sources: "query", "gallery"
+    batch_transform: Optional[Callable] = None  # UserData.transform: applied to training batches after data.augment
 
     @property
     def num_classes(self) -> int:

@@ -8,6 +8,10 @@ Layouts accepted for ``data.path``::
 Images are decoded with Pillow, converted to ``data.options.mode`` (RGB or L), resized to
 ``data.image_size`` (else ``data.options.size``, default 32) and held in memory as uint8 tensors.
 Options: ``mode``, ``size``, ``test_fraction`` (0.2), ``split_seed`` (1234), ``workers`` (decoding threads).
+
+With ``data.stream`` (true, or auto for folders whose decoded size exceeds ``data.stream_threshold_mb``)
+only the file list is read here: the images stay on disk as ``LazyItems`` over ``ImageFiles`` and are
+decoded batch by batch by DataLoader workers. The splits are the same in both cases.
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torch.utils.data import Dataset
+
+from peerlearn.data.lazy import LazyItems
 from peerlearn.data.raw import RawDataset
+from peerlearn.data.streaming import stream_workers, wants_stream
 from peerlearn.data.splits import stratified_permutation
 from peerlearn.errors import DataError
 
@@ -89,6 +97,27 @@ def read_images(files: list[Path], mode: str, size: int | tuple[int, int], worke
     return torch.from_numpy(out)
 
 
+class ImageFiles(Dataset):
+    """Image files decoded on demand: item i is (uint8 [C, H, W] tensor, label)."""
+
+    def __init__(self, files: list[Path], labels: list[int], mode: str, size: int | tuple[int, int]):
+        self.files, self.labels, self.mode, self.size = files, labels, mode, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(read_image(self.files[index], self.mode, self.size).copy()), self.labels[index]
+
+
+def image_items(files: list[Path], labels: list[int], mode: str, size: int, workers: int, stream: bool):
+    """The images of ``files``: decoded now into a uint8 tensor, or (``stream``) left on disk as ``LazyItems``."""
+    if not stream:
+        return read_images(files, mode, size, workers)
+    return LazyItems(ImageFiles(files, labels, mode, size), item_shape=(MODES[mode], size, size),
+                     dtype=torch.uint8, workers=workers)
+
+
 def _options(config) -> tuple[str, int, float, int, int]:
     """(mode, size, test_fraction, split_seed, workers) from the config, validated."""
     options = getattr(config, "options", None) or {}
@@ -114,28 +143,36 @@ def _require_images(files: list, folder: Path) -> None:
         )
 
 
-def _split_layout(root: Path, mode: str, size: int, workers: int) -> RawDataset:
+def _split_layout(root: Path, mode: str, size: int, workers: int, config=None) -> RawDataset:
     """``root/train/<class>`` and ``root/test/<class>``: the classes are those of ``train``."""
     class_names = [p.name for p in class_folders(root / "train")]
     unknown = sorted({p.name for p in class_folders(root / "test")} - set(class_names))
     if unknown:
         raise DataError(f"{root / 'test'} has class folders that {root / 'train'} lacks: {', '.join(unknown)}.")
+    listed = {part: list_images(root / part, class_names) for part in ("train", "test")}
+    for part, (files, _) in listed.items():
+        _require_images(files, root / part)
+    stream = wants_stream(config, len(listed["train"][0]) * MODES[mode] * size * size)
+    loaders = stream_workers(config) if stream else workers
     parts = []
     for part in ("train", "test"):
-        files, labels = list_images(root / part, class_names)
-        _require_images(files, root / part)
-        parts.append((read_images(files, mode, size, workers), torch.tensor(labels, dtype=torch.int64), files))
+        files, labels = listed[part]
+        parts.append((image_items(files, labels, mode, size, loaders, stream), torch.tensor(labels, dtype=torch.int64),
+                      files))
     (train_x, train_y, train_files), (test_x, test_y, test_files) = parts
     extras = {"train_files": [str(f) for f in train_files], "test_files": [str(f) for f in test_files]}
     return RawDataset(train_x, train_y, test_x, test_y, class_names=class_names, extras=extras)
 
 
-def _class_layout(root: Path, mode: str, size: int, fraction: float, seed: int, workers: int) -> RawDataset:
+def _class_layout(root: Path, mode: str, size: int, fraction: float, seed: int, workers: int,
+                  config=None) -> RawDataset:
     """``root/<class>``: a seeded, stratified ``fraction`` of the images is held out as test."""
     class_names = [p.name for p in class_folders(root)]
     files, labels = list_images(root, class_names)
     _require_images(files, root)
-    images, labels = read_images(files, mode, size, workers), torch.tensor(labels, dtype=torch.int64)
+    stream = wants_stream(config, len(files) * MODES[mode] * size * size)
+    images = image_items(files, labels, mode, size, stream_workers(config) if stream else workers, stream)
+    labels = torch.tensor(labels, dtype=torch.int64)
     order = stratified_permutation(labels, seed)
     n_test = min(len(order) - 1, max(1, int(round(len(order) * fraction))))
     test_idx, train_idx = order[:n_test].sort().values, order[n_test:].sort().values
@@ -153,5 +190,5 @@ def load_image_folder(config) -> RawDataset:
         raise DataError(f"The image folder {root} (data.path) does not exist or is not a folder.")
     mode, size, fraction, seed, workers = _options(config)
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return _split_layout(root, mode, size, workers)
-    return _class_layout(root, mode, size, fraction, seed, workers)
+        return _split_layout(root, mode, size, workers, config)
+    return _class_layout(root, mode, size, fraction, seed, workers, config)

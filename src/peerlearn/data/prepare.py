@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.data.bundle import DataBundle, Split
+from peerlearn.data.lazy import LazyItems, streamed_channel_stats
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.registry import SOURCES
 from peerlearn.data.splits import labelled_mask, stratified_subset, validation_split
@@ -27,18 +28,30 @@ def load_raw(config) -> RawDataset:
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    if isinstance(images, LazyItems):
+        if tuple(images.shape[-2:]) != (size, size):
+            raise DataError(f"Invalid config: key 'data.image_size' is {size}, but the streamed images are "
+                            f"{tuple(images.shape[-2:])}; resize them in the Dataset (streamed data is not resized).")
+        return images
     if images.shape[0] == 0:  # an empty split (e.g. a re-id source has no classification test set)
         return images.new_zeros((0, images.shape[1], size, size))
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    if images.dtype != torch.uint8:  # float images (data given from Python) stay float
+        return resized.to(images.dtype)
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of images in 0..1 units, or per-feature for tabular data."""
+    """Per-channel mean/std of images in 0..1 units, or per-feature for tabular data.
+
+    Streamed items (``LazyItems``) are read once for it (``streamed_channel_stats``); float images are
+    taken as given (not divided by 255)."""
+    if isinstance(x, LazyItems):
+        return streamed_channel_stats(x)
     if x.dim() == 4:
-        values = x.float().div(255.0).transpose(0, 1).reshape(x.shape[1], -1)
+        values = x.float().div(255.0 if x.dtype == torch.uint8 else 1.0).transpose(0, 1).reshape(x.shape[1], -1)
         return values.mean(1).tolist(), values.std(1).clamp_min(1e-6).tolist()
     values = x.float()
     return values.mean(0).tolist(), values.std(0).clamp_min(1e-6).tolist()
@@ -63,14 +76,17 @@ def _held_out_validation(x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor, s
     return Split(x[chosen], y[chosen])
 
 
-def load_data(config, seed: int) -> DataBundle:
+def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
     """Build the splits that a run trains and evaluates on.
 
     The validation split is a stratified, seeded fraction of the (sub-sampled) training set (or
     ``val_size`` items; with ``train_subset``, drawn from the training items outside the subset); the
     test split is the source's official test set and is only ever used for reporting.
+    ``raw`` replaces the source (data given from Python); a validation split it brings
+    (``raw.extras["val"]`` = (x, y)) is used as is.
     """
-    raw = load_raw(config)
+    raw = load_raw(config) if raw is None else raw
+    given_val = raw.extras.get("val")
     train_x, train_y = raw.train_x, raw.train_y
     test_x, test_y = raw.test_x, raw.test_y
     if config.image_size and raw.is_image:
@@ -85,7 +101,9 @@ def load_data(config, seed: int) -> DataBundle:
         if config.val_size is not None:  # validation from the items the subset left out
             val = _held_out_validation(train_x, train_y, keep, config.val_size, seed)
         train_x, train_y = train_x[keep], train_y[keep]
-    if config.val_size is not None and config.train_subset is not None:
+    if given_val is not None:
+        train, val = Split(train_x, train_y.clone()), Split(*given_val)
+    elif config.val_size is not None and config.train_subset is not None:
         train = Split(train_x, train_y.clone())
     else:
         fraction = config.val_fraction if config.val_size is None else _size_fraction(config.val_size, len(train_y))

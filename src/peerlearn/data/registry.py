@@ -67,6 +67,11 @@ SOURCES: dict[str, SourceSpec] = {
         "Market-1501 person re-id folder (data.path): identity classification + query/gallery retrieval",
         needs_path=True,
     ),
+    "python": SourceSpec(
+        "peerlearn.data.user:load_python_source",
+        "data given from Python: peerlearn.train(..., data=peerlearn.UserData(...)) (not loadable from a config)",
+        options=(),
+    ),
     "tabular": SourceSpec(
         "peerlearn.data.tabular:load_tabular",
         "rows of a CSV file (data.path) or of a SQL query on a database (data.options.url + query); "

@@ -6,6 +6,7 @@ import inspect
 from typing import Callable
 
 from peerlearn.models.base import PeerModel
+from peerlearn.models.user import build_reference, is_reference
 
 _REGISTRY: dict[str, Callable[..., PeerModel]] = {}
 
@@ -23,7 +24,11 @@ def register_model(name: str) -> Callable:
 
 
 def accepts_option(name: str, option: str) -> bool:
-    """Whether the builder of model ``name`` takes the keyword ``option`` (e.g. ``in_features``)."""
+    """Whether the builder of model ``name`` takes the keyword ``option`` (e.g. ``in_features``).
+
+    A model named by reference (``pkg.mod:callable``, ``timm:<name>``) is the user's to fit: True."""
+    if is_reference(name):
+        return True
     return name in _REGISTRY and option in inspect.signature(_REGISTRY[name]).parameters
 
 
@@ -32,12 +37,22 @@ def available_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
-                 in_features: int | None = None, **kwargs) -> PeerModel:
+                 in_features: int | None = None, features_from: str | None = None, **kwargs) -> PeerModel:
     """Build model ``name`` for ``num_classes`` classes and inputs of the given shape.
 
     Builders take what they need among ``in_channels``, ``image_size`` and ``in_features``;
     the rest of ``kwargs`` are the model's own options (widths, dropout, depth, ...).
+    ``name`` may also be ``package.module:callable`` or ``timm:<name>`` (see ``peerlearn.models.user``):
+    the network is built with ``kwargs`` (plus the shape arguments it accepts) and wrapped in a
+    ``HookedModel`` whose features are read from submodule ``features_from``.
     """
+    if is_reference(name):
+        shape_args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+                      "in_features": in_features if in_features is not None else in_channels * image_size * image_size}
+        return build_reference(name, kwargs, shape_args, features_from)
+    if features_from is not None:
+        raise ValueError(f"features_from is for networks of your own; the zoo's model {name!r} has its features "
+                         "built in")
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(available_models())}")
     builder = _REGISTRY[name]

@@ -12,6 +12,7 @@ from peerlearn.config import MemberConfig, RunConfig
 from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
+from peerlearn.data.user import WithBatchTransform
 from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
@@ -20,6 +21,7 @@ from peerlearn.engine.trainer import Callback, Stage, check_finite
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
+from peerlearn.models.user import HookedModel, build_from_python
 from peerlearn.regularize import Regularizer
 
 
@@ -38,9 +40,9 @@ class Recipe:
         self.data = data
         self.device = device
         self.normalizer = Normalizer(data.mean, data.std, device, data.is_image)
-        augment = BatchAugment(**config.data.augment.model_dump())
         self.train_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
-                                        seed=config.seed, augment=augment, shuffle=True, drop_last=True)
+                                        seed=config.seed, augment=self.batch_augment(config.data.augment),
+                                        shuffle=True, drop_last=True)
         self.eval_streams = {
             split: BatchStream(getattr(data, split), config.data.eval_batch_size, self.normalizer, device,
                                shuffle=False)
@@ -51,6 +53,15 @@ class Recipe:
         self.early_stopping: EarlyStopping | None = self._build_early_stopping()
         self.autocast_dtype: torch.dtype | None = None  # set by engine.acceleration (bf16 on CUDA)
         self.distributed = None  # a DistContext in a multi-process run (engine.distributed)
+        self.user_members: dict[str, Any] = {}  # members given from Python (peerlearn.train(members=...)), by name
+
+    def batch_augment(self, settings) -> BatchAugment | WithBatchTransform:
+        """The augmentation of training batches: ``settings`` (an ``AugmentConfig``), then the user's batch
+        transform when data came from Python with one (``UserData.transform``)."""
+        augment = BatchAugment(**settings.model_dump())
+        if self.data.batch_transform is not None:
+            return WithBatchTransform(augment, self.data.batch_transform)
+        return augment
 
     def autocast(self):
         """Context for the forward passes: bf16 autocast when ``engine.precision: bf16`` on CUDA, else nothing.
@@ -64,15 +75,36 @@ class Recipe:
     # ------------------------------------------------------------------ members
     def build_model(self, member_config: MemberConfig, index: int) -> torch.nn.Module:
         torch.manual_seed(member_seed(self.config.seed, index))
+        if member_config.name in self.user_members:
+            return self._finish_model(self.build_python_member(member_config, index), member_config, index)
         if not self.data.is_image and not accepts_option(member_config.model, "in_features"):
             raise ConfigError(f"Invalid config: key 'members.{index}.model' has the value {member_config.model!r}, "
                               f"a network for images, but the source {self.config.data.source!r} gives feature "
                               "vectors; use a model that takes in_features, e.g. mlp.")
         try:
-            model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args)
+            model = create_model(member_config.model, **self.data.model_kwargs(), **member_config.model_args,
+                                 **({"features_from": member_config.features_from} if member_config.features_from
+                                    else {}))
         except (ValueError, TypeError, RuntimeError) as error:
             raise ConfigError(f"Invalid config: key 'members.{index}.model_args' for model "
                               f"{member_config.model!r}: {error}.") from None
+        except ConfigError as error:
+            raise ConfigError(f"Invalid config: key 'members.{index}.model': {error}") from None
+        return self._finish_model(model, member_config, index)
+
+    def build_python_member(self, member_config: MemberConfig, index: int) -> torch.nn.Module:
+        """A member given from Python (a module or a factory); its rebuildable name is written into the config."""
+        try:
+            model, name, args = build_from_python(self.user_members[member_config.name], member_config.name,
+                                                  member_config.model_args, self.data.model_kwargs(),
+                                                  member_config.features_from)
+        except ConfigError as error:
+            raise ConfigError(f"Member {member_config.name!r} (members.{index}): {error}") from None
+        member_config.model, member_config.model_args = name, args
+        return model
+
+    def _finish_model(self, model: torch.nn.Module, member_config: MemberConfig, index: int) -> torch.nn.Module:
+        """Initial weights, device, and a check that the network fits the data."""
         if member_config.weights:
             load_member_weights(model, member_config.weights, member_config.name, index)
         model = model.to(self.device)
@@ -88,19 +120,31 @@ class Recipe:
         try:
             with torch.no_grad():
                 logits = model(sample)
+                if isinstance(model, HookedModel) and self.needs_features():
+                    model.forward_with_features(sample)  # a features_from that forward never reaches fails now
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(
                 f"Invalid config: key 'members.{index}.model' ({member_config.model!r} with model_args "
                 f"{member_config.model_args}) does not fit the dataset {self.config.data.source!r} "
                 f"(inputs {tuple(sample.shape[1:])}, {self.data.num_classes} classes): {detail}.") from None
+        except ConfigError as error:
+            raise ConfigError(f"Member {member_config.name!r} (members.{index}): {error}") from None
         finally:
             model.train(was_training)
-        if logits.dim() != 2 or logits.shape[1] != self.data.num_classes:
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] != self.data.num_classes:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
+            fix = ("build the network with that many outputs (peerlearn passes num_classes to a factory that takes it)"
+                   if isinstance(model, HookedModel) else "remove num_classes from model_args")
             raise ConfigError(
                 f"Invalid config: key 'members.{index}.model' ({member_config.model!r}) gives outputs of shape "
-                f"{tuple(logits.shape)}, but the dataset {self.config.data.source!r} has {self.data.num_classes} "
-                "classes; remove num_classes from model_args.")
+                f"{shape}, but the dataset {self.config.data.source!r} has {self.data.num_classes} "
+                f"classes (a member must return logits [batch, classes]); {fix}.")
+
+    def needs_features(self) -> bool:
+        """Whether the recipe reads the members' penultimate features (feature losses, centre loss)."""
+        needs = getattr(self, "_needs_features", None)
+        return bool(needs() if needs is not None else self.regularizer.needs_features)
 
     def build_member(self, member_config: MemberConfig, index: int, epochs: int | None = None,
                      steps_per_epoch: int | None = None) -> Member:

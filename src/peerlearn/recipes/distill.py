@@ -28,7 +28,6 @@ from typing import Any, Optional
 
 import torch
 
-from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
@@ -53,12 +52,12 @@ class DistillRecipe(Recipe):
         self._check_settings()
         teacher_augment = self.settings.teacher_augment or config.data.augment
         self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
-                                          seed=config.seed, augment=BatchAugment(**teacher_augment.model_dump()),
+                                          seed=config.seed, augment=self.batch_augment(teacher_augment),
                                           shuffle=True, drop_last=True)
         self.transfer = self._transfer_split()
         # the trainer's default stream (the distillation stage's) is the transfer set
         self.train_stream = BatchStream(self.transfer, config.data.batch_size, self.normalizer, device,
-                                        seed=config.seed, augment=BatchAugment(**config.data.augment.model_dump()),
+                                        seed=config.seed, augment=self.batch_augment(config.data.augment),
                                         shuffle=True, drop_last=True)
         self.target_cache: Optional[torch.Tensor] = None
         self.cache_seconds = 0.0
@@ -87,11 +86,17 @@ class DistillRecipe(Recipe):
                 raise ConfigError(f"Invalid config: key 'members.{index}.trainable' is false, but member "
                                   f"{member.name!r} is not listed in 'distill.teachers' ({', '.join(teachers)}); "
                                   "a student must be trainable.")
-            if member.name in teachers and self.settings.teacher_epochs == 0 and not member.weights:
+        return teachers, students
+
+    def _check_teacher_weights(self) -> None:
+        """A teacher that is not trained here needs weights: from the config, or a module given from Python."""
+        for index, member in enumerate(self.config.members):
+            if (member.name in self.teacher_names and self.settings.teacher_epochs == 0 and not member.weights
+                    and not isinstance(self.user_members.get(member.name), torch.nn.Module)):
                 raise ConfigError(f"Invalid config: teacher member {member.name!r} (members.{index}) has no "
                                   "'weights' and 'distill.teacher_epochs' is 0: give it weights (a run directory "
-                                  "or a .safetensors file) or train it first with distill.teacher_epochs > 0.")
-        return teachers, students
+                                  "or a .safetensors file), pass the trained module from Python, or train it "
+                                  "first with distill.teacher_epochs > 0.")
 
     def _check_settings(self) -> None:
         s, classes = self.settings, self.data.num_classes
@@ -146,6 +151,7 @@ class DistillRecipe(Recipe):
 
     # ------------------------------------------------------------------ members
     def build_cohort(self) -> Cohort:
+        self._check_teacher_weights()
         s = self.settings
         members: list[Member] = []
         for index, member_config in enumerate(self.config.members):

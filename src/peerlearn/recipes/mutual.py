@@ -30,6 +30,7 @@ import torch
 from peerlearn.data.batches import Batch
 from peerlearn.engine.cohort import Member, preserved_batchnorm_stats
 from peerlearn.engine.trainer import check_finite
+from peerlearn.errors import ConfigError
 from peerlearn.engine.distributed import all_gather_rows, average_gradients
 from peerlearn.engine.fused import FusedCohort
 from peerlearn.losses import (feature_l2, mutual_mimicry, soft_probs, stacked_feature_l2,
@@ -59,6 +60,11 @@ class MutualRecipe(Recipe):
 
     def build_cohort(self):
         cohort = super().build_cohort()
+        dims = {m.name: int(getattr(m.model, "feature_dim", 0)) for m in cohort.trainable}
+        if self.feature_weight > 0 and len(set(dims.values())) > 1:
+            raise ConfigError("Invalid config: key 'mutual.feature_l2' is set, but the members' penultimate features "
+                              f"differ in size ({', '.join(f'{k}: {v}' for k, v in dims.items())}); the L2 pull needs "
+                              "one size (choose features_from / widths that agree, or set mutual.feature_l2=0).")
         if self.config.engine.fused:
             members = cohort.trainable
             self.fused = FusedCohort([m.model for m in members], [m.name for m in members],

@@ -17,6 +17,7 @@ from peerlearn.config import BackboneConfig, MemberConfig
 from peerlearn.engine.checkpoint import load_weights
 from peerlearn.errors import ConfigError
 from peerlearn.models import PeerModel, create_model
+from peerlearn.models.user import import_timm
 
 TIMM_PREFIX = "timm:"
 
@@ -41,10 +42,9 @@ def _where(index: int) -> str:
 def load_timm(spec: BackboneConfig, index: int, in_channels: int) -> PeerModel:
     name = spec.source[len(TIMM_PREFIX):]
     try:
-        import timm
-    except ImportError:
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}, but timm is "
-                          "not installed; install the optional extra: pip install 'peerlearn[timm]'.") from None
+        timm = import_timm(f"The backbone {spec.source!r}")
+    except ConfigError as error:
+        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
     try:
         # in_chans: timm adapts the first convolution to the target's channels (summing pretrained filters)
         model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, in_chans=in_channels)
