@@ -195,5 +195,8 @@ def _fill_default(tree: dict[str, Any], key: str) -> None:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    """Write the resolved config as YAML (what the run really used, defaults included)."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML (what the run really used, defaults included), atomically and
+    never through a symbolic link."""
+    from peerlearn.engine.run_dir import write_text_file
+
+    write_text_file(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

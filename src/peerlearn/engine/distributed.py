@@ -290,11 +290,14 @@ def launch_local(train_args: list[str], nproc: int, poll_seconds: float = 0.2) -
     return status or next((p.returncode for p in processes if p.returncode), 0)
 
 
-def local_train_args(config: Optional[str], overrides: list[str], out: str, resume: Optional[str]) -> list[str]:
+def local_train_args(config: Optional[str], overrides: list[str], out: str, resume: Optional[str],
+                     changes: Optional[list[str]] = None) -> list[str]:
     """The ``peerlearn train`` arguments each launched process gets."""
     args = [config] if config else []
     args += list(overrides)
     args += ["--out", str(Path(out))]
     if resume:
         args += ["--resume", str(resume)]
+    for change in changes or []:
+        args += ["--change", change]
     return args

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
+from peerlearn.engine.run_dir import open_append
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -34,7 +35,7 @@ class MetricsLog:
                     if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
             # atomically: a process killed during this rewrite must not lose the log
             atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
-        self.handle = open(self.path, "a", buffering=1)
+        self.handle = open_append(self.path)  # never through a planted link
         self.writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
