@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peerlearn.data.memory import check_images_fit
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.splits import stratified_permutation
 from peerlearn.errors import DataError
@@ -49,12 +50,16 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def list_images(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    """All images under ``folder/<class>/`` with their class indices (classes missing here are allowed)."""
+def list_images(folder: Path, class_names: list[str], every_class: bool = False) -> tuple[list[Path], list[int]]:
+    """All images under ``folder/<class>/`` with their class indices (classes missing here are allowed,
+    unless ``every_class``: then an absent or empty class folder is a ``DataError`` naming it)."""
     files, labels = [], []
     for index, name in enumerate(class_names):
-        if (folder / name).is_dir():
-            found = image_files(folder / name)
+        found = image_files(folder / name) if (folder / name).is_dir() else []
+        if every_class and not found:
+            raise DataError(f"The class folder {folder / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                            "remove it or add its images.")
+        if found:
             files += found
             labels += [index] * len(found)
     return files, labels
@@ -78,6 +83,7 @@ def read_image(path: Path, mode: str, size: int | tuple[int, int]) -> np.ndarray
 def read_images(files: list[Path], mode: str, size: int | tuple[int, int], workers: int) -> torch.Tensor:
     """Decode many images (threads: Pillow releases the GIL while decoding) into uint8 [N, C, H, W]."""
     height, width = (size, size) if isinstance(size, int) else size
+    check_images_fit(len(files), MODES[mode], height, width)
     out = np.empty((len(files), MODES[mode], height, width), dtype=np.uint8)
     if workers <= 1 or len(files) < 64:
         for i, path in enumerate(files):
@@ -122,7 +128,7 @@ def _split_layout(root: Path, mode: str, size: int, workers: int) -> RawDataset:
         raise DataError(f"{root / 'test'} has class folders that {root / 'train'} lacks: {', '.join(unknown)}.")
     parts = []
     for part in ("train", "test"):
-        files, labels = list_images(root / part, class_names)
+        files, labels = list_images(root / part, class_names, every_class=part == "train")
         _require_images(files, root / part)
         parts.append((read_images(files, mode, size, workers), torch.tensor(labels, dtype=torch.int64), files))
     (train_x, train_y, train_files), (test_x, test_y, test_files) = parts
@@ -133,7 +139,7 @@ def _split_layout(root: Path, mode: str, size: int, workers: int) -> RawDataset:
 def _class_layout(root: Path, mode: str, size: int, fraction: float, seed: int, workers: int) -> RawDataset:
     """``root/<class>``: a seeded, stratified ``fraction`` of the images is held out as test."""
     class_names = [p.name for p in class_folders(root)]
-    files, labels = list_images(root, class_names)
+    files, labels = list_images(root, class_names, every_class=True)
     _require_images(files, root)
     images, labels = read_images(files, mode, size, workers), torch.tensor(labels, dtype=torch.int64)
     order = stratified_permutation(labels, seed)
