@@ -132,13 +132,16 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         from peerlearn.engine.tracking import require_mlflow
 
         require_mlflow()
-    from peerlearn.engine.distributed import init_distributed, shared_value, shutdown
+    from peerlearn.engine.distributed import collective_failure, init_distributed, shared_value, shutdown
 
     distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
     try:
         result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, change_records)
-    except BaseException:
+    except BaseException as error:
         shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
+        failure = collective_failure(distributed, error)  # a dead or stalled peer: exit 5, not a traceback
+        if failure is not None:
+            raise failure from None
         raise
     shutdown(distributed)
     return result

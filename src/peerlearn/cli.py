@@ -55,7 +55,10 @@ def cmd_train_local(args: argparse.Namespace) -> int:
                               else load_config(f"{args.resume}/config.yaml").members)
     if args.resume is None:  # report config errors once, before starting any process
         check_distributed_config(load_config(args.config, args.overrides), nproc)
-    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc)
+    timeout = (load_config(args.config, args.overrides) if args.resume is None
+               else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
+                        grace_seconds=min(timeout, 30.0))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

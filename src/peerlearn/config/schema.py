@@ -360,6 +360,9 @@ class EngineConfig(Section):
                                                 "batch asynchronously (CUDA only; ignored with a warning on CPU)")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="distributed runs: process-group "
                                                                          "backend (auto: nccl on CUDA, gloo on CPU)")
+    dist_timeout: float = Field(120.0, gt=0, le=86400, description="distributed runs: seconds a process waits for "
+                                "the others in a collective before the run stops with exit code 5 (a dead or "
+                                "stalled process)")
 
 
 def check_engine(config: "RunConfig") -> None:
