@@ -352,6 +352,10 @@ def launch_local(train_args: list[str], nproc: int, poll_seconds: float = 0.1, g
     crashed = [(rank, p) for rank, p in enumerate(processes)
                if rank not in stopped and p.returncode not in (0, *REPORTED_CODES)]
     rank, process = crashed[0] if crashed else first_failure
+    if process.returncode == DistributedError.exit_code and stopped:  # it gave up on a process that hung
+        raise DistributedError(f"rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} stopped "
+                               f"answering (rank {rank} gave up after engine.dist_timeout) and "
+                               f"{'were' if len(stopped) > 1 else 'was'} stopped by the launcher.")
     if process.returncode in REPORTED_CODES:
         return process.returncode
     others = f"; stopped rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))}" if stopped else ""
