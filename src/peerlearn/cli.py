@@ -24,15 +24,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         # `peerlearn train optim.lr=0.05`: no file, only overrides of the defaults
         args.overrides, args.config = [args.config, *args.overrides], None
         args.defaults = True
+    if args.change and args.resume is None:
+        raise ConfigError("--change continues a resumed run with a new setting (--resume RUN_DIR --change "
+                          "key=value); a new run takes key=value overrides.")
     if args.resume is None and args.config is None and not getattr(args, "defaults", False):
         raise PeerlearnError("train needs a CONFIG file (or key=value overrides of the defaults), "
                              "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
         raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides "
                              "(to continue with a new setting: --change key=value, recorded in the run).")
-    if args.change and args.resume is None:
-        raise ConfigError("--change continues a resumed run with a new setting (--resume RUN_DIR --change "
-                          "key=value); a new run takes key=value overrides.")
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}.")
     if args.launcher == "local":
