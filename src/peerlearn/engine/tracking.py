@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.engine.run_dir import open_append
+from peerlearn.engine.write_guard import TensorBoardWriteGuard
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -41,6 +42,7 @@ class MetricsLog:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            self.tensorboard_guard = TensorBoardWriteGuard(self.writer)  # disk errors surface here, exit 4
         self.extra_loggers: list[Any] = []
         self.mlflow = mlflow
 
@@ -51,6 +53,7 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.log(kind, step, scalars)
         if self.mlflow is not None:
@@ -61,6 +64,7 @@ class MetricsLog:
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
+            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.close()
         if self.mlflow is not None:
