@@ -53,15 +53,17 @@ def image_files(folder: Path) -> list[Path]:
 def list_images(folder: Path, class_names: list[str], every_class: bool = False) -> tuple[list[Path], list[int]]:
     """All images under ``folder/<class>/`` with their class indices (classes missing here are allowed,
     unless ``every_class``: then an absent or empty class folder is a ``DataError`` naming it)."""
-    files, labels = [], []
+    files, labels, empty = [], [], []
     for index, name in enumerate(class_names):
         found = image_files(folder / name) if (folder / name).is_dir() else []
-        if every_class and not found:
-            raise DataError(f"The class folder {folder / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                            "remove it or add its images.")
-        if found:
+        if not found:
+            empty.append(folder / name)
+        else:
             files += found
             labels += [index] * len(found)
+    if every_class and files and empty:  # no image at all is reported by the caller
+        raise DataError(f"The class folder {empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                        "remove it or add its images.")
     return files, labels
 
 
