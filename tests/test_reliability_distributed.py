@@ -94,3 +94,15 @@ def test_a_killed_rank_stops_the_others_with_exit_5_naming_it(tmp_path):
 def test_a_stalled_rank_is_given_up_after_dist_timeout(tmp_path):
     err = _check_fault(tmp_path, signal.SIGSTOP, timeout=5, bound=5 + 15)
     assert "rank 0 lost the other processes" in err and "rank 1 stopped answering" in err, err
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_checkpoints_every_process_at_one_step(tmp_path):
+    launcher, run_dir = _launch(tmp_path, timeout=60)
+    ranks = _children(launcher.pid)
+    time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 143, err
+    assert f"resume with: peerlearn train --resume {run_dir}" in err and "rank 1 stopped by SIGTERM" in err, err
+    assert not any(_alive(pid) for pid in ranks.values())

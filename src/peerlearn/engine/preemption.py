@@ -71,6 +71,9 @@ def resume_hint(run_dir) -> str:
 def preempted(trainer, signum: int, saved: bool) -> Preempted:
     """The error that ends a run stopped by ``signum``; ``saved``: a checkpoint of this position was written."""
     name = signal.Signals(signum).name
+    if not trainer.is_main:  # the main process reports the run directory and the resume command
+        return Preempted(f"rank {trainer.distributed.rank} stopped by {name} with the others at global step "
+                         f"{trainer.position.global_step}.", signum)
     if saved:
         state = (f"at global step {trainer.position.global_step}; its checkpoint is saved: "
                  f"{str(trainer.checkpoint_path)!r}")
