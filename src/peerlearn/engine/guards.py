@@ -33,7 +33,8 @@ def check_weights_finite(trainer) -> None:
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise TrainingError(
                     f"The weights of member {member.name!r} diverged: {bad} values of the {kind} {name!r} are NaN "
-                    f"or inf at {trainer.where()}. Nothing was saved over the last good checkpoint, "
+                    f"or inf after global step {trainer.position.global_step} (epoch {trainer.position.global_epoch + 1}). "
+                    f"Nothing was saved over the last good checkpoint, "
                     f"{trainer.last_good_checkpoint()}. Lower the learning rate (resume with --change optim.lr=...) "
                     "or start again with other settings."
                 )
