@@ -63,14 +63,11 @@ def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_
                     "--out", str(tmp_path / "cut"), "--launcher", "local", "--nproc", "2")
     assert short.returncode == 0, short.stderr
     cut = _only_run(tmp_path / "cut")
-    saved = yaml.safe_load((cut / "config.yaml").read_text())
-    saved["train"]["epochs"] = 2  # constant schedule: the first epoch is the same as in the 2-epoch run
-    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
-    saved["train"]["checkpoint_every_steps"] = None
-    (cut / "config.yaml").write_text(yaml.safe_dump(saved))
-    # resumed under torchrun this time: the processes find their rank in the environment
+    # resumed under torchrun this time: the processes find their rank in the environment; the run goes on
+    # for a second epoch (constant schedule: the first epoch is the same as in the 2-epoch run)
     resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              "-m", "peerlearn", "train", "--resume", str(cut)], capture_output=True, text=True,
+                              "-m", "peerlearn", "train", "--resume", str(cut), "--change", "train.epochs=2",
+                              "--change", "train.checkpoint_every_steps=null"], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_weights(single.run_dir, cut)

@@ -24,9 +24,9 @@ from peerlearn.data import load_data
 from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
-from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable
+from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, write_text_file
 from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
-from peerlearn.errors import PeerlearnError, ResourceError
+from peerlearn.errors import ConfigError, PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 from peerlearn.data.user import UserData
 from peerlearn.user_inputs import for_resume, merge_user_inputs
@@ -54,8 +54,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PeerlearnError(f"Invalid config: key 'train.device' has the value {name!r}, but no CUDA device is "
+        raise ConfigError(f"Invalid config: key 'train.device' has the value {name!r}, but no CUDA device is "
                              "available here; use auto or cpu.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"Invalid config: key 'train.device' has the value {name!r}, but there are only "
+                          f"{torch.cuda.device_count()} CUDA devices here.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"Invalid config: key 'train.device' has the value {name!r}, but no MPS device is "
+                          "available here; use auto or cpu.")
     return device
 
 
@@ -103,12 +109,15 @@ def prepare_run(config: RunConfig, distributed=None, user=None):
 def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[str, Path] = "runs",
           resume: Union[str, Path, None] = None, overrides: Optional[list[str]] = None,
           members: Optional[dict[str, Any]] = None, data: Optional[UserData] = None,
-          features_from: Optional[dict[str, str]] = None, **keyword_overrides: Any) -> RunResult:
+          features_from: Optional[dict[str, str]] = None, changes: Optional[list[str]] = None,
+          **keyword_overrides: Any) -> RunResult:
     """Train the cohort a config describes; return the run's results.
 
     ``config`` is a YAML path, a dict or a ``RunConfig``; ``overrides`` are ``key=value`` strings and
     keyword overrides are dotted keys (``**{"optim.lr": 0.05}``) or ``optim__lr=0.05``.
-    ``resume`` continues the run in that directory from its last checkpoint (the config is the run's own).
+    ``resume`` continues the run in that directory from its last checkpoint (the config is the run's own);
+    ``changes`` (``key=value`` strings, resume only) continue it with new settings, recorded in the run
+    (``engine/resume.py``).
     ``members`` maps member names to your own networks (``nn.Module`` instances, factories or model
     names), ``data`` is a ``UserData`` of your Datasets or tensors and ``features_from`` maps member
     names to the submodule whose output gives their features (see ``peerlearn.user_inputs`` and
@@ -119,10 +128,16 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         checkpoint = run_dir / CHECKPOINT_NAME
         if not checkpoint.is_file():
             raise PeerlearnError(f"Cannot resume {str(run_dir)!r}: it holds no {CHECKPOINT_NAME}.")
-        run_config = load_config(run_dir / CONFIG_NAME)
+        from peerlearn.engine.resume import resume_config
+
+        run_config, change_records = resume_config(run_dir, run_dir / CONFIG_NAME, checkpoint, changes)
         ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
         user = for_resume(run_config, members, data)
     else:
+        if changes:
+            raise ConfigError("changes (--change) continue a resumed run with new settings; a new run takes them "
+                              "as overrides (key=value).")
+        change_records = []
         run_config = load_config(config, overrides)
         explicit_members = "members" in run_config.model_fields_set
         if keyword_overrides:
@@ -134,20 +149,24 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         from peerlearn.engine.tracking import require_mlflow
 
         require_mlflow()
-    from peerlearn.engine.distributed import init_distributed, shared_value, shutdown
+    from peerlearn.engine.distributed import collective_failure, init_distributed, shared_value, shutdown
 
     distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
     try:
-        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, user)
-    except BaseException:
+        result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, user,
+                                 change_records)
+    except BaseException as error:
         shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
+        failure = collective_failure(distributed, error)  # a dead or stalled peer: exit 5, not a traceback
+        if failure is not None:
+            raise failure from None
         raise
     shutdown(distributed)
     return result
 
 
 def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value,
-                    user=None) -> RunResult:
+                    user=None, change_records: Optional[list] = None) -> RunResult:
     """Train in this process; the main process holds the run directory's lock (``RunLock``) throughout."""
     is_main = distributed is None or distributed.is_main
     lock = None
@@ -155,6 +174,12 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
         if resume is not None and is_main:
             lock = RunLock(Path(resume)).acquire()
             remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
+            if change_records:
+                from peerlearn.engine.resume import record_changes
+
+                record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
+        if change_records and distributed is not None:
+            distributed.barrier()  # every process loads the checkpoint with the changes recorded
         data, device, recipe = prepare_run(run_config, distributed, user)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
@@ -189,9 +214,11 @@ def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, check
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)
     if distributed is not None:
         summary["processes"] = distributed.world_size
+    if getattr(trainer, "changes", None):
+        summary["changes"] = trainer.changes  # settings changed by `--resume --change`, with their step
     if is_main:
         try:
-            (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+            write_text_file(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
         except OSError as error:
             raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the "
                                 f"weights are in {str(run_dir / 'model.safetensors')!r}.") from None

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.sql.cli import add_sql_parser, cmd_sql
 
 
@@ -25,16 +25,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         # `peerlearn train optim.lr=0.05`: no file, only overrides of the defaults
         args.overrides, args.config = [args.config, *args.overrides], None
         args.defaults = True
+    if args.change and args.resume is None:
+        raise ConfigError("--change continues a resumed run with a new setting (--resume RUN_DIR --change "
+                          "key=value); a new run takes key=value overrides.")
     if args.resume is None and args.config is None and not getattr(args, "defaults", False):
         raise PeerlearnError("train needs a CONFIG file (or key=value overrides of the defaults), "
                              "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
-        raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides.")
+        raise PeerlearnError("--resume continues a run with its own saved config; give no CONFIG or overrides "
+                             "(to continue with a new setting: --change key=value, recorded in the run).")
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}.")
     if args.launcher == "local":
         return cmd_train_local(args)
     if args.nproc is not None:
         raise PeerlearnError("--nproc needs --launcher local (or start the processes with torchrun).")
-    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides)
+    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides, changes=args.change)
     if os.environ.get("RANK", "0") == "0":  # in a distributed run only rank 0 reports
         print(format_summary(result.summary))
         print(f"\nrun directory: {result.run_dir}")
@@ -50,7 +56,10 @@ def cmd_train_local(args: argparse.Namespace) -> int:
                               else load_config(f"{args.resume}/config.yaml").members)
     if args.resume is None:  # report config errors once, before starting any process
         check_distributed_config(load_config(args.config, args.overrides), nproc)
-    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume), nproc)
+    timeout = (load_config(args.config, args.overrides) if args.resume is None
+               else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
+                        grace_seconds=min(timeout, 30.0))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -198,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train networks with knowledge from other networks: deep mutual learning, distillation, "
                     "greedy layerwise and transfer learning.",
         epilog="exit codes: 0 success, 1 unusable run or file, 2 bad config or data, 3 training stopped "
-               "(non-finite values), 4 resources (unwritable folder, full disk, run locked), 130 interrupted. "
+               "(non-finite values), 4 resources (unwritable folder, full disk, run locked), 5 a distributed process "
+               "died, 130/143 stopped by SIGINT/SIGTERM (a checkpoint saved, resume printed). "
                "See docs/reliability.md.",
     )
     from peerlearn import __version__
@@ -214,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--change", action="append", default=[], metavar="key=value",
+                       help="with --resume: continue with this setting changed (repeatable; recorded in the run)")
     train.add_argument("--launcher", choices=["none", "local"], default="none",
                        help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
     train.add_argument("--nproc", type=int, default=None, metavar="P",

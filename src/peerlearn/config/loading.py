@@ -3,6 +3,11 @@
 Overrides use dotted paths into the YAML tree; list items are addressed by index::
 
     optim.lr=0.05  members.0.model=resnet32  mutual.update=sequential
+
+Reading is bounded: a config file must be UTF-8 text of at most 1 MiB without NUL bytes, its YAML may
+nest at most ``MAX_DEPTH`` levels, and aliases may not expand it beyond ``MAX_NODES`` nodes (an alias
+bomb is refused after composing, before anything is built from it). Every failure is a
+``ConfigError`` (exit 2) naming the file.
 """
 
 from __future__ import annotations
@@ -19,9 +24,70 @@ from peerlearn.config.schema import RunConfig
 from peerlearn.errors import ConfigError
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
+
 class _YamlLoader(yaml.SafeLoader):
     """Safe YAML loader with YAML 1.2 scalars: ``1e-3`` is a float, and only true/false are booleans
-    (YAML 1.1 would read ``progress: off`` or ``yes`` as booleans)."""
+    (YAML 1.1 would read ``progress: off`` or ``yes`` as booleans). Nesting deeper than ``MAX_DEPTH`` is
+    refused while composing; a document whose aliases expand to more than ``MAX_NODES`` nodes (or refer
+    to themselves) is refused before it is constructed."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"the YAML nests deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root) -> None:
+    """Count the nodes and depth of the document as aliases would expand it (memoised on shared nodes)."""
+    sizes: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()
+
+    def measure(node) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError("a YAML alias refers to a node that contains it (a recursive structure)")
+        open_nodes.add(key)
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        count, depth = 1, 1
+        for child in children:
+            child_count, child_depth = measure(child)
+            count, depth = count + child_count, max(depth, child_depth + 1)
+            if count > MAX_NODES:
+                raise ConfigError(f"its aliases expand it to more than {MAX_NODES} nodes (an alias bomb?)")
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"its aliases expand it deeper than {MAX_DEPTH} levels")
+        open_nodes.discard(key)
+        sizes[key] = (count, depth)
+        return count, depth
+
+    try:
+        measure(root)
+    except RecursionError:
+        raise ConfigError(f"its aliases expand it deeper than {MAX_DEPTH} levels") from None
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -41,6 +107,42 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML config file; ``ConfigError`` naming the file otherwise."""
+    where = f"Config file {str(path)!r}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{where} has {size} bytes; a config may have at most {MAX_CONFIG_BYTES} (1 MiB).")
+        data = path.read_bytes()[: MAX_CONFIG_BYTES + 1]
+    except OSError as error:
+        raise ConfigError(f"{where} cannot be read: {error.strerror or error}.") from None
+    if b"\0" in data:
+        raise ConfigError(f"{where} is a binary file (it holds NUL bytes), not YAML text.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{where} is not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
+                          "cannot be decoded. Save it as UTF-8.") from None
+    try:
+        tree = read_yaml(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{where} is refused: {error}.") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is refused: it nests too deeply.") from None
+    if tree is None:
+        raise ConfigError(f"{where} is empty; it must hold a mapping of keys (e.g. `train: {{epochs: 5}}`).")
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where} must hold a mapping of keys at its top level, not a "
+                          f"{type(tree).__name__} ({str(tree)[:40]!r}).")
+    bad = [key for key in tree if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"{where}: top-level key {bad[0]!r} is not a name; keys are section names like 'train'.")
+    return tree
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.0.c=value`` into its path and its YAML-parsed value."""
     if "=" not in text:
@@ -57,6 +159,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"Override {text!r}: the value {raw!r} is not valid YAML ({error.problem}).") from None
+    except (ConfigError, RecursionError) as error:
+        raise ConfigError(f"Override {text!r}: the value is refused ({error or 'nested too deeply'}).") from None
     return parts, value
 
 
@@ -163,12 +267,7 @@ def load_config(
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"Config file {str(path)!r} does not exist.")
-        try:
-            tree = read_yaml(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys at its top level.")
+        tree = read_config_file(path)
     items: list[tuple[list[str], Any]] = []
     if isinstance(overrides, dict):
         items = [(str(k).split("."), v) for k, v in overrides.items()]
@@ -195,5 +294,8 @@ def _fill_default(tree: dict[str, Any], key: str) -> None:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    """Write the resolved config as YAML (what the run really used, defaults included)."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config as YAML (what the run really used, defaults included), atomically and
+    never through a symbolic link."""
+    from peerlearn.engine.run_dir import write_text_file
+
+    write_text_file(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

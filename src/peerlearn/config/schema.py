@@ -6,9 +6,61 @@ Every key is checked before anything trains. A wrong key, type or value raises `
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+import math
+import types
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_LIMIT = 2**63
+
+
+def strict_problem(annotation: Any, value: Any) -> Optional[str]:
+    """Why ``value`` may not fill a field typed ``annotation`` under strict rules, or None.
+
+    Pydantic's lax mode would turn ``true`` into 1, ``"3"`` into 3 and ``1`` into true; here numbers
+    must be numbers (finite, within float32 / int64 range: a larger lr overflows in float32 training)
+    and flags must be true or false. Lists, tuples and dict values are checked item by item.
+    """
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return strict_problem(args[0], value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [strict_problem(arg, value) for arg in args if arg is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if annotation is bool:
+        return None if isinstance(value, bool) else "true or false is expected"
+    if annotation in (int, float):
+        kind = "an integer" if annotation is int else "a number"
+        if isinstance(value, bool):
+            return f"{kind} is expected, not true/false"
+        if isinstance(value, str):
+            return f"{kind} is expected, not a string"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "the number must be finite"
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            return f"the number is out of range (beyond ±{FLOAT32_MAX:.3g}, the float32 limit)"
+        if isinstance(value, int) and abs(value) >= INT64_LIMIT:
+            return "the number is out of range (it must fit in 64 bits)"
+        return None
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+                item_type = args[0] if args else Any
+            else:
+                item_type = args[index] if index < len(args) else Any
+            problem = strict_problem(item_type, item)
+            if problem:
+                return f"item {index}: {problem}"
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        for key, item in value.items():
+            problem = strict_problem(args[1], item)
+            if problem:
+                return f"entry {key!r}: {problem}"
+    return None
 
 
 def known_source(value: str) -> str:
@@ -41,6 +93,16 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_values(cls, value: Any, info: ValidationInfo) -> Any:
+        """Strict scalars (see ``strict_problem``), before pydantic's lax conversions."""
+        field = cls.model_fields.get(info.field_name or "")
+        problem = strict_problem(field.annotation, value) if field is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 # --------------------------------------------------------------------------- data
@@ -312,6 +374,9 @@ class EngineConfig(Section):
                                                 "batch asynchronously (CUDA only; ignored with a warning on CPU)")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="distributed runs: process-group "
                                                                          "backend (auto: nccl on CUDA, gloo on CPU)")
+    dist_timeout: float = Field(120.0, gt=0, le=86400, description="distributed runs: seconds a process waits for "
+                                "the others in a collective before the run stops with exit code 5 (a dead or "
+                                "stalled process)")
 
 
 def check_engine(config: "RunConfig") -> None:

@@ -8,6 +8,7 @@ labels idx1 (magic 2049).
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -41,18 +42,23 @@ def _open_maybe_gzip(path: Path):
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
+READ_CHUNK = 1 << 22
+
+
 def _read_exactly(handle, size: int, path: Path, what: str) -> bytearray:
-    """Read exactly ``size`` bytes into a writable buffer, or raise ``DataError`` (truncated file)."""
-    buffer = bytearray(size)
-    view, filled = memoryview(buffer), 0
-    while filled < size:
-        count = handle.readinto(view[filled:])
-        if not count:
+    """Read exactly ``size`` bytes into a writable buffer, or raise ``DataError`` (truncated file).
+
+    The buffer grows with what is really read (4 MiB at a time), so a header that claims more data
+    than the file holds costs no more memory than the file itself."""
+    buffer = bytearray()
+    while len(buffer) < size:
+        chunk = handle.read(min(READ_CHUNK, size - len(buffer)))
+        if not chunk:
             raise DataError(
-                f"The IDX file {path} is truncated: its {what} needs {size} bytes but only {filled} are there. "
+                f"The IDX file {path} is truncated: its {what} needs {size} bytes but only {len(buffer)} are there. "
                 "Delete it and download it again."
             )
-        filled += count
+        buffer += chunk
     return buffer
 
 
@@ -71,7 +77,7 @@ def read_idx(path: Path) -> np.ndarray:
                 )
             dtype, ndim = IDX_TYPES[header[2]], header[3]
             shape = tuple(int(d) for d in np.frombuffer(_read_exactly(handle, 4 * ndim, path, "shape"), ">u4"))
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)  # Python integers: a forged header cannot overflow the count
             data = _read_exactly(handle, count * dtype.itemsize, path, f"data of shape {shape}")
             if handle.read(1):
                 raise DataError(f"The IDX file {path} has bytes after its data of shape {shape}; it is corrupted.")

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from peerlearn.data.lazy import LazyItems
+from peerlearn.data.memory import check_images_fit
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.streaming import stream_workers, wants_stream
 from peerlearn.data.splits import stratified_permutation
@@ -57,14 +58,20 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def list_images(folder: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
-    """All images under ``folder/<class>/`` with their class indices (classes missing here are allowed)."""
-    files, labels = [], []
+def list_images(folder: Path, class_names: list[str], every_class: bool = False) -> tuple[list[Path], list[int]]:
+    """All images under ``folder/<class>/`` with their class indices (classes missing here are allowed,
+    unless ``every_class``: then an absent or empty class folder is a ``DataError`` naming it)."""
+    files, labels, empty = [], [], []
     for index, name in enumerate(class_names):
-        if (folder / name).is_dir():
-            found = image_files(folder / name)
+        found = image_files(folder / name) if (folder / name).is_dir() else []
+        if not found:
+            empty.append(folder / name)
+        else:
             files += found
             labels += [index] * len(found)
+    if every_class and files and empty:  # no image at all is reported by the caller
+        raise DataError(f"The class folder {empty[0]} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                        "remove it or add its images.")
     return files, labels
 
 
@@ -86,6 +93,7 @@ def read_image(path: Path, mode: str, size: int | tuple[int, int]) -> np.ndarray
 def read_images(files: list[Path], mode: str, size: int | tuple[int, int], workers: int) -> torch.Tensor:
     """Decode many images (threads: Pillow releases the GIL while decoding) into uint8 [N, C, H, W]."""
     height, width = (size, size) if isinstance(size, int) else size
+    check_images_fit(len(files), MODES[mode], height, width)
     out = np.empty((len(files), MODES[mode], height, width), dtype=np.uint8)
     if workers <= 1 or len(files) < 64:
         for i, path in enumerate(files):
@@ -149,7 +157,7 @@ def _split_layout(root: Path, mode: str, size: int, workers: int, config=None) -
     unknown = sorted({p.name for p in class_folders(root / "test")} - set(class_names))
     if unknown:
         raise DataError(f"{root / 'test'} has class folders that {root / 'train'} lacks: {', '.join(unknown)}.")
-    listed = {part: list_images(root / part, class_names) for part in ("train", "test")}
+    listed = {part: list_images(root / part, class_names, every_class=part == "train") for part in ("train", "test")}
     for part, (files, _) in listed.items():
         _require_images(files, root / part)
     stream = wants_stream(config, len(listed["train"][0]) * MODES[mode] * size * size)
@@ -168,7 +176,7 @@ def _class_layout(root: Path, mode: str, size: int, fraction: float, seed: int, 
                   config=None) -> RawDataset:
     """``root/<class>``: a seeded, stratified ``fraction`` of the images is held out as test."""
     class_names = [p.name for p in class_folders(root)]
-    files, labels = list_images(root, class_names)
+    files, labels = list_images(root, class_names, every_class=True)
     _require_images(files, root)
     stream = wants_stream(config, len(files) * MODES[mode] * size * size)
     images = image_items(files, labels, mode, size, stream_workers(config) if stream else workers, stream)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from peerlearn.data.bundle import DataBundle, Split
 from peerlearn.data.lazy import LazyItems, streamed_channel_stats
+from peerlearn.data.memory import check_images_fit
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.registry import SOURCES
 from peerlearn.data.splits import labelled_mask, stratified_subset, validation_split
@@ -76,6 +77,15 @@ def _held_out_validation(x: torch.Tensor, y: torch.Tensor, kept: torch.Tensor, s
     return Split(x[chosen], y[chosen])
 
 
+def _require_two_classes(labels: torch.Tensor, config) -> None:
+    """A classifier needs at least two classes among the training labels (``DataError`` naming the data)."""
+    present = torch.unique(labels[labels >= 0])
+    if len(present) < 2:
+        where = f"{config.source!r}" + (f" ({config.path})" if getattr(config, "path", None) else "")
+        raise DataError(f"The dataset {where} has {len(present)} class among its training items; a classifier "
+                        "(and a transfer set) needs at least two. Check the labels or the class folders.")
+
+
 def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
     """Build the splits that a run trains and evaluates on.
 
@@ -90,6 +100,8 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
     train_x, train_y = raw.train_x, raw.train_y
     test_x, test_y = raw.test_x, raw.test_y
     if config.image_size and raw.is_image:
+        if not isinstance(train_x, LazyItems):  # streamed items are never held in memory at once
+            check_images_fit(len(train_x) + len(test_x), train_x.shape[1], config.image_size, config.image_size)
         train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
     if config.train_subset is not None:
         if config.train_subset > len(train_y):
@@ -110,6 +122,7 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
         train_idx, val_idx = validation_split(train_y, fraction, seed=seed + 202)
         train = Split(train_x[train_idx], train_y[train_idx].clone())
         val = Split(train_x[val_idx], train_y[val_idx])
+    _require_two_classes(train.y, config)
     full_labels = train.y.clone()
     if config.labelled is not None:
         mask = labelled_mask(train.y, config.labelled, seed=seed + 303)

@@ -68,10 +68,16 @@ def read_csv(path: str, delimiter: str, key: str) -> Table:
         raise ConfigError(f"Invalid config: key {key!r} has the value {path!r}, which is not a file.")
     with file.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"The CSV file {path!r} is empty; its first line must name the columns.")
-        rows = [row for row in reader if row]
+        try:
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"The CSV file {path!r} is empty; its first line must name the columns.")
+            rows = [row for row in reader if row]
+        except UnicodeDecodeError as error:
+            raise DataError(f"The CSV file {path!r} is not UTF-8 text (byte offset {error.start} of a chunk near "
+                            f"line {reader.line_num + 1}); save it as UTF-8.") from None
+        except csv.Error as error:  # e.g. a field larger than csv.field_size_limit(), a NUL byte
+            raise DataError(f"The CSV file {path!r} cannot be parsed at line {reader.line_num}: {error}.") from None
     width = len(header)
     for number, row in enumerate(rows, start=2):
         if len(row) != width:

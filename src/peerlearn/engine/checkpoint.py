@@ -3,26 +3,38 @@
 Nothing is unpickled when loading, so a checkpoint from elsewhere cannot run code. Files are written
 to a temporary name in the same folder, flushed to disk (``fsync``), then renamed over the old one
 (``os.replace``, atomic on POSIX) and the folder entry is flushed too: a crash or a full disk while
-writing leaves the last good checkpoint in place, never a half-written one.
+writing leaves the last good checkpoint in place, never a half-written one. The temporary file is
+created with ``O_EXCL`` and the rename replaces a planted symbolic link instead of following it.
+
+Every checkpoint carries its format version and a SHA-256 over its tensors (name, dtype, shape and
+raw bytes of each, in name order); ``load_state`` refuses a file whose version it does not know or whose
+tensors no longer match the digest (flipped bits, edited weights).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from peerlearn.errors import PeerlearnError
 
+FORMAT_VERSION = 2
+FORMAT_KEY = "peerlearn_format"
+DIGEST_KEY = "peerlearn_sha256"
+POSITION_KEYS = ("stage", "epoch", "step_in_epoch", "global_step", "global_epoch")
 _TENSOR_MARK = "__tensor__"
 _TUPLE_MARK = "__tuple__"
 
@@ -100,15 +112,37 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over (name, dtype, shape, raw bytes) of every tensor, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """``save_file``, with safetensors' own error type (``SafetensorError``, e.g. for a full disk) turned
+    into the ``OSError`` it stands for, so callers handle every write failure one way."""
+    try:
+        save_file(tensors, filename, metadata=metadata)
+    except SafetensorError as error:
+        found = re.search(r"os error (\d+)", str(error))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code), filename) from None
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a nested state atomically as one safetensors file."""
+    """Write a nested state atomically as one safetensors file, with its format version and digest."""
     skeleton, tensors = flatten_state(state)
-    metadata = {"peerlearn": json.dumps(skeleton)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    metadata = {"peerlearn": json.dumps(skeleton), FORMAT_KEY: str(FORMAT_VERSION),
+                DIGEST_KEY: tensors_digest(tensors)}
+    atomic_write(path, lambda tmp: write_safetensors(tensors, str(tmp), metadata))
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """Read a state written by ``save_state`` (no pickle involved).
+    """Read a state written by ``save_state`` (no pickle involved), checking version, digest and layout.
 
     The file is read with one ``open``, so a reader racing a writer's ``os.replace`` sees either the
     old checkpoint or the new one, whole (mapping it by name twice could mix the two).
@@ -128,7 +162,48 @@ def load_state(path: Path) -> dict[str, Any]:
                              "peerlearn checkpoint.") from None
     if "peerlearn" not in metadata:
         raise PeerlearnError(f"The file {str(path)!r} is a safetensors file but not a peerlearn checkpoint.")
-    return unflatten_state(json.loads(metadata["peerlearn"]), tensors)
+    version = metadata.get(FORMAT_KEY)
+    if version != str(FORMAT_VERSION):
+        raise PeerlearnError(f"The checkpoint {str(path)!r} has format version {version or '1 (no version)'}, but "
+                             f"this peerlearn reads version {FORMAT_VERSION} only; resume it with the peerlearn "
+                             "that wrote it, or start a new run.")
+    if metadata.get(DIGEST_KEY) != tensors_digest(tensors):
+        raise PeerlearnError(f"The checkpoint {str(path)!r} fails its content check: its tensors do not match the "
+                             "SHA-256 stored when it was written (changed or damaged bytes). Refusing to train on "
+                             "it; restore a good copy or start a new run.")
+    try:
+        return unflatten_state(json.loads(metadata["peerlearn"]), tensors)
+    except (ValueError, KeyError, TypeError) as error:
+        raise PeerlearnError(f"The checkpoint {str(path)!r} has broken metadata ({type(error).__name__}: "
+                             f"{error}); it cannot be resumed.") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """``load_state`` of a trainer checkpoint, whose layout (position, members, RNG) is checked too."""
+    state = load_state(path)
+    try:
+        check_state_layout(state)
+    except ValueError as error:
+        raise PeerlearnError(f"The checkpoint {str(path)!r} has broken metadata ({error}); it cannot be "
+                             "resumed.") from None
+    return state
+
+
+def check_state_layout(state: Any) -> None:
+    """Raise ValueError unless ``state`` has a trainer checkpoint's shape (position, members, rng)."""
+    if not isinstance(state, dict) or not isinstance(state.get("position"), dict):
+        raise ValueError("no training position")
+    position = state["position"]
+    for key in POSITION_KEYS:
+        value = position.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"position.{key} is {value!r}, not a count")
+    members = state.get("members")
+    if not isinstance(members, dict) or not all(isinstance(e, dict) and isinstance(e.get("model"), dict)
+                                                for e in members.values()):
+        raise ValueError("members' weights missing")
+    if not isinstance(state.get("rng"), dict) or not isinstance(state["rng"].get("torch"), torch.Tensor):
+        raise ValueError("random generator states missing")
 
 
 def rng_state() -> dict[str, Any]:
@@ -166,7 +241,8 @@ def save_weights(path: Path, models: dict[str, torch.nn.Module], metadata: dict[
     """Weights of several models in one safetensors file, keys ``<member>.<parameter>``."""
     tensors = {f"{name}.{key}": value.detach().cpu().contiguous().clone()
                for name, model in models.items() for key, value in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+    metadata = {**(metadata or {}), DIGEST_KEY: tensors_digest(tensors)}
+    atomic_write(path, lambda tmp: write_safetensors(tensors, str(tmp), metadata))
 
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -198,10 +274,15 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         return {str(k): v for k, v in loaded.items()}
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {k: handle.get_tensor(k) for k in handle.keys()}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            stored = (handle.metadata() or {}).get(DIGEST_KEY)
     except Exception as error:  # safetensors raises several types for a damaged or foreign file
         raise PeerlearnError(f"Cannot read the weights file {str(path)!r} as safetensors ({error}); it is damaged "
                              "or not a safetensors file.") from None
+    if stored is not None and stored != tensors_digest(tensors):  # files peerlearn wrote carry a digest
+        raise PeerlearnError(f"The weights file {str(path)!r} fails its content check: its tensors do not match the "
+                             "SHA-256 stored when it was written (changed or damaged bytes).")
+    return tensors
 
 
 def load_weights(path: Path, member: str | None = None) -> dict[str, torch.Tensor]:

@@ -28,10 +28,12 @@ own random stream, so runs with dropout match only in distribution.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,9 +42,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError, DistributedError, PeerlearnError
 
 DISTRIBUTED_RECIPES = ("mutual", "independent")
+# exit codes a process reports itself (with its own message); anything else is a crash the launcher names
+REPORTED_CODES = (1, 2, 3, 4, 5, 130, 143)
+COLLECTIVE_FAILURE_WORDS = ("connection closed", "connection reset", "timed out", "timeout", "gloo", "nccl",
+                            "socket", "broken pipe", "peer")
 
 
 @dataclass
@@ -159,13 +165,16 @@ def init_distributed(config) -> Optional[DistContext]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    timeout = timedelta(seconds=config.engine.dist_timeout)  # a dead or stalled peer ends the run in bounded time
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
     ctx = DistContext(rank, world, members, device, backend)
     replicas = ctx.replicas
     # every process creates every group, in the same order
-    replica_groups = [dist.new_group([k * replicas + r for k in range(len(members))]) for r in range(replicas)]
-    member_groups = [dist.new_group([k * replicas + r for r in range(replicas)]) for k in range(len(members))]
+    replica_groups = [dist.new_group([k * replicas + r for k in range(len(members))], timeout=timeout)
+                      for r in range(replicas)]
+    member_groups = [dist.new_group([k * replicas + r for r in range(replicas)], timeout=timeout)
+                     for k in range(len(members))]
     ctx.replica_group = replica_groups[ctx.replica]
     ctx.member_group = member_groups[ctx.member_index]
     ctx.groups = replica_groups + member_groups
@@ -177,7 +186,24 @@ def shutdown(ctx: Optional[DistContext], clean: bool = True) -> None:
     if ctx is not None and dist.is_initialized():
         if clean:
             dist.barrier()
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # the group may already be broken by a dead peer
+            if clean:
+                raise
+
+
+def collective_failure(ctx: Optional[DistContext], error: BaseException) -> Optional[DistributedError]:
+    """A ``DistributedError`` (exit 5) for an error that a dead or stalled peer caused, else None."""
+    if ctx is None or isinstance(error, PeerlearnError) or not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    if not (isinstance(error, getattr(dist, "DistError", ())) or
+            any(word in text.lower() for word in COLLECTIVE_FAILURE_WORDS)):
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    return DistributedError(f"rank {ctx.rank} lost the other processes of the distributed run ({first}); another "
+                            "process died or stalled. The launcher names it; resume from the last checkpoint.")
 
 
 def shared_value(ctx: Optional[DistContext], value: Any) -> Any:
@@ -259,42 +285,107 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_local(train_args: list[str], nproc: int, poll_seconds: float = 0.2) -> int:
+def _die_with_parent() -> None:
+    """In a launched process (Linux): receive SIGTERM when the launcher dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def launch_local(train_args: list[str], nproc: int, poll_seconds: float = 0.1, grace_seconds: float = 10.0) -> int:
     """Start ``nproc`` processes of ``python -m peerlearn train ARGS`` on this machine (like torchrun).
 
-    If one fails, the others are stopped (they would wait forever in a collective). Returns the
-    first non-zero exit status, else 0.
+    Each process runs in its own session, so Ctrl-C and SIGTERM reach the launcher alone, which
+    forwards them once to every process (they checkpoint and stop together, exit 130 / 143). When a
+    process fails, the others are sent SIGTERM, then SIGKILL after ``grace_seconds``. A process that
+    reported its own error (exit codes 1-5, 130, 143) gives its code; one that crashed (a signal, any
+    other code) ends the launch with ``DistributedError`` (exit 5) naming its rank.
     """
     if nproc < 1:
-        raise PeerlearnError(f"--nproc must be at least 1, got {nproc}.")
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
     port = _free_port()
     processes = []
-    for rank in range(nproc):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        processes.append(subprocess.Popen([sys.executable, "-m", "peerlearn", "train", *train_args], env=env))
-    status = 0
-    try:
-        while any(p.poll() is None for p in processes):
-            failed = [p.returncode for p in processes if p.returncode not in (None, 0)]
-            if failed:
-                status = failed[0]
-                break
-            time.sleep(poll_seconds)
-    finally:
+    forwarded: set[int] = set()
+
+    def forward(signum, frame):
+        if signum in forwarded:
+            return
+        forwarded.add(signum)
         for process in processes:
             if process.poll() is None:
-                if status:
-                    process.terminate()
-                process.wait()
-    return status or next((p.returncode for p in processes if p.returncode), 0)
+                process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for rank in range(nproc):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
+                   "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            processes.append(subprocess.Popen([sys.executable, "-m", "peerlearn", "train", *train_args], env=env,
+                                              start_new_session=True, preexec_fn=_die_with_parent))
+        first_failure = None
+        while any(p.poll() is None for p in processes):
+            first_failure = next(((rank, p) for rank, p in enumerate(processes) if p.returncode not in (None, 0)),
+                                 None)
+            if first_failure:
+                break
+            time.sleep(poll_seconds)
+        first_failure = first_failure or next(((rank, p) for rank, p in enumerate(processes) if p.returncode), None)
+        stopped = _stop_all(processes, grace_seconds) if first_failure else []
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if first_failure is None:
+        return 0
+    # name a crashed process before the survivors that only reported losing it
+    crashed = [(rank, p) for rank, p in enumerate(processes)
+               if rank not in stopped and p.returncode not in (0, *REPORTED_CODES)]
+    rank, process = crashed[0] if crashed else first_failure
+    if process.returncode == DistributedError.exit_code and stopped:  # it gave up on a process that hung
+        raise DistributedError(f"rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))} stopped "
+                               f"answering (rank {rank} gave up after engine.dist_timeout) and "
+                               f"{'were' if len(stopped) > 1 else 'was'} stopped by the launcher.")
+    if process.returncode in REPORTED_CODES:
+        return process.returncode
+    others = f"; stopped rank{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))}" if stopped else ""
+    raise DistributedError(f"rank {rank} (pid {process.pid}) {_describe(process.returncode)}{others}. The run "
+                           "directory keeps its last checkpoint; resume it with --resume RUN_DIR.")
 
 
-def local_train_args(config: Optional[str], overrides: list[str], out: str, resume: Optional[str]) -> list[str]:
+def _stop_all(processes: list, grace_seconds: float) -> list[int]:
+    """SIGTERM every running process, SIGKILL those still running after ``grace_seconds``; their ranks."""
+    running = [rank for rank, p in enumerate(processes) if p.poll() is None]
+    for rank in running:
+        processes[rank].terminate()
+    deadline = time.monotonic() + grace_seconds
+    for rank in running:
+        try:
+            processes[rank].wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            processes[rank].kill()
+            processes[rank].wait()
+    return running
+
+
+def local_train_args(config: Optional[str], overrides: list[str], out: str, resume: Optional[str],
+                     changes: Optional[list[str]] = None) -> list[str]:
     """The ``peerlearn train`` arguments each launched process gets."""
     args = [config] if config else []
     args += list(overrides)
     args += ["--out", str(Path(out))]
     if resume:
         args += ["--resume", str(resume)]
+    for change in changes or []:
+        args += ["--change", change]
     return args

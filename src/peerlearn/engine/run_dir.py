@@ -1,4 +1,10 @@
-"""Run directories: created fresh for every run, never overwritten, written by one process at a time."""
+"""Run directories: created fresh for every run, never overwritten, written by one process at a time.
+
+A run directory is not a way in: nothing peerlearn writes there follows a symbolic link. Whole files
+(config.yaml, summary.json, checkpoints, weights) are written to a fresh temporary name and renamed
+over the old one (a planted link is replaced, its target untouched); files that are opened in place
+(``.lock``, ``metrics.jsonl``) are opened with ``O_NOFOLLOW``, and a link there is refused.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,36 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from peerlearn.errors import ResourceError
+from peerlearn.errors import PeerlearnError, ResourceError
 
 LOCK_NAME = ".lock"
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (``PeerlearnError``, exit 1) instead of
+    writing through it; other failures stay ``OSError``."""
+    try:
+        return os.open(path, flags | NOFOLLOW, mode)
+    except OSError as error:
+        if os.path.islink(path):
+            raise PeerlearnError(f"{str(path)!r} is a symbolic link; peerlearn never writes through a link in a run "
+                                 "directory. Remove the link (and check who planted it), then try again.") from None
+        raise
+
+
+def open_append(path: Path):
+    """A line-buffered text handle appending to ``path`` (created if missing), never through a link."""
+    return os.fdopen(open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", buffering=1,
+                     encoding="utf-8")
+
+
+def write_text_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temporary file, fsync, rename): a link at ``path`` is
+    replaced, never followed."""
+    from peerlearn.engine.checkpoint import atomic_write
+
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def ensure_writable(folder: Path, what: str = "output directory", hint: str = "Choose another with --out.",
@@ -71,7 +104,7 @@ class RunLock:
         except ImportError:  # no flock (Windows): run unlocked
             return self
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         except OSError as error:
             raise ResourceError(f"Cannot create the lock file {str(self.path)!r}: {error.strerror or error}.") from None
         try:

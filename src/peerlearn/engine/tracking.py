@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
+from peerlearn.engine.run_dir import open_append
+from peerlearn.engine.write_guard import TensorBoardWriteGuard
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -34,12 +36,13 @@ class MetricsLog:
                     if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
             # atomically: a process killed during this rewrite must not lose the log
             atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
-        self.handle = open(self.path, "a", buffering=1)
+        self.handle = open_append(self.path)  # never through a planted link
         self.writer = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+            self.tensorboard_guard = TensorBoardWriteGuard(self.writer)  # disk errors surface here, exit 4
         self.extra_loggers: list[Any] = []
         self.mlflow = mlflow
 
@@ -50,6 +53,7 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.log(kind, step, scalars)
         if self.mlflow is not None:
@@ -60,6 +64,7 @@ class MetricsLog:
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
+            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.close()
         if self.mlflow is not None:

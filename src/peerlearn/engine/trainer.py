@@ -8,6 +8,7 @@ epochs it runs and a ``step(batch)`` function that does one optimisation step of
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.epoch_log import log_epoch
 from peerlearn.engine.evaluation import evaluate_cohort
+from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters
+from peerlearn.engine.preemption import StopSignals, preempted, requested_signal
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
-from peerlearn.errors import ResourceError, TrainingError
+from peerlearn.errors import PeerlearnError, ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -157,11 +160,13 @@ class Trainer:
             "elapsed": self.elapsed,
             "extra": self.extra_state() if self.extra_state else {},
             "config": self.config.model_dump(mode="json"),
+            "changes": list(getattr(self, "changes", [])),
         }
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint atomically (main process only); a failed write (full disk, ...) keeps the
         previous one."""
+        check_weights_finite(self)  # never save (or go on from) inf/NaN weights or BatchNorm statistics
         if self.is_main:
             try:
                 save_state(self.checkpoint_path, self.state())
@@ -179,7 +184,13 @@ class Trainer:
         """Load a checkpoint's models and position; optimizers are loaded when their stage starts."""
         self.position = Position(**state["position"])
         for name, entry in state["members"].items():
-            self.cohort[name].model.load_state_dict(entry["model"])
+            try:
+                self.cohort[name].model.load_state_dict(entry["model"])
+            except (KeyError, RuntimeError) as error:  # unknown member, missing keys, wrong shapes
+                first = str(error).strip().splitlines()[0][:300]
+                raise PeerlearnError(f"The checkpoint's weights of member {name!r} do not fit the run's model "
+                                     f"({first}); the checkpoint belongs to another config.") from None
+        self.changes = list(state.get("changes", []))
         for callback, cstate in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(cstate)
         self.history = state.get("history", [])
@@ -199,10 +210,17 @@ class Trainer:
             return
         for name, entry in pending.items():
             member = self.cohort[name]
-            if member.optimizer is not None and "optimizer" in entry:
-                member.optimizer.load_state_dict(entry["optimizer"])
-            if member.schedule is not None and "schedule" in entry:
-                member.schedule.load_state_dict(entry["schedule"])
+            fresh = fresh_settings(member)  # what the (possibly changed) config builds
+            try:
+                if member.optimizer is not None and "optimizer" in entry:
+                    member.optimizer.load_state_dict(entry["optimizer"])
+                if member.schedule is not None and "schedule" in entry:
+                    member.schedule.load_state_dict(entry["schedule"])
+            except (KeyError, ValueError, RuntimeError) as error:
+                raise PeerlearnError(f"The checkpoint's optimizer state of member {name!r} does not fit the run "
+                                     f"({error}); the checkpoint belongs to another config.") from None
+            if getattr(self, "changes", None):  # `--resume --change`: the new settings win over the saved ones
+                refresh_hyperparameters(member, fresh)
         self._pending_member_state = None
 
     # ------------------------------------------------------------------ loop
@@ -214,6 +232,7 @@ class Trainer:
                     if self.is_main else _NullLog())
         for logger in getattr(self, "extra_loggers", []):
             self.log.extra_loggers.append(logger)
+        self.signals = StopSignals().install()
         try:
             for stage_index in range(self.position.stage, len(self.stages)):
                 stage = self.stages[stage_index]
@@ -231,11 +250,43 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_fit_end(self)
             summary = self._final_summary()
+        except KeyboardInterrupt:  # a second stop signal (or Ctrl-C outside the handlers): stop at once
+            self._close_log(finished=False)
+            raise preempted(self, self.signals.second or signal.SIGINT, saved=False) from None
+        except OSError as error:  # disk full, I/O error: a metrics append, a TensorBoard flush, ...
+            self._close_log(finished=False)
+            raise ResourceError(f"A write failed at {self.where()}: {error.strerror or error} "
+                                f"({getattr(error, 'filename', None) or 'run directory'}). The last good checkpoint "
+                                f"is {self.last_good_checkpoint()}; free disk space, then resume.") from None
         except BaseException:
-            self.log.close(finished=False)
+            self._close_log(finished=False)
             raise
-        self.log.close()
+        finally:
+            self.signals.restore()
+        try:
+            self.log.close()
+        except OSError as error:
+            raise ResourceError(f"Cannot finish the metrics of {str(self.run_dir)!r}: {error.strerror or error}. "
+                                f"The final weights are written; the last checkpoint is "
+                                f"{self.last_good_checkpoint()}.") from None
         return summary
+
+    def _close_log(self, finished: bool) -> None:
+        """Close the metrics sinks on the way out of a failed run, without hiding the first error."""
+        try:
+            self.log.close(finished=finished)
+        except Exception:
+            pass
+
+    def _stop_if_signalled(self, at_epoch_end: bool) -> None:
+        """SIGTERM/SIGINT arrived: checkpoint this position (unless just done) and stop (see preemption.py)."""
+        signum = requested_signal(self)
+        if signum is None:
+            return
+        if not at_epoch_end:
+            self._sync()
+            self.save_checkpoint()
+        raise preempted(self, signum, saved=True)
 
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
         stream = stage.train_stream or self.train_stream
@@ -267,6 +318,8 @@ class Trainer:
                     started = time.perf_counter()
                     self._sync()
                     self.save_checkpoint()
+                if self.position.step_in_epoch < len(stream):  # the epoch's end checkpoints by itself
+                    self._stop_if_signalled(at_epoch_end=False)
             bar.close()
             self._sync()
             self.cohort.step_schedules("epoch")
@@ -293,6 +346,7 @@ class Trainer:
                 log_epoch(stage.name, self.position.epoch, stage.epochs, train_means, results,
                           time.perf_counter() - epoch_started)
             self.save_checkpoint()
+            self._stop_if_signalled(at_epoch_end=True)
 
     def _check_inputs(self, batch: Batch, stream: BatchStream) -> None:
         """Refuse a batch holding NaN/inf inputs before any member sees it."""
@@ -317,6 +371,7 @@ class Trainer:
     def _final_summary(self) -> dict[str, Any]:
         stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
         final = self.evaluate(stage, [s for s in ("val", "test") if s in self.eval_streams])
+        check_weights_finite(self)
         if self.is_main:
             try:
                 save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
@@ -337,7 +392,7 @@ class _NullLog:
 
     def log(self, *args, **kwargs) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, finished: bool = True) -> None: ...
 
 
 def is_finite_number(value: Any) -> bool:

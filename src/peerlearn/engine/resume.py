@@ -1,0 +1,118 @@
+"""What ``--resume`` accepts: the run exactly as it was saved, or named changes that are recorded.
+
+A resume continues the same run, so ``RUN_DIR/config.yaml`` must equal the config stored in the
+checkpoint. A difference (say, an lr edited in the file) is refused with the changed dotted keys
+(``ConfigError``, exit 2) instead of being silently ignored or half applied.
+
+To go on with other settings, name them::
+
+    peerlearn train --resume RUN_DIR --change optim.lr=0.01 --change train.epochs=40
+
+Only settings that leave the data, the models and the stage layout alone may change
+(``CHANGEABLE``). Each change is checked by the schema, applied on top of the checkpoint's config and
+recorded as ``{"step", "epoch", "key", "from", "to"}`` in the checkpoint (``changes``, kept by every
+later checkpoint), in ``summary.json`` and in ``config.yaml``, which is rewritten with the new config.
+The optimizer keeps its state (momentum, Adam moments) and the schedule its progress; their settings
+come from the new config (``engine/guards.refresh_hyperparameters``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from peerlearn.config import RunConfig, load_config, save_config
+from peerlearn.engine.checkpoint import load_checkpoint, load_state, save_state
+from peerlearn.errors import ConfigError
+
+# dotted keys a resumed run may change; `*` stands for one key part (a member index, an option name)
+CHANGEABLE = (
+    "optim.lr", "optim.momentum", "optim.weight_decay", "optim.nesterov", "optim.betas", "optim.alpha", "optim.eps",
+    "schedule.*", "members.*.optim", "members.*.optim.*", "members.*.schedule", "members.*.schedule.*",
+    "members.*.max_norm", "train.epochs", "train.eval_every", "train.eval_test", "train.checkpoint_every_steps",
+    "train.progress", "train.threads", "train.device", "tracking.*", "mutual.weight", "mutual.temperature",
+    "mutual.feature_l2", "distill.temperature", "distill.alpha", "regularize.*", "regularize.early_stopping.*",
+    "data.eval_batch_size",
+)
+_NOT_CHANGEABLE = ("schedule.name",)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "m": [{"x": 2}]}`` -> ``{"a.b": 1, "m.0.x": 2}``; lists of scalars stay leaves."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(item, dict) for item in tree):
+        out = {}
+        for index, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}{index}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def changed_keys(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ, with (before, after)."""
+    old, new = flatten(before.model_dump(mode="json")), flatten(after.model_dump(mode="json"))
+    missing = object()
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key, missing) != new.get(key, missing)}
+
+
+def changeable(key: str) -> bool:
+    def matches(pattern: str) -> bool:
+        return re.fullmatch(r"\.".join("[^.]+" if p == "*" else re.escape(p) for p in pattern.split(".")), key) is not None
+
+    return not any(matches(p) for p in _NOT_CHANGEABLE) and any(matches(p) for p in CHANGEABLE)
+
+
+def _listed(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} ({old!r} -> {new!r})" for key, (old, new) in diff.items())
+
+
+def resume_config(run_dir: Path, config_path: Path, checkpoint: Path,
+                  changes: Optional[list[str]] = None) -> tuple[RunConfig, list[dict[str, Any]]]:
+    """The config a resume of ``run_dir`` trains with, and the change records to add (empty: none).
+
+    Raises ``ConfigError`` when ``config.yaml`` differs from the checkpoint's config in keys that
+    ``changes`` does not name, or when a change touches a key outside ``CHANGEABLE``."""
+    state = load_checkpoint(checkpoint)  # also checks the format version, the content digest and the layout
+    current = load_config(config_path)
+    try:
+        saved = load_config(state.get("config") or {})
+    except ConfigError as error:
+        raise ConfigError(f"The config stored in the checkpoint {str(checkpoint)!r} is not valid here ({error})") from None
+    edited = changed_keys(saved, current)
+    wanted = load_config(saved, changes) if changes else saved
+    requested = changed_keys(saved, wanted)
+    unexplained = {k: v for k, v in edited.items() if requested.get(k, (None, object()))[1] != v[1]}
+    if unexplained:
+        raise ConfigError(
+            f"Cannot resume {str(run_dir)!r} exactly: {str(config_path)!r} differs from the config saved in the "
+            f"checkpoint at {_listed(unexplained)}. A resume continues the same run with the same settings. Put the "
+            f"file back, or continue with a new setting named on the command line (recorded in the run), e.g. "
+            f"peerlearn train --resume {run_dir} --change {next(iter(unexplained))}=VALUE"
+        )
+    refused = [key for key in requested if not changeable(key)]
+    if refused:
+        raise ConfigError(
+            f"Cannot change {', '.join(refused)} in a resumed run: it changes the data, the models or the stage "
+            "layout, which the checkpoint's state depends on. Start a new run instead (members.N.weights=RUN_DIR "
+            "starts from this run's final weights). Keys that may change: " + ", ".join(CHANGEABLE) + "."
+        )
+    position = state["position"]
+    records = [{"step": position["global_step"], "epoch": position["global_epoch"], "key": key, "from": old,
+                "to": new} for key, (old, new) in requested.items()]
+    return wanted, records
+
+
+def record_changes(config: RunConfig, records: list[dict[str, Any]], checkpoint: Path, config_path: Path) -> None:
+    """Store the changed config and its change records in the checkpoint, then rewrite ``config.yaml``
+    (both atomically; call with the run locked). Killed in between, the next resume lists the keys again."""
+    state = load_state(checkpoint)
+    state["config"] = config.model_dump(mode="json")
+    state["changes"] = list(state.get("changes", [])) + records
+    save_state(checkpoint, state)
+    save_config(config, config_path)
