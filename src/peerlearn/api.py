@@ -162,7 +162,8 @@ def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, check
     trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
                       run_dir, callbacks=recipe.callbacks(),
                       extra_state=getattr(recipe, "extra_state", None),
-                      load_extra_state=getattr(recipe, "load_extra_state", None))
+                      load_extra_state=getattr(recipe, "load_extra_state", None),
+                      describe_run=recipe.describe_run)
     recipe.trainer = trainer
     trainer.distributed = distributed
     for logger in getattr(recipe, "extra_loggers", lambda: [])():
@@ -206,28 +207,15 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
         "device": str(device),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "class_names": list(data.class_names),
         **recipe.summary_extra(),
     }
 
 
 def load_run(run_dir: Union[str, Path], device: str = "cpu"):
-    """Rebuild a finished run's data, recipe and cohort with its final weights (for analyses and export)."""
-    from peerlearn.engine.checkpoint import load_weights
+    """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
+    the dataset, the eval-mode members with their final weights and roles, and streams over the splits
+    (``peerlearn.run_reader``). It unpacks as ``config, data, run``."""
+    from peerlearn.run_reader import read_run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_NAME).is_file():
-        raise PeerlearnError(f"{str(run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
-    config = load_config(run_dir / CONFIG_NAME, [f"train.device={device}"])
-    # initial weights (e.g. a teacher's run directory) may be gone: the run's own final weights replace them
-    weighted = {f"members.{i}.weights": str(run_dir) for i, m in enumerate(config.members) if m.weights}
-    if weighted and (run_dir / "model.safetensors").is_file():
-        config = load_config(config, weighted)
-    data, _, recipe = prepare_run(config)
-    weights_path = run_dir / "model.safetensors"
-    if not weights_path.is_file():
-        raise PeerlearnError(f"The run {str(run_dir)!r} has no model.safetensors: it has not finished. "
-                             "Resume it with --resume first.")
-    for member in recipe.cohort:
-        member.model.load_state_dict(load_weights(weights_path, member.name))
-    recipe.cohort.eval()
-    return config, data, recipe
+    return read_run(run_dir, device=device)

@@ -21,6 +21,7 @@ from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import evaluate_cohort
+from peerlearn.engine.run_record import stage_record, write_run_record
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
@@ -58,9 +59,17 @@ class Position:
 
 
 class Callback:
-    """Hooks around the loop. ``state_dict`` is saved in checkpoints so resumes continue exactly."""
+    """Hooks around the loop. ``state_dict`` is saved in checkpoints so resumes continue exactly.
+
+    Callbacks know the stage: ``on_stage_start`` runs when a stage begins or is resumed (after its
+    ``start``), ``on_stage_end`` when it ends (its last epoch, or ``trainer.stage_done`` set by a callback).
+    """
+
+    def on_stage_start(self, trainer: "Trainer", index: int, stage: Stage) -> None: ...
 
     def on_epoch_end(self, trainer: "Trainer", results: dict[str, Any]) -> None: ...
+
+    def on_stage_end(self, trainer: "Trainer", index: int, stage: Stage) -> None: ...
 
     def on_fit_end(self, trainer: "Trainer") -> None: ...
 
@@ -86,7 +95,8 @@ class Trainer:
     def __init__(self, config: RunConfig, cohort: Cohort, stages: list[Stage], train_stream: BatchStream,
                  eval_streams: dict[str, BatchStream], run_dir: Path, callbacks: list[Callback] = (),
                  extra_state: Optional[Callable[[], dict]] = None,
-                 load_extra_state: Optional[Callable[[dict], None]] = None):
+                 load_extra_state: Optional[Callable[[dict], None]] = None,
+                 describe_run: Optional[Callable[[], dict]] = None):
         self.config = config
         self.cohort = cohort
         self.stages = stages
@@ -96,7 +106,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.position = Position()
         self.history: list[dict[str, Any]] = []
-        self.stop_requested = False
+        self.stop_requested = False  # end the whole fit after this epoch
+        self.stage_done = False  # end the current stage after this epoch (early stopping)
+        self.describe_run = describe_run  # the recipe's part of run.json (engine.run_record)
         self.extra_state = extra_state
         self.load_extra_state = load_extra_state
         self.log: Optional[MetricsLog] = None
@@ -156,14 +168,34 @@ class Trainer:
             "elapsed": self.elapsed,
             "extra": self.extra_state() if self.extra_state else {},
             "config": self.config.model_dump(mode="json"),
+            "run": self.run_record(finished=False),
         }
+
+    def run_record(self, finished: bool) -> Optional[dict[str, Any]]:
+        """run.json: the recipe's description of the run plus where training stands (engine.run_record)."""
+        if self.describe_run is None:
+            return None
+        index = min(self.position.stage, len(self.stages) - 1)
+        stage = self.stages[index]
+        return {**self.describe_run(), "finished": finished,
+                "stage": stage_record(index, stage.name, self.position.epoch, [s.name for s in self.stages]),
+                "ensemble": list(stage.ensemble_members or [m.name for m in self.cohort.trainable]),
+                "evaluated": list(stage.eval_members or self.cohort.names)}
+
+    def write_run_record(self, finished: bool) -> None:
+        record = self.run_record(finished)
+        if record is not None and self.is_main:
+            write_run_record(self.run_dir, record)
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint atomically (main process only); a failed write (full disk, ...) keeps the
         previous one."""
         if self.is_main:
             try:
-                save_state(self.checkpoint_path, self.state())
+                state = self.state()
+                save_state(self.checkpoint_path, state)
+                if state["run"] is not None:
+                    write_run_record(self.run_dir, state["run"])
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
@@ -218,6 +250,8 @@ class Trainer:
                 stage = self.stages[stage_index]
                 if stage.start is not None:
                     stage.start()
+                for callback in self.callbacks:
+                    callback.on_stage_start(self, stage_index, stage)
                 self._load_optimizers()
                 if getattr(self, "_pending_rng", None) is not None:
                     set_rng_state(self._pending_rng)
@@ -225,6 +259,11 @@ class Trainer:
                 self._run_stage(stage_index, stage)
                 if self.stop_requested:
                     break
+                for callback in self.callbacks:
+                    callback.on_stage_end(self, stage_index, stage)
+                self.stage_done = False
+                if stage_index == len(self.stages) - 1:
+                    break  # the position stays in the last stage: the run ended in it
                 self.position = Position(stage=stage_index + 1, global_step=self.position.global_step,
                                          global_epoch=self.position.global_epoch)
             for callback in self.callbacks:
@@ -239,7 +278,7 @@ class Trainer:
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
         stream = stage.train_stream or self.train_stream
         show = progress_enabled(self.config.train.progress)
-        while self.position.epoch < stage.epochs and not self.stop_requested:
+        while self.position.epoch < stage.epochs and not self.stop_requested and not self.stage_done:
             epoch = self.position.epoch
             started = time.perf_counter()
             self.cohort.train()
@@ -320,6 +359,7 @@ class Trainer:
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
+            self.write_run_record(finished=True)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 
@@ -332,7 +372,7 @@ class _NullLog:
 
     def log(self, *args, **kwargs) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, finished: bool = True) -> None: ...
 
 
 def is_finite_number(value: Any) -> bool:

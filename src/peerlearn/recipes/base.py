@@ -16,10 +16,12 @@ from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
+from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
 from peerlearn.engine.trainer import Callback, Stage, check_finite
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
+from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
 
 
@@ -193,6 +195,26 @@ class Recipe:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.regularizer.load_state_dict(state.get("regularize", {}))
+
+    # ------------------------------------------------------------------ the run's own description
+    def role(self, name: str) -> str:
+        """``student`` for a member the recipe trains, ``frozen`` for one that never trains."""
+        member = next(m for m in self.config.members if m.name == name)
+        return "student" if member.trainable else "frozen"
+
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """How to rebuild ``member``'s network (engine.run_record): its registry name and arguments, and the
+        class bias a distillation student predicts with."""
+        bias = get_class_bias(member.model)
+        return registry_network(member.info["model"], member.info.get("model_args", {}), self.data.model_kwargs(),
+                                class_bias=None if bias is None else bias.cpu().tolist())
+
+    def describe_run(self) -> dict[str, Any]:
+        """The recipe's part of run.json: members (role, network) and the data pipeline."""
+        return {"format": RECORD_FORMAT, "recipe": self.name,
+                "members": [{"name": m.name, "role": self.role(m.name), "network": self.network_record(m)}
+                            for m in self.cohort],
+                "data": data_pipeline(self.config.data, self.config.seed, self.data)}
 
     def summary_extra(self) -> dict[str, Any]:
         """Recipe-specific numbers added to summary.json."""

@@ -280,6 +280,9 @@ class DistillRecipe(Recipe):
             self.bias_report[name] = report
             set_class_bias(model, bias_vector(found["bias"], self.data.num_classes, self.device))
 
+    def role(self, name: str) -> str:
+        return "teacher" if name in self.teacher_names else "student"
+
     def summary_extra(self) -> dict[str, Any]:
         s = self.settings
         return {**super().summary_extra(), "distill": {

@@ -215,6 +215,12 @@ class GreedyRecipe(Recipe):
         self.cache_report = dict(state.get("cache_report", {}))
         self.stage_seconds = dict(state.get("stage_seconds", {}))
 
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """The layerwise network with the depth it predicts at (blocks[:depth] then head[depth − 1])."""
+        record = super().network_record(member)
+        record["attributes"]["depth"] = int(self.model.depth)
+        return record
+
     @torch.no_grad()
     def head_scores(self) -> dict[str, Any]:
         """Top-1 of every auxiliary head z_j and of the ensemble Z = Σ_j 2^j z_j / Σ_j 2^j, per split."""
@@ -250,12 +256,10 @@ class GreedyRecipe(Recipe):
 
 
 class StageClock(Callback):
-    """Stops the recipe's stage clock after a stage's last epoch (before the final evaluation of the run)."""
+    """Stops the recipe's stage clock when a stage ends (before the final evaluation of the run)."""
 
     def __init__(self, recipe: GreedyRecipe):
         self.recipe = recipe
 
-    def on_epoch_end(self, trainer, results) -> None:
-        position = trainer.position
-        if position.epoch == trainer.stages[position.stage].epochs:
-            self.recipe._stop_clock()
+    def on_stage_end(self, trainer, index, stage) -> None:
+        self.recipe._stop_clock()

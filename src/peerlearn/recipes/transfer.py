@@ -20,6 +20,7 @@ target features of each batch (feature transfer):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -248,6 +249,22 @@ class TransferRecipe(Recipe):
                 log["align"] = align.detach()
         log["loss"] = self.update([member], [loss])
         return log
+
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """The whole network (backbones → standardised features → head), fed images: in features mode too,
+        where training fed the head cached features, the rebuilt module reads images."""
+        model: TransferModel = member.model
+        return {"kind": "transfer", "backbones": [b.network_record for b in model.backbones],
+                "num_classes": self.data.num_classes, "input_sizes": list(model.input_sizes),
+                "input_pads": list(model.input_pads), "background": model.background.flatten().tolist(),
+                "dropout": self.settings.head_dropout}
+
+    def describe_run(self) -> dict[str, Any]:
+        record = super().describe_run()
+        record["transfer"] = {"mode": self.settings.mode}
+        if self.cache_info:
+            record["feature_cache"] = {"key": Path(self.cache_info["cache_file"]).stem, **self.cache_info}
+        return record
 
     def summary_extra(self) -> dict[str, Any]:
         model: TransferModel = self.cohort.trainable[0].model
