@@ -252,7 +252,7 @@ class GreedyRecipe(Recipe):
                                  "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
         if self.settings.mode == "greedy":
             extra.update(self.head_scores())
-        return {"greedy": extra}
+        return {**super().summary_extra(), "greedy": extra}
 
 
 class StageClock(Callback):
