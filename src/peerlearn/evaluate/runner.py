@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
-from peerlearn.engine.evaluation import ENSEMBLE
+from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
@@ -43,19 +43,22 @@ def ensemble_members(run, names: Sequence[str]) -> list[str]:
     return run.ensemble_of(names)
 
 
+def metrics_of(log_probs: torch.Tensor, labels: torch.Tensor, class_names) -> dict[str, Any]:
+    """Classification metrics ranked on log-probabilities (no ties where probabilities underflow)."""
+    return classification_metrics(log_probs.exp(), labels, class_names, log_probs=log_probs)
+
+
 def classification_section(run, split: str, names: Sequence[str]) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on ``split`` (None when it has no labelled item)."""
     stream = split_stream(run, split)
     if int((stream.split.y >= 0).sum()) == 0:
         return None
     logits, _, labels = predict_with_features(run.cohort, stream, names)
-    probs = {n: F.softmax(z, dim=1) for n, z in logits.items()}
     class_names = run.class_names
-    result = {name: classification_metrics(p, labels, class_names) for name, p in probs.items()}
+    result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
     averaged = ensemble_members(run, names)
     if len(averaged) > 1:
-        mean = torch.stack([probs[n] for n in averaged]).mean(0)
-        result[ENSEMBLE] = classification_metrics(mean, labels, class_names)
+        result[ENSEMBLE] = metrics_of(ensemble_log_probs([logits[n] for n in averaged]), labels, class_names)
     return result
 
 

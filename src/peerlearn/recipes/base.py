@@ -223,6 +223,15 @@ class Recipe:
         return {"early_stopping": self.early_stopping.summary()}
 
 
+def saved_members(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> list[str]:
+    """Members of a peerlearn weights file (keys ``<member>.<parameter>``) whose tensors fit ``model_keys``;
+    empty for a plain state dict."""
+    if set(tensors) & model_keys:
+        return []
+    prefixes = dict.fromkeys(k.split(".", 1)[0] for k in tensors if "." in k)
+    return [p for p in prefixes if {k[len(p) + 1:] for k in tensors if k.startswith(p + ".")} & model_keys]
+
+
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
     """Initial weights from a .safetensors file, or from a peerlearn run directory (member ``name``)."""
     path = Path(source)
@@ -239,6 +248,11 @@ def load_member_weights(model: torch.nn.Module, source: str, name: str, index: i
         raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
     prefix = f"{name}."
     own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    saved = saved_members(tensors, set(model.state_dict()))
+    if not own and saved:
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} holds the weights of "
+                          f"member(s) {', '.join(saved)}, none named {name!r}; name members.{index} after the saved "
+                          f"member (name: {saved[0]}).")
     state = own or tensors
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -272,7 +272,7 @@ class DistillRecipe(Recipe):
                     predicted = (z + vector).argmax(1)
                     on_omitted = torch.isin(y, omitted)
                     report["splits"].setdefault(split, {})[label] = {
-                        **score(torch.softmax(z + vector, 1), y),
+                        **score(torch.log_softmax(z + vector, 1), y),
                         "errors": int((predicted != y).sum()),
                         "errors_on_omitted": int((predicted != y)[on_omitted].sum()),
                         "omitted_items": int(on_omitted.sum()),

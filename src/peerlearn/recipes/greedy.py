@@ -240,8 +240,8 @@ class GreedyRecipe(Recipe):
             y = torch.cat(labels)
             logits = [torch.cat(z) for z in heads]
             ensemble = weighted_ensemble(logits)
-            result[split] = {"heads_top1": [score(z.softmax(1), y)["top1"] for z in logits],
-                             "ensemble": score(ensemble.softmax(1), y)}
+            result[split] = {"heads_top1": [score(z.log_softmax(1), y)["top1"] for z in logits],
+                             "ensemble": score(ensemble.log_softmax(1), y)}
         model.train(was_training)
         return result
 

@@ -125,6 +125,7 @@ class TransferRecipe(Recipe):
                 kwargs["image_size"] = size
                 kwargs["in_features"] = base["in_channels"] * size * size
             backbones.append(load_backbone(spec, index, member_config, kwargs))
+        self._check_member_model(backbones)
         torch.manual_seed(member_seed(self.config.seed, 0))
         mean, std = self.data.mean, self.data.std
         background = [-m / s for m, s in zip(mean, std)] if self.data.is_image else None
@@ -132,6 +133,17 @@ class TransferRecipe(Recipe):
                               dropout=self.settings.head_dropout,
                               input_pads=[s.input_pad for s in self.settings.backbones], background=background)
         return model.to(self.device)
+
+    def _check_member_model(self, backbones: list) -> None:
+        """``members.0.model`` names the backbone architecture: it builds a weights file given without ``model``,
+        and at least one backbone must be of it (a run directory or timm brings its own architecture; a
+        ``members.0.model`` that no backbone uses would be silently ignored)."""
+        member_config = self.config.members[0]
+        used = [b.network_record["model"] for b in backbones if b.network_record["kind"] == "registry"]
+        if used and member_config.model not in used:  # (timm backbones alone: the name is timm's)
+            raise ConfigError(f"Invalid config: key 'members.0.model' has the value {member_config.model!r}, but the "
+                              f"transfer network is built from 'transfer.backbones', whose architecture is "
+                              f"{', '.join(dict.fromkeys(used))}; set members.0.model to it.")
 
     def build_cohort(self) -> Cohort:
         model = self.build_transfer_model()
