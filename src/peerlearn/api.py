@@ -25,7 +25,7 @@ from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable
-from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
+from peerlearn.engine.trainer import CHECKPOINT_NAME
 from peerlearn.errors import PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 
@@ -85,8 +85,7 @@ def prepare_run(config: RunConfig, distributed=None):
     set_determinism(config)
     device = distributed.device if distributed is not None else resolve_device(config.train.device)
     data = load_data(config.data, seed=config.seed)
-    recipe = get_recipe(config.recipe)(config, data, device)
-    recipe.distributed = distributed
+    recipe = get_recipe(config.recipe)(config, data, device, distributed=distributed)
     recipe.build_cohort()
     configure(recipe, device)
     return data, device, recipe
@@ -159,15 +158,7 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
 
 def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, checkpoint: Optional[Path], data, device,
          recipe) -> RunResult:
-    trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
-                      run_dir, callbacks=recipe.callbacks(),
-                      extra_state=getattr(recipe, "extra_state", None),
-                      load_extra_state=getattr(recipe, "load_extra_state", None),
-                      describe_run=recipe.describe_run)
-    recipe.trainer = trainer
-    trainer.distributed = distributed
-    for logger in getattr(recipe, "extra_loggers", lambda: [])():
-        trainer.extra_loggers = getattr(trainer, "extra_loggers", []) + [logger]
+    trainer = recipe.build_trainer(run_dir)
     started = time.perf_counter()
     final = trainer.fit(resume_from=checkpoint)
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)

@@ -96,7 +96,7 @@ class Trainer:
                  eval_streams: dict[str, BatchStream], run_dir: Path, callbacks: list[Callback] = (),
                  extra_state: Optional[Callable[[], dict]] = None,
                  load_extra_state: Optional[Callable[[dict], None]] = None,
-                 describe_run: Optional[Callable[[], dict]] = None):
+                 describe_run: Optional[Callable[[], dict]] = None, distributed=None):
         self.config = config
         self.cohort = cohort
         self.stages = stages
@@ -117,7 +117,9 @@ class Trainer:
         self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
         self._epoch_sums: dict[str, float] = {}  # running sums of the current epoch's logged values
         self._epoch_count = 0
-        self.distributed = None  # a DistContext when this is one process of a distributed run
+        self._pending_member_state: Optional[dict] = None  # a restored checkpoint's optimizer/schedule states
+        self._pending_rng: Optional[dict] = None  # its RNG states, set when its stage starts
+        self.distributed = distributed  # a DistContext when this is one process of a distributed run
 
     @property
     def is_main(self) -> bool:
@@ -225,7 +227,7 @@ class Trainer:
         self._pending_rng = state["rng"]
 
     def _load_optimizers(self) -> None:
-        pending = getattr(self, "_pending_member_state", None)
+        pending = self._pending_member_state
         if not pending:
             return
         for name, entry in pending.items():
@@ -243,8 +245,6 @@ class Trainer:
         resume_step = self.position.global_step if resume_from is not None else None
         self.log = (open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
                     if self.is_main else _NullLog())
-        for logger in getattr(self, "extra_loggers", []):
-            self.log.extra_loggers.append(logger)
         try:
             for stage_index in range(self.position.stage, len(self.stages)):
                 stage = self.stages[stage_index]
@@ -253,7 +253,7 @@ class Trainer:
                 for callback in self.callbacks:
                     callback.on_stage_start(self, stage_index, stage)
                 self._load_optimizers()
-                if getattr(self, "_pending_rng", None) is not None:
+                if self._pending_rng is not None:
                     set_rng_state(self._pending_rng)
                     self._pending_rng = None
                 self._run_stage(stage_index, stage)
@@ -366,9 +366,6 @@ class Trainer:
 
 class _NullLog:
     """The metrics log of a non-main process of a distributed run: writes nothing."""
-
-    def __init__(self):
-        self.extra_loggers: list = []
 
     def log(self, *args, **kwargs) -> None: ...
 

@@ -17,7 +17,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
-from peerlearn.engine.trainer import Callback, Stage, check_finite
+from peerlearn.engine.trainer import Callback, Stage, Trainer, check_finite
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
@@ -35,7 +35,7 @@ class Recipe:
 
     name = "base"
 
-    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None):
         self.config = config
         self.data = data
         self.device = device
@@ -52,7 +52,8 @@ class Recipe:
         self.regularizer = Regularizer(config.regularize, data.num_classes)
         self.early_stopping: EarlyStopping | None = self._build_early_stopping()
         self.autocast_dtype: torch.dtype | None = None  # set by engine.acceleration (bf16 on CUDA)
-        self.distributed = None  # a DistContext in a multi-process run (engine.distributed)
+        self.distributed = distributed  # a DistContext in a multi-process run (engine.distributed)
+        self.trainer: Trainer | None = None  # made by build_trainer
 
     def autocast(self):
         """Context for the forward passes: bf16 autocast when ``engine.precision: bf16`` on CUDA, else nothing.
@@ -158,7 +159,7 @@ class Recipe:
         as detached targets), so one backward of Σ_k L_k gives each member exactly the gradient of its own L_k.
         """
         for member, loss in zip(members, losses):
-            check_finite(loss, member.name, getattr(self, "trainer", None))
+            check_finite(loss, member.name, self.trainer)
         total = sum(losses)
         for member in members:
             member.zero_grad()
@@ -166,6 +167,15 @@ class Recipe:
         for member in members:
             member.step()
         return total.detach() / len(members)
+
+    def build_trainer(self, run_dir: Path) -> Trainer:
+        """The trainer of this recipe's cohort and stages, writing into ``run_dir`` (kept as ``self.trainer``:
+        loss checks name the position and the last good checkpoint in their messages)."""
+        self.trainer = Trainer(self.config, self.cohort, self.stages(), self.train_stream, self.eval_streams, run_dir,
+                               callbacks=self.callbacks(), extra_state=self.extra_state,
+                               load_extra_state=self.load_extra_state, describe_run=self.describe_run,
+                               distributed=self.distributed)
+        return self.trainer
 
     def callbacks(self) -> list[Callback]:
         """Callbacks of the trainer; recipes that add their own extend ``super().callbacks()``."""

@@ -46,8 +46,8 @@ DEFAULT_BIAS_GRID = [0.25 * i for i in range(41)]  # 0, 0.25, ..., 10
 class DistillRecipe(Recipe):
     name = "distill"
 
-    def __init__(self, config, data, device):
-        super().__init__(config, data, device)
+    def __init__(self, config, data, device, distributed=None):
+        super().__init__(config, data, device, distributed)
         self.settings = config.distill
         self.teacher_names, self.student_names = self._roles()
         self._check_settings()

@@ -44,8 +44,8 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 class GreedyRecipe(Recipe):
     name = "greedy"
 
-    def __init__(self, config, data, device):
-        super().__init__(config, data, device)
+    def __init__(self, config, data, device, distributed=None):
+        super().__init__(config, data, device, distributed)
         if len(config.members) != 1:
             raise ConfigError(f"Invalid config: key 'members' lists {len(config.members)} members; the greedy recipe "
                               "trains exactly one (a layerwise_cnn).")

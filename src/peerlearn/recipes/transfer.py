@@ -46,7 +46,7 @@ from peerlearn.transfer.streams import (WeightedBatchStream, concat_splits, doma
 class TransferRecipe(Recipe):
     name = "transfer"
 
-    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None):
         settings = config.transfer
         if not settings.backbones:
             raise ConfigError("Invalid config: recipe 'transfer' needs key 'transfer.backbones' (at least one "
@@ -60,7 +60,7 @@ class TransferRecipe(Recipe):
         if settings.mode == "features" and any(v for v in config.data.augment.model_dump().values()):
             raise ConfigError("Invalid config: key 'data.augment' is set, but transfer.mode=features trains on "
                               "cached features of the unaugmented images; use mode finetune or staged.")
-        super().__init__(config, data, device)
+        super().__init__(config, data, device, distributed)
         self.settings = settings
         self.n_target: Optional[int] = None
         self.source_weights: Optional[torch.Tensor] = None
