@@ -226,6 +226,11 @@ class RunReader:
         recorded = record["data"]
         data_config = type(config.data).model_validate(recorded["config"])
         data = load_data(data_config, seed=recorded["seed"])
+        sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+        if recorded.get("sizes", sizes) != sizes:
+            raise PeerlearnError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
+                                 f"{str(self.run_dir)!r} was trained and scored on {recorded['sizes']}: its files "
+                                 "changed since; evaluate with the dataset the run was trained on.")
         data.mean, data.std = list(recorded["normalization"]["mean"]), list(recorded["normalization"]["std"])
         data.class_names = list(recorded["class_names"])
         return data

@@ -68,6 +68,7 @@ def data_pipeline(data_config: Any, seed: int, data) -> dict[str, Any]:
     return {"seed": seed, "config": data_config.model_dump(mode="json"), "source": data.name,
             "class_names": list(data.class_names), "num_classes": data.num_classes,
             "model_kwargs": data.model_kwargs(), "input": layout,
+            "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "normalization": {"scale": scale, "mean": list(data.mean), "std": list(data.std)}}
 
 
