@@ -2,6 +2,7 @@
 a teacher named unlike its saved member, the non-main rank's log."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,22 @@ def test_the_log_of_a_non_main_rank_closes_like_the_real_one():
     log = _NullLog()
     log.close(finished=False)  # a TypeError here used to replace the real error of a failed rank
     log.close()
+
+
+def test_reading_a_run_whose_dataset_changed_or_that_has_no_record_is_a_clear_error(source_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from peerlearn.cli import main
+
+    changed = Path(shutil.copytree(source_run.run_dir, tmp_path / "changed"))
+    record = json.loads((changed / "run.json").read_text())
+    record["data"]["sizes"]["test"] += 1
+    (changed / "run.json").write_text(json.dumps(record))
+    assert main(["evaluate", str(changed)]) == 1
+    assert "files changed since" in capsys.readouterr().err
+    older = Path(shutil.copytree(source_run.run_dir, tmp_path / "older"))
+    (older / "run.json").unlink()
+    (older / "checkpoint.safetensors").unlink()
+    assert main(["evaluate", str(older)]) == 1
+    assert "no run.json" in capsys.readouterr().err

@@ -142,10 +142,12 @@ CASES: dict[str, Case] = {
     "distill-teacher-stage": Case(lambda s: config("kd-stage", "distill",
                                                    [{"name": "t", **CNN, "trainable": False}, {"name": "s", **MLP}],
                                                    distill={"teacher_epochs": 1})),
+    # two students: their ensemble (not the teachers') is summary.json's and evaluate's
     "distill-two-teachers": Case(lambda s: config("kd-two", "distill",
                                                   [{"name": "t1", **CNN, "trainable": False},
                                                    {"name": "t2", **MLP, "trainable": False},
-                                                   {"name": "s", **MLP}], distill={"teacher_epochs": 1})),
+                                                   {"name": "s1", **MLP}, {"name": "s2", **CNN}],
+                                                  distill={"teacher_epochs": 1})),
     "greedy-k1-cache": Case(greedy(1, "auto"), probe=True, formats=GREEDY_FAST_FORMATS),
     "greedy-k2-nocache": Case(greedy(2, "off"), probe=True, formats=GREEDY_FAST_FORMATS),
     "greedy-k3-cache": Case(greedy(3, "on"), probe=True, formats=GREEDY_FAST_FORMATS),
@@ -189,6 +191,10 @@ def run_main(capsys, *argv: str) -> str:
 def test_evaluate_reports_the_summary(case, trained, capsys):
     result = trained(case)
     summary = result.summary
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["finished"] and record["stage"]["index"] == len(record["stage"]["names"]) - 1
+    students = [m["name"] for m in record["members"] if m["role"] == "student"]
+    assert record["ensemble"] == students  # the cohort's ensemble is its students, never its teachers
     for split in ("test", "val"):
         evaluation = json.loads(run_main(capsys, "evaluate", str(result.run_dir), "--split", split, "--json"))
         scores = evaluation["classification"]
