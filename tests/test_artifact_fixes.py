@@ -101,3 +101,25 @@ def test_reading_a_run_whose_dataset_changed_or_that_has_no_record_is_a_clear_er
     (older / "checkpoint.safetensors").unlink()
     assert main(["evaluate", str(older)]) == 1
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_a_run_is_read_from_its_directory_alone(source_run, tmp_path):
+    """The teacher's run, the backbone's run and the feature cache may be gone: evaluation needs none of them."""
+    import shutil
+
+    from peerlearn.evaluate.runner import evaluate_run
+
+    source = Path(shutil.copytree(source_run.run_dir, tmp_path / "source"))
+    data = {"source": "digits", "train_subset": 200, "val_size": 50}
+    teacher = {**ONE[0], "trainable": False, "weights": str(source)}
+    distilled = peerlearn.train(tiny_config(recipe="distill", members=[teacher, {"name": "s", "model": "mlp"}],
+                                            distill={"teacher_epochs": 0}, data=data), out=tmp_path / "runs")
+    features = peerlearn.train(tiny_config(recipe="transfer", members=ONE, data=data, transfer={
+        "mode": "features", "backbones": [{"source": str(source)}], "cache_dir": str(tmp_path / "cache")}),
+        out=tmp_path / "runs")
+    shutil.rmtree(source)
+    shutil.rmtree(tmp_path / "cache")
+    for result in (distilled, features):
+        scores = evaluate_run(result.run_dir, save=False)["classification"]
+        for name, entry in result.summary["members"].items():
+            assert scores[name]["top1"] == pytest.approx(entry["test"]["top1"], abs=1e-6)
