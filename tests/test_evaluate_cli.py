@@ -72,7 +72,8 @@ def test_cka_untrained_below_independent_below_mutual(run_dir, tmp_path):
     def cka(recipe):
         return feature_analyses(recipe, analysis_stream(recipe, "test"), ["a", "b"], tsne_items=0)[0]["a"]["b"]
 
-    config, _, mutual = load_run(run_dir)
-    _, _, untrained = prepare_run(config)
-    independent = peerlearn.train(tiny_config(recipe="independent"), out=tmp_path).recipe
+    mutual = load_run(run_dir)
+    untrained = load_run(run_dir)
+    untrained.cohort = prepare_run(mutual.config)[2].cohort  # the members' initial weights
+    independent = load_run(peerlearn.train(tiny_config(recipe="independent"), out=tmp_path).run_dir)
     assert cka(untrained) + 0.1 < cka(independent) < cka(mutual) - 0.1

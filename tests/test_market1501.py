@@ -16,6 +16,7 @@ from peerlearn.api import prepare_run
 from peerlearn.cli import main
 from peerlearn.errors import DataError
 from peerlearn.evaluate.runner import retrieval_section
+from peerlearn.run_reader import LoadedRun
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,9 @@ def test_market_config_trains_and_evaluates_retrieval(market, tmp_path, capsys):
                                 "optim.lr=0.003", "train.epochs=3", "train.threads=1", 'train.progress="off"',
                                 "tracking.tensorboard=false"])
     assert config.optim.name == "adam" and config.optim.betas == (0.5, 0.999) and config.data.batch_size == 16
-    _, _, untrained = prepare_run(config)
+    _, _, recipe = prepare_run(config)
+    untrained = LoadedRun(tmp_path, {"ensemble": ["a", "b"]}, config, recipe.data, recipe.cohort, recipe.normalizer,
+                          recipe.device, tmp_path)
     before = retrieval_section(untrained, ["a", "b"])["scores"]
     run_dir = peerlearn.train(config, out=tmp_path / "runs").run_dir
     assert main(["evaluate", str(run_dir), "--json"]) == 0

@@ -94,11 +94,10 @@ def test_variants_train_and_log_their_terms(tiny, tmp_path, options):
 
 
 def _entropy_of(result):
-    from peerlearn.analysis_runner import analysis_stream
     from peerlearn.evaluate.analyses import posterior_entropy
 
-    stream = analysis_stream(result.recipe, "train")
-    return posterior_entropy(result.cohort, stream)
+    run = peerlearn.load_run(result.run_dir)
+    return posterior_entropy(run.cohort, run.stream("train"))
 
 
 def test_dml_members_end_with_higher_posterior_entropy_than_independent_ones(tiny, tmp_path):

@@ -90,7 +90,7 @@ def test_regularizer_center_loss_moves_centres_only_in_training_steps():
 # ------------------------------------------------------------------ early stopping
 class _FakeTrainer:
     def __init__(self, run_dir):
-        self.position, self.stop_requested, self.run_dir, self.cohort = Position(), False, run_dir, []
+        self.position, self.stage_done, self.run_dir, self.cohort = Position(), False, run_dir, []
 
 
 @pytest.mark.parametrize("metric, values, stop_epoch, best_epoch", [
@@ -105,7 +105,7 @@ def test_early_stopping_counts_patience_and_min_delta(tmp_path, metric, values, 
         trainer.position.global_epoch = epoch
         callback.on_epoch_end(trainer, {"val": {"a": {metric: value}, "b": {metric: value},
                                                 "ensemble": {metric: -1.0}}})
-        if trainer.stop_requested:
+        if trainer.stage_done:
             break
     assert callback.stopped_epoch == stop_epoch and callback.best_epoch == best_epoch
 

@@ -17,29 +17,24 @@ DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
 
 
-def analysis_stream(recipe, split: str, limit: int | None = None) -> BatchStream:
+def analysis_stream(run, split: str, limit: int | None = None) -> BatchStream:
     """An unshuffled, un-augmented stream over ``split`` ('train', 'val' or 'test'), optionally the first
     ``limit`` items (the flatness probe on all of a large training set is slow)."""
-    from peerlearn.data.bundle import Split
-
-    data_split = getattr(recipe.data, split)
-    if limit is not None and limit < len(data_split):
-        data_split = Split(data_split.x[:limit], data_split.y[:limit])
-    return BatchStream(data_split, recipe.config.data.eval_batch_size, recipe.normalizer, recipe.device, shuffle=False)
+    return run.stream(split, limit)
 
 
-def feature_analyses(recipe, stream: BatchStream, names: Sequence[str], tsne_items: int = DEFAULT_TSNE_ITEMS,
+def feature_analyses(run, stream: BatchStream, names: Sequence[str], tsne_items: int = DEFAULT_TSNE_ITEMS,
                      perplexity: float = 30.0, seed: int = 0) -> tuple[dict, dict | None]:
     """Linear CKA between every pair of members, and the t-SNE of the first two members' features
     on the first ``tsne_items`` items of ``stream`` (None when ``tsne_items`` is 0)."""
-    _, features, labels = predict_with_features(recipe.cohort, stream, names)
+    _, features, labels = predict_with_features(run.cohort, stream, names)
     cka = cka_matrix(features, names)
     embedding = None
     if tsne_items and len(labels) >= 4:
         keep = min(tsne_items, len(labels))
         embedding = tsne_embedding({n: features[n][:keep] for n in names[:2]}, labels[:keep], names[:2],
-                                   perplexity=perplexity, seed=seed, class_names=recipe.data.class_names,
-                                   threads=recipe.config.train.threads or 1)
+                                   perplexity=perplexity, seed=seed, class_names=run.class_names,
+                                   threads=run.config.train.threads or 1)
     return cka, embedding
 
 
@@ -48,18 +43,16 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
                 tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0) -> dict[str, Any]:
     """Posterior entropy, rank-1..5 mass, the flatness curve of every member, linear CKA between members'
     features and a t-SNE map of two members' features; saved as analysis.json (the map as tsne.json)."""
-    from peerlearn.evaluate.runner import select_members
-
-    config, data, recipe = load_run(run_dir)
-    names = select_members(recipe, members)
-    stream = analysis_stream(recipe, split, limit)
-    cka, embedding = feature_analyses(recipe, stream, names, tsne_items, perplexity, seed=config.seed)
+    run = load_run(run_dir)
+    names = run.select(members)
+    stream = analysis_stream(run, split, limit)
+    cka, embedding = feature_analyses(run, stream, names, tsne_items, perplexity, seed=run.config.seed)
     result = {
         "split": split,
         "items": len(stream.split),
-        "entropy": posterior_entropy(recipe.cohort, stream, names),
-        "rank_mass": rank_mass(recipe.cohort, stream, names),
-        "flatness": cohort_flatness(recipe.cohort, stream, sigmas, draws, seed=config.seed, names=names),
+        "entropy": posterior_entropy(run.cohort, stream, names),
+        "rank_mass": rank_mass(run.cohort, stream, names),
+        "flatness": cohort_flatness(run.cohort, stream, sigmas, draws, seed=run.config.seed, names=names),
         "cka": cka,
         "tsne": None,
     }

@@ -25,7 +25,7 @@ from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, write_text_file
-from peerlearn.engine.trainer import CHECKPOINT_NAME, Trainer
+from peerlearn.engine.trainer import CHECKPOINT_NAME
 from peerlearn.errors import ConfigError, PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 from peerlearn.data.user import UserData
@@ -98,9 +98,8 @@ def prepare_run(config: RunConfig, distributed=None, user=None):
                      raw=user_data.to_raw(config.data) if user_data is not None else None)
     if user_data is not None:
         data.batch_transform = user_data.transform
-    recipe = get_recipe(config.recipe)(config, data, device)
-    recipe.distributed = distributed
-    recipe.user_members = dict(user.members) if user is not None else {}
+    recipe = get_recipe(config.recipe)(config, data, device, distributed=distributed,
+                                       user_members=dict(user.members) if user is not None else None)
     recipe.build_cohort()
     configure(recipe, device)
     return data, device, recipe
@@ -201,20 +200,13 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
 
 def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, checkpoint: Optional[Path], data, device,
          recipe) -> RunResult:
-    trainer = Trainer(run_config, recipe.cohort, recipe.stages(), recipe.train_stream, recipe.eval_streams,
-                      run_dir, callbacks=recipe.callbacks(),
-                      extra_state=getattr(recipe, "extra_state", None),
-                      load_extra_state=getattr(recipe, "load_extra_state", None))
-    recipe.trainer = trainer
-    trainer.distributed = distributed
-    for logger in getattr(recipe, "extra_loggers", lambda: [])():
-        trainer.extra_loggers = getattr(trainer, "extra_loggers", []) + [logger]
+    trainer = recipe.build_trainer(run_dir)
     started = time.perf_counter()
     final = trainer.fit(resume_from=checkpoint)
     summary = build_summary(run_config, data, recipe, final, device, time.perf_counter() - started)
     if distributed is not None:
         summary["processes"] = distributed.world_size
-    if getattr(trainer, "changes", None):
+    if trainer.changes:
         summary["changes"] = trainer.changes  # settings changed by `--resume --change`, with their step
     if is_main:
         try:
@@ -250,28 +242,15 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
         "device": str(device),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "class_names": list(data.class_names),
         **recipe.summary_extra(),
     }
 
 
 def load_run(run_dir: Union[str, Path], device: str = "cpu"):
-    """Rebuild a finished run's data, recipe and cohort with its final weights (for analyses and export)."""
-    from peerlearn.engine.checkpoint import load_weights
+    """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
+    the dataset, the eval-mode members with their final weights and roles, and streams over the splits
+    (``peerlearn.run_reader``). It unpacks as ``config, data, run``."""
+    from peerlearn.run_reader import read_run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_NAME).is_file():
-        raise PeerlearnError(f"{str(run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
-    config = load_config(run_dir / CONFIG_NAME, [f"train.device={device}"])
-    # initial weights (e.g. a teacher's run directory) may be gone: the run's own final weights replace them
-    weighted = {f"members.{i}.weights": str(run_dir) for i, m in enumerate(config.members) if m.weights}
-    if weighted and (run_dir / "model.safetensors").is_file():
-        config = load_config(config, weighted)
-    data, _, recipe = prepare_run(config)
-    weights_path = run_dir / "model.safetensors"
-    if not weights_path.is_file():
-        raise PeerlearnError(f"The run {str(run_dir)!r} has no model.safetensors: it has not finished. "
-                             "Resume it with --resume first.")
-    for member in recipe.cohort:
-        member.model.load_state_dict(load_weights(weights_path, member.name))
-    recipe.cohort.eval()
-    return config, data, recipe
+    return read_run(run_dir, device=device)

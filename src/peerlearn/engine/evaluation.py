@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -34,18 +35,36 @@ def predict(cohort: Cohort, stream: BatchStream, names: Iterable[str],
     return {n: torch.cat(v) for n, v in logits.items()}, torch.cat(labels)
 
 
-def topk_accuracy(probs_or_logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Fraction of items whose label is among the k highest scores."""
-    top = probs_or_logits.topk(min(k, probs_or_logits.shape[1]), dim=1).indices
-    return float((top == labels[:, None]).any(1).float().mean())
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of labelled items (label ≥ 0) whose label is among the k highest ``scores`` (NaN without any).
+
+    The one top-k of peerlearn (training's evaluations and `peerlearn evaluate` alike). Give logits or
+    log-probabilities, not probabilities: probabilities far below the top underflow to exactly 0, and the
+    order among those ties would decide top-5. Equal scores rank by class index (lowest first), like argmax.
+    """
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels)
+    keep = labels >= 0
+    scores, labels = scores[keep], labels[keep].long()
+    if len(labels) == 0:
+        return float("nan")
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :min(k, scores.shape[1])]
+    return float((order == labels[:, None]).any(1).double().mean())
 
 
-def score(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """top1, top5 (when there are ≥ 5 classes) and the negative log-likelihood of ``probs``."""
-    result = {"top1": topk_accuracy(probs, labels, 1),
-              "nll": float(F.nll_loss(probs.clamp_min(1e-12).log(), labels))}
-    if probs.shape[1] >= 5:
-        result["top5"] = topk_accuracy(probs, labels, 5)
+def ensemble_log_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """log of the mean of the members' probabilities, log(1/M · Σ_m softmax(z_m)), computed as
+    logsumexp_m(log_softmax(z_m)) − log M (no underflow: classes keep their order far below the top)."""
+    stacked = torch.stack([F.log_softmax(z.float(), dim=1) for z in logits])
+    return torch.logsumexp(stacked, dim=0) - math.log(len(logits))
+
+
+def score(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top1, top5 (when there are ≥ 5 classes) and the negative log-likelihood, from log-probabilities
+    (``log_softmax(logits)``, or ``ensemble_log_probs``)."""
+    result = {"top1": topk_accuracy(log_probs, labels, 1),
+              "nll": float(F.nll_loss(log_probs.float(), labels))}
+    if log_probs.shape[1] >= 5:
+        result["top5"] = topk_accuracy(log_probs, labels, 5)
     return result
 
 
@@ -54,9 +73,8 @@ def evaluate_cohort(cohort: Cohort, stream: BatchStream, names: Iterable[str],
     """Scores of every named member and of the ensemble (mean of probabilities of ``ensemble``)."""
     names = list(names)
     logits, labels = predict(cohort, stream, names, progress=progress)
-    probs = {n: F.softmax(z, dim=1) for n, z in logits.items()}
-    results = {n: score(p, labels) for n, p in probs.items()}
-    ensemble = [n for n in (ensemble if ensemble is not None else names) if n in probs]
+    results = {n: score(F.log_softmax(z, dim=1), labels) for n, z in logits.items()}
+    ensemble = [n for n in (ensemble if ensemble is not None else names) if n in logits]
     if len(ensemble) > 1:
-        results[ENSEMBLE] = score(torch.stack([probs[n] for n in ensemble]).mean(0), labels)
+        results[ENSEMBLE] = score(ensemble_log_probs([logits[n] for n in ensemble]), labels)
     return results

@@ -25,6 +25,7 @@ from peerlearn.engine.epoch_log import log_epoch
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters
 from peerlearn.engine.preemption import StopSignals, preempted, requested_signal
+from peerlearn.engine.run_record import stage_record, write_run_record
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import PeerlearnError, ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
@@ -62,9 +63,17 @@ class Position:
 
 
 class Callback:
-    """Hooks around the loop. ``state_dict`` is saved in checkpoints so resumes continue exactly."""
+    """Hooks around the loop. ``state_dict`` is saved in checkpoints so resumes continue exactly.
+
+    Callbacks know the stage: ``on_stage_start`` runs when a stage begins or is resumed (after its
+    ``start``), ``on_stage_end`` when it ends (its last epoch, or ``trainer.stage_done`` set by a callback).
+    """
+
+    def on_stage_start(self, trainer: "Trainer", index: int, stage: Stage) -> None: ...
 
     def on_epoch_end(self, trainer: "Trainer", results: dict[str, Any]) -> None: ...
+
+    def on_stage_end(self, trainer: "Trainer", index: int, stage: Stage) -> None: ...
 
     def on_fit_end(self, trainer: "Trainer") -> None: ...
 
@@ -90,7 +99,8 @@ class Trainer:
     def __init__(self, config: RunConfig, cohort: Cohort, stages: list[Stage], train_stream: BatchStream,
                  eval_streams: dict[str, BatchStream], run_dir: Path, callbacks: list[Callback] = (),
                  extra_state: Optional[Callable[[], dict]] = None,
-                 load_extra_state: Optional[Callable[[dict], None]] = None):
+                 load_extra_state: Optional[Callable[[dict], None]] = None,
+                 describe_run: Optional[Callable[[], dict]] = None, distributed=None):
         self.config = config
         self.cohort = cohort
         self.stages = stages
@@ -100,16 +110,21 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.position = Position()
         self.history: list[dict[str, Any]] = []
-        self.stop_requested = False
+        self.stop_requested = False  # end the whole fit after this epoch
+        self.stage_done = False  # end the current stage after this epoch (early stopping)
+        self.describe_run = describe_run  # the recipe's part of run.json (engine.run_record)
         self.extra_state = extra_state
         self.load_extra_state = load_extra_state
         self.log: Optional[MetricsLog] = None
         self.last_results: dict[str, Any] = {}
         self.elapsed = 0.0
+        self.changes: list[dict[str, Any]] = []  # settings changed by `--resume --change` (engine.resume)
         self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
         self._epoch_sums: dict[str, float] = {}  # running sums of the current epoch's logged values
         self._epoch_count = 0
-        self.distributed = None  # a DistContext when this is one process of a distributed run
+        self._pending_member_state: Optional[dict] = None  # a restored checkpoint's optimizer/schedule states
+        self._pending_rng: Optional[dict] = None  # its RNG states, set when its stage starts
+        self.distributed = distributed  # a DistContext when this is one process of a distributed run
 
     @property
     def is_main(self) -> bool:
@@ -160,8 +175,25 @@ class Trainer:
             "elapsed": self.elapsed,
             "extra": self.extra_state() if self.extra_state else {},
             "config": self.config.model_dump(mode="json"),
-            "changes": list(getattr(self, "changes", [])),
+            "changes": list(self.changes),
+            "run": self.run_record(finished=False),
         }
+
+    def run_record(self, finished: bool) -> Optional[dict[str, Any]]:
+        """run.json: the recipe's description of the run plus where training stands (engine.run_record)."""
+        if self.describe_run is None:
+            return None
+        index = min(self.position.stage, len(self.stages) - 1)
+        stage = self.stages[index]
+        return {**self.describe_run(), "finished": finished,
+                "stage": stage_record(index, stage.name, self.position.epoch, [s.name for s in self.stages]),
+                "ensemble": list(stage.ensemble_members or [m.name for m in self.cohort.trainable]),
+                "evaluated": list(stage.eval_members or self.cohort.names)}
+
+    def write_run_record(self, finished: bool) -> None:
+        record = self.run_record(finished)
+        if record is not None and self.is_main:
+            write_run_record(self.run_dir, record)
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint atomically (main process only); a failed write (full disk, ...) keeps the
@@ -169,7 +201,10 @@ class Trainer:
         check_weights_finite(self)  # never save (or go on from) inf/NaN weights or BatchNorm statistics
         if self.is_main:
             try:
-                save_state(self.checkpoint_path, self.state())
+                state = self.state()
+                save_state(self.checkpoint_path, state)
+                if state["run"] is not None:
+                    write_run_record(self.run_dir, state["run"])
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
@@ -205,7 +240,7 @@ class Trainer:
         self._pending_rng = state["rng"]
 
     def _load_optimizers(self) -> None:
-        pending = getattr(self, "_pending_member_state", None)
+        pending = self._pending_member_state
         if not pending:
             return
         for name, entry in pending.items():
@@ -219,7 +254,7 @@ class Trainer:
             except (KeyError, ValueError, RuntimeError) as error:
                 raise PeerlearnError(f"The checkpoint's optimizer state of member {name!r} does not fit the run "
                                      f"({error}); the checkpoint belongs to another config.") from None
-            if getattr(self, "changes", None):  # `--resume --change`: the new settings win over the saved ones
+            if self.changes:  # `--resume --change`: the new settings win over the saved ones
                 refresh_hyperparameters(member, fresh)
         self._pending_member_state = None
 
@@ -230,21 +265,26 @@ class Trainer:
         resume_step = self.position.global_step if resume_from is not None else None
         self.log = (open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
                     if self.is_main else _NullLog())
-        for logger in getattr(self, "extra_loggers", []):
-            self.log.extra_loggers.append(logger)
         self.signals = StopSignals().install()
         try:
             for stage_index in range(self.position.stage, len(self.stages)):
                 stage = self.stages[stage_index]
                 if stage.start is not None:
                     stage.start()
+                for callback in self.callbacks:
+                    callback.on_stage_start(self, stage_index, stage)
                 self._load_optimizers()
-                if getattr(self, "_pending_rng", None) is not None:
+                if self._pending_rng is not None:
                     set_rng_state(self._pending_rng)
                     self._pending_rng = None
                 self._run_stage(stage_index, stage)
                 if self.stop_requested:
                     break
+                for callback in self.callbacks:
+                    callback.on_stage_end(self, stage_index, stage)
+                self.stage_done = False
+                if stage_index == len(self.stages) - 1:
+                    break  # the position stays in the last stage: the run ended in it
                 self.position = Position(stage=stage_index + 1, global_step=self.position.global_step,
                                          global_epoch=self.position.global_epoch)
             for callback in self.callbacks:
@@ -291,7 +331,7 @@ class Trainer:
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
         stream = stage.train_stream or self.train_stream
         show = progress_enabled(self.config.train.progress)
-        while self.position.epoch < stage.epochs and not self.stop_requested:
+        while self.position.epoch < stage.epochs and not self.stop_requested and not self.stage_done:
             epoch = self.position.epoch
             started = epoch_started = time.perf_counter()
             self.cohort.train()
@@ -380,15 +420,13 @@ class Trainer:
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
+            self.write_run_record(finished=True)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 
 
 class _NullLog:
     """The metrics log of a non-main process of a distributed run: writes nothing."""
-
-    def __init__(self):
-        self.extra_loggers: list = []
 
     def log(self, *args, **kwargs) -> None: ...
 

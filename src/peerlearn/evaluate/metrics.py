@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from peerlearn.engine.evaluation import topk_accuracy as engine_topk
 
 
 def as_numpy(values) -> np.ndarray:
@@ -37,15 +40,11 @@ def labelled_only(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return probs[keep], labels[keep]
 
 
-def topk_accuracy(probs, labels, k: int) -> float:
-    """Fraction of (labelled) items whose label is among the k highest scores."""
-    probs, labels = labelled_only(probs, labels)
-    if len(labels) == 0:
-        return float("nan")
-    k = min(k, probs.shape[1])
-    # stable: among equal scores the lower class index ranks first, as in the argmax
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float((top == labels[:, None]).any(axis=1).mean())
+def topk_accuracy(scores, labels, k: int) -> float:
+    """Fraction of (labelled) items whose label is among the k highest scores (logits or log-probabilities;
+    see ``peerlearn.engine.evaluation.topk_accuracy``, which this calls)."""
+    scores, labels = labelled_only(scores, labels)
+    return engine_topk(torch.from_numpy(scores), torch.from_numpy(labels), k)
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
@@ -105,10 +104,26 @@ def roc_auc_ovr(probs, labels) -> dict[str, Any]:
     return {"per_class": per_class, "macro": float(np.mean(defined)) if defined else None}
 
 
+def nll(probs: np.ndarray, labels: np.ndarray, log_probs: np.ndarray | None = None) -> float:
+    """Mean −log p(label) over the items (from ``log_probs`` when given, else log of probabilities ≥ 1e-12)."""
+    if len(labels) == 0:
+        return float("nan")
+    rows = np.arange(len(labels))
+    if log_probs is not None:
+        return float(-log_probs[rows, labels].mean())
+    return float(-np.log(np.clip(probs[rows, labels], 1e-12, None)).mean())
+
+
 def classification_metrics(probs, labels, class_names: Sequence[str] | None = None,
-                           auc: bool = True) -> dict[str, Any]:
-    """Everything `peerlearn evaluate` reports for one set of probabilities (JSON-ready)."""
+                           auc: bool = True, log_probs=None) -> dict[str, Any]:
+    """Everything `peerlearn evaluate` reports for one set of probabilities (JSON-ready).
+
+    With ``log_probs`` (log_softmax of the logits, or the log of an ensemble's mean probability), ranks
+    (top-k, ROC-AUC) and the NLL come from them: no tie or log(0) where probabilities underflow."""
+    if log_probs is not None:
+        log_probs, _ = labelled_only(log_probs, labels)
     probs, labels = labelled_only(probs, labels)
+    ranks = log_probs if log_probs is not None else probs
     num_classes = probs.shape[1]
     names = list(class_names) if class_names is not None else [str(c) for c in range(num_classes)]
     predictions = probs.argmax(axis=1)
@@ -116,13 +131,12 @@ def classification_metrics(probs, labels, class_names: Sequence[str] | None = No
     scores = precision_recall_f1(matrix)
     result: dict[str, Any] = {
         "items": int(len(labels)),
-        "top1": topk_accuracy(probs, labels, 1),
-        "top5": topk_accuracy(probs, labels, 5) if num_classes >= 5 else None,
-        "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        if len(labels) else float("nan"),
+        "top1": topk_accuracy(ranks, labels, 1),
+        "top5": topk_accuracy(ranks, labels, 5) if num_classes >= 5 else None,
+        "nll": nll(probs, labels, log_probs),
         "macro_f1": macro_f1(matrix),
     }
-    aucs = roc_auc_ovr(probs, labels) if auc else {"per_class": [None] * num_classes, "macro": None}
+    aucs = roc_auc_ovr(ranks, labels) if auc else {"per_class": [None] * num_classes, "macro": None}
     result["roc_auc_macro"] = aucs["macro"]
     result["per_class"] = [
         {"class": names[c], "precision": float(scores["precision"][c]), "recall": float(scores["recall"][c]),

@@ -76,20 +76,19 @@ def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "t
 
     The probe is fitted on the first ``limit`` training items and scored on ``split`` ('val' or 'test').
     """
-    from peerlearn.analysis_runner import analysis_stream
     from peerlearn.api import load_run
 
-    _, _, recipe = load_run(run_dir)
-    names = recipe.cohort.names
+    run = load_run(run_dir)
+    names = run.cohort.names
     name = member or names[0]
     if name not in names:
         raise PeerlearnError(f"The run has no member {name!r}; its members: {', '.join(names)}.")
     if split not in ("val", "test"):
         raise PeerlearnError(f"The probe is scored on 'val' or 'test', not {split!r}.")
-    if len(getattr(recipe.data, split)) == 0:
+    if len(run.split(split)) == 0:
         raise PeerlearnError(f"The run's {split} split is empty; score the probe on the other split.")
-    rows = separability_by_depth(recipe.cohort[name].model, analysis_stream(recipe, "train", limit),
-                                 analysis_stream(recipe, split), pool=pool, C=C, max_iter=max_iter)
+    rows = separability_by_depth(run.cohort[name].model, run.stream("train", limit), run.stream(split),
+                                 pool=pool, C=C, max_iter=max_iter)
     result = {"member": name, "split": split, "pool": pool, "C": C, "train_items": limit, "depths": rows}
     (Path(run_dir) / "probe.json").write_text(json.dumps(result, indent=2))
     return result

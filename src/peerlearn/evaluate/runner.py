@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
-from peerlearn.engine.evaluation import ENSEMBLE
+from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
@@ -28,67 +28,62 @@ SPLITS = ("train", "val", "test")
 COHORT = "cohort"
 
 
-def split_stream(recipe, split: str) -> BatchStream:
+def split_stream(run, split: str) -> BatchStream:
     """An unshuffled, un-augmented stream over the run's ``split`` ('train', 'val' or 'test')."""
-    if split not in SPLITS:
-        raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    return BatchStream(getattr(recipe.data, split), recipe.config.data.eval_batch_size, recipe.normalizer,
-                       recipe.device, shuffle=False)
+    return run.stream(split)
 
 
-def select_members(recipe, members: Sequence[str] | None) -> list[str]:
+def select_members(run, members: Sequence[str] | None) -> list[str]:
     """The named members (all when None); an unknown name is an error listing the run's members."""
-    names = recipe.cohort.names
-    unknown = [m for m in members or [] if m not in names]
-    if unknown:
-        raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
-    return list(members or names)
+    return run.select(members)
 
 
-def ensemble_members(recipe, names: Sequence[str]) -> list[str]:
-    """Members averaged into the ensemble: the trainable ones among ``names`` (frozen teachers are not)."""
-    return [n for n in names if recipe.cohort[n].trainable]
+def ensemble_members(run, names: Sequence[str]) -> list[str]:
+    """Members averaged into the ensemble: the run's recorded ensemble (its students) among ``names``."""
+    return run.ensemble_of(names)
 
 
-def classification_section(recipe, split: str, names: Sequence[str]) -> dict[str, Any] | None:
+def metrics_of(log_probs: torch.Tensor, labels: torch.Tensor, class_names) -> dict[str, Any]:
+    """Classification metrics ranked on log-probabilities (no ties where probabilities underflow)."""
+    return classification_metrics(log_probs.exp(), labels, class_names, log_probs=log_probs)
+
+
+def classification_section(run, split: str, names: Sequence[str]) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on ``split`` (None when it has no labelled item)."""
-    return classification_scores(recipe, split_stream(recipe, split), names)
+    return classification_scores(run, split_stream(run, split), names)
 
 
-def classification_scores(recipe, stream: BatchStream, names: Sequence[str]) -> dict[str, Any] | None:
+def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on the items of ``stream`` (None when none
     is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
-    logits, _, labels = predict_with_features(recipe.cohort, stream, names)
-    probs = {n: F.softmax(z, dim=1) for n, z in logits.items()}
-    class_names = recipe.data.class_names
-    result = {name: classification_metrics(p, labels, class_names) for name, p in probs.items()}
-    averaged = ensemble_members(recipe, names)
+    logits, _, labels = predict_with_features(run.cohort, stream, names)
+    class_names = run.class_names
+    result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
+    averaged = ensemble_members(run, names)
     if len(averaged) > 1:
-        mean = torch.stack([probs[n] for n in averaged]).mean(0)
-        result[ENSEMBLE] = classification_metrics(mean, labels, class_names)
+        result[ENSEMBLE] = metrics_of(ensemble_log_probs([logits[n] for n in averaged]), labels, class_names)
     return result
 
 
-def retrieval_section(recipe, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS) -> dict[str, Any] | None:
+def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS) -> dict[str, Any] | None:
     """CMC / mAP of each member's features and of the cohort's concatenated features (None without query/gallery)."""
-    parts = recipe.data.retrieval
+    parts = run.data.retrieval
     if not {"query", "gallery"} <= set(parts):
         return None
     features = {}
     for key in ("query", "gallery"):
         part = parts[key]
-        stream = BatchStream(Split(part.x, part.identities), recipe.config.data.eval_batch_size, recipe.normalizer,
-                             recipe.device, shuffle=False)
-        features[key] = predict_with_features(recipe.cohort, stream, names)[1]
+        stream = run.stream_of(Split(part.x, part.identities))
+        features[key] = predict_with_features(run.cohort, stream, names)[1]
     query, gallery = parts["query"], parts["gallery"]
 
     def score(q, g):
         return retrieval_metrics(q, query.identities, query.cameras, g, gallery.identities, gallery.cameras, ranks)
 
     result = {name: score(features["query"][name], features["gallery"][name]) for name in names}
-    averaged = ensemble_members(recipe, names)
+    averaged = ensemble_members(run, names)
     if len(averaged) > 1:
         result[COHORT] = score(concatenate_features([features["query"][n] for n in averaged]),
                                concatenate_features([features["gallery"][n] for n in averaged]))
@@ -112,16 +107,17 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
 
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    _, data, recipe = load_run(run_dir, device=device)
-    names = select_members(recipe, members)
+    run = load_run(run_dir, device=device)
+    data = run.data
+    names = select_members(run, members)
     result = {
         "run_dir": str(run_dir),
         "split": split,
         "items": len(getattr(data, split)),
-        "class_names": data.class_names,
+        "class_names": run.class_names,
         "members": names,
-        "classification": classification_section(recipe, split, names),
-        "retrieval": retrieval_section(recipe, names),
+        "classification": classification_section(run, split, names),
+        "retrieval": retrieval_section(run, names),
     }
     if save:
         (Path(run_dir) / f"evaluation_{split}.json").write_text(json.dumps(result, indent=2))

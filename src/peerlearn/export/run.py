@@ -34,14 +34,33 @@ class ExportResult:
     info: dict[str, Any]
 
 
-def check_batch(recipe, items: int) -> tuple[torch.Tensor, str]:
+def check_batch(run, items: int) -> tuple[torch.Tensor, str]:
     """The first ``items`` items of the test split (else val, else train), preprocessed as in training."""
     for split in ("test", "val", "train"):
-        data_split = getattr(recipe.data, split)
+        data_split = run.split(split, items)
         if len(data_split):
-            x = data_split.x[:items].to(recipe.device)
-            return recipe.normalizer(x).float().cpu().contiguous(), split
+            return run.normalizer(data_split.x.to(run.device)).float().cpu().contiguous(), split
     raise ExportError("The run's dataset has no items to check the export on.")
+
+
+def load_exported_safetensors(info_path: str | Path) -> torch.nn.Module:
+    """An exported member rebuilt from its JSON (the recorded network) and .safetensors file, in eval mode."""
+    from safetensors.torch import load_file
+
+    from peerlearn.run_reader import build_network
+
+    info_path = Path(info_path)
+    info = json.loads(info_path.read_text())
+    if "network" not in info:  # written before runs recorded their networks
+        return formats.load_safetensors_model(info_path)
+    model = build_network(info["network"])
+    model.load_state_dict(load_file(str(info_path.parent / info["model_file"])), strict=True)
+    return model.eval()
+
+
+def run_exported_safetensors(info_path: Path, inputs: torch.Tensor):
+    with torch.no_grad():
+        return load_exported_safetensors(info_path)(inputs).cpu().numpy()
 
 
 def choose_member(cohort, member: Optional[str]) -> str:
@@ -71,10 +90,10 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     if check_items < 1:
         raise ExportUsageError(f"--check-items must be at least 1, got {check_items}.")
     run_dir = Path(run_dir)
-    config, data, recipe = load_run(run_dir, device="cpu")
-    name = choose_member(recipe.cohort, member)
-    model = recipe.cohort[name].model.eval().cpu()
-    inputs, split = check_batch(recipe, check_items)
+    run = load_run(run_dir, device="cpu")
+    name = choose_member(run.cohort, member)
+    model = run.cohort[name].model.eval().cpu()
+    inputs, split = check_batch(run, check_items)
     with torch.no_grad():
         reference = model(inputs).cpu().numpy()
 
@@ -85,9 +104,10 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         raise ExportUsageError(f"Cannot create the output folder {str(target)!r}: {error.strerror}.") from None
     model_path = target / f"{name}{formats.SUFFIX[fmt]}"
     info_path = target / f"{model_path.name}.json"
-    member_config = next(m for m in config.members if m.name == name)
-    info = export_info(data, name, member_config.model, member_config.model_args, fmt, model_path.name,
-                       str(run_dir))
+    network = run.cohort[name].info["network"]
+    info = export_info(run.data, name, network.get("model", network["kind"]), network.get("model_args", {}), fmt,
+                       model_path.name, str(run_dir))
+    info["network"] = network  # how peerlearn.run_reader.build_network rebuilds it (safetensors)
     example = inputs[: max(2, min(len(inputs), 8))]
     if len(example) < 2:  # a dynamic batch axis needs an example batch larger than one
         example = example.repeat(2, *[1] * (example.dim() - 1))
@@ -99,8 +119,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         elif fmt == "torchscript":
             formats.save_torchscript(model, example, model_path)
         else:
-            formats.save_safetensors(model, model_path, {"member": name, "model": member_config.model,
-                                                         "model_args": json.dumps(member_config.model_args)})
+            formats.save_safetensors(model, model_path, {"member": name, "network": json.dumps(network)})
         bar.update(1)
         info_path.write_text(json.dumps(info, indent=2))  # the safetensors reload reads it
         if fmt == "onnx":
@@ -108,7 +127,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         elif fmt == "torchscript":
             candidate, runtime = formats.run_torchscript(model_path, inputs), "torch.jit.load"
         else:
-            candidate, runtime = formats.run_safetensors(info_path, inputs), "peerlearn.models + safetensors"
+            candidate, runtime = run_exported_safetensors(info_path, inputs), "peerlearn.run_reader + safetensors"
         diff = check_outputs(reference, candidate, tolerance, what=f"{fmt} export of member {name!r}")
         bar.update(1)
     except BaseException:

@@ -65,3 +65,12 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: 
         options = [p for p in accepted if p not in ("num_classes", *shape_args)]
         raise ValueError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(options) or 'none'}")
     return builder(num_classes=num_classes, **call, **kwargs)
+
+
+def builder_location(name: str) -> str | None:
+    """``module:qualname`` of the builder registered as ``name`` (None when ``name`` is not registered), so a
+    run of a model registered from Python can find it again in another process."""
+    builder = _REGISTRY.get(name)
+    if builder is None:
+        return None
+    return f"{builder.__module__}:{builder.__qualname__}"

@@ -17,11 +17,13 @@ from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
-from peerlearn.engine.trainer import Callback, Stage, check_finite
+from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
+from peerlearn.engine.trainer import Callback, Stage, Trainer, check_finite
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
 from peerlearn.models.user import HookedModel, build_from_python
+from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
 
 
@@ -35,7 +37,8 @@ class Recipe:
 
     name = "base"
 
-    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None,
+                 user_members=None):
         self.config = config
         self.data = data
         self.device = device
@@ -52,8 +55,10 @@ class Recipe:
         self.regularizer = Regularizer(config.regularize, data.num_classes)
         self.early_stopping: EarlyStopping | None = self._build_early_stopping()
         self.autocast_dtype: torch.dtype | None = None  # set by engine.acceleration (bf16 on CUDA)
-        self.distributed = None  # a DistContext in a multi-process run (engine.distributed)
-        self.user_members: dict[str, Any] = {}  # members given from Python (peerlearn.train(members=...)), by name
+        self.distributed = distributed  # a DistContext in a multi-process run (engine.distributed)
+        # members given from Python (peerlearn.train(members=...)), by name
+        self.user_members: dict[str, Any] = dict(user_members or {})
+        self.trainer: Trainer | None = None  # made by build_trainer
 
     def batch_augment(self, settings) -> BatchAugment | WithBatchTransform:
         """The augmentation of training batches: ``settings`` (an ``AugmentConfig``), then the user's batch
@@ -200,7 +205,7 @@ class Recipe:
         as detached targets), so one backward of Σ_k L_k gives each member exactly the gradient of its own L_k.
         """
         for member, loss in zip(members, losses):
-            check_finite(loss, member.name, getattr(self, "trainer", None))
+            check_finite(loss, member.name, self.trainer)
         total = sum(losses)
         for member in members:
             member.zero_grad()
@@ -208,6 +213,15 @@ class Recipe:
         for member in members:
             member.step()
         return total.detach() / len(members)
+
+    def build_trainer(self, run_dir: Path) -> Trainer:
+        """The trainer of this recipe's cohort and stages, writing into ``run_dir`` (kept as ``self.trainer``:
+        loss checks name the position and the last good checkpoint in their messages)."""
+        self.trainer = Trainer(self.config, self.cohort, self.stages(), self.train_stream, self.eval_streams, run_dir,
+                               callbacks=self.callbacks(), extra_state=self.extra_state,
+                               load_extra_state=self.load_extra_state, describe_run=self.describe_run,
+                               distributed=self.distributed)
+        return self.trainer
 
     def callbacks(self) -> list[Callback]:
         """Callbacks of the trainer; recipes that add their own extend ``super().callbacks()``."""
@@ -238,11 +252,40 @@ class Recipe:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.regularizer.load_state_dict(state.get("regularize", {}))
 
+    # ------------------------------------------------------------------ the run's own description
+    def role(self, name: str) -> str:
+        """``student`` for a member the recipe trains, ``frozen`` for one that never trains."""
+        member = next(m for m in self.config.members if m.name == name)
+        return "student" if member.trainable else "frozen"
+
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """How to rebuild ``member``'s network (engine.run_record): its registry name and arguments, and the
+        class bias a distillation student predicts with."""
+        bias = get_class_bias(member.model)
+        return registry_network(member.info["model"], member.info.get("model_args", {}), self.data.model_kwargs(),
+                                class_bias=None if bias is None else bias.cpu().tolist())
+
+    def describe_run(self) -> dict[str, Any]:
+        """The recipe's part of run.json: members (role, network) and the data pipeline."""
+        return {"format": RECORD_FORMAT, "recipe": self.name,
+                "members": [{"name": m.name, "role": self.role(m.name), "network": self.network_record(m)}
+                            for m in self.cohort],
+                "data": data_pipeline(self.config.data, self.config.seed, self.data)}
+
     def summary_extra(self) -> dict[str, Any]:
         """Recipe-specific numbers added to summary.json."""
         if self.early_stopping is None:
             return {}
         return {"early_stopping": self.early_stopping.summary()}
+
+
+def saved_members(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> list[str]:
+    """Members of a peerlearn weights file (keys ``<member>.<parameter>``) whose tensors fit ``model_keys``;
+    empty for a plain state dict."""
+    if set(tensors) & model_keys:
+        return []
+    prefixes = dict.fromkeys(k.split(".", 1)[0] for k in tensors if "." in k)
+    return [p for p in prefixes if {k[len(p) + 1:] for k in tensors if k.startswith(p + ".")} & model_keys]
 
 
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
@@ -261,6 +304,11 @@ def load_member_weights(model: torch.nn.Module, source: str, name: str, index: i
         raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
     prefix = f"{name}."
     own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    saved = saved_members(tensors, set(model.state_dict()))
+    if not own and saved:
+        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} holds the weights of "
+                          f"member(s) {', '.join(saved)}, none named {name!r}; name members.{index} after the saved "
+                          f"member (name: {saved[0]}).")
     state = own or tensors
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -45,8 +45,8 @@ DEFAULT_BIAS_GRID = [0.25 * i for i in range(41)]  # 0, 0.25, ..., 10
 class DistillRecipe(Recipe):
     name = "distill"
 
-    def __init__(self, config, data, device):
-        super().__init__(config, data, device)
+    def __init__(self, config, data, device, distributed=None, user_members=None):
+        super().__init__(config, data, device, distributed, user_members)
         self.settings = config.distill
         self.teacher_names, self.student_names = self._roles()
         self._check_settings()
@@ -274,13 +274,16 @@ class DistillRecipe(Recipe):
                     predicted = (z + vector).argmax(1)
                     on_omitted = torch.isin(y, omitted)
                     report["splits"].setdefault(split, {})[label] = {
-                        **score(torch.softmax(z + vector, 1), y),
+                        **score(torch.log_softmax(z + vector, 1), y),
                         "errors": int((predicted != y).sum()),
                         "errors_on_omitted": int((predicted != y)[on_omitted].sum()),
                         "omitted_items": int(on_omitted.sum()),
                     }
             self.bias_report[name] = report
             set_class_bias(model, bias_vector(found["bias"], self.data.num_classes, self.device))
+
+    def role(self, name: str) -> str:
+        return "teacher" if name in self.teacher_names else "student"
 
     def summary_extra(self) -> dict[str, Any]:
         s = self.settings

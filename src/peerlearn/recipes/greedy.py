@@ -44,8 +44,8 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 class GreedyRecipe(Recipe):
     name = "greedy"
 
-    def __init__(self, config, data, device):
-        super().__init__(config, data, device)
+    def __init__(self, config, data, device, distributed=None, user_members=None):
+        super().__init__(config, data, device, distributed, user_members)
         if len(config.members) != 1:
             raise ConfigError(f"Invalid config: key 'members' lists {len(config.members)} members; the greedy recipe "
                               "trains exactly one (a layerwise_cnn).")
@@ -215,6 +215,12 @@ class GreedyRecipe(Recipe):
         self.cache_report = dict(state.get("cache_report", {}))
         self.stage_seconds = dict(state.get("stage_seconds", {}))
 
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """The layerwise network with the depth it predicts at (blocks[:depth] then head[depth − 1])."""
+        record = super().network_record(member)
+        record["attributes"]["depth"] = int(self.model.depth)
+        return record
+
     @torch.no_grad()
     def head_scores(self) -> dict[str, Any]:
         """Top-1 of every auxiliary head z_j and of the ensemble Z = Σ_j 2^j z_j / Σ_j 2^j, per split."""
@@ -234,8 +240,8 @@ class GreedyRecipe(Recipe):
             y = torch.cat(labels)
             logits = [torch.cat(z) for z in heads]
             ensemble = weighted_ensemble(logits)
-            result[split] = {"heads_top1": [score(z.softmax(1), y)["top1"] for z in logits],
-                             "ensemble": score(ensemble.softmax(1), y)}
+            result[split] = {"heads_top1": [score(z.log_softmax(1), y)["top1"] for z in logits],
+                             "ensemble": score(ensemble.log_softmax(1), y)}
         model.train(was_training)
         return result
 
@@ -246,16 +252,14 @@ class GreedyRecipe(Recipe):
                                  "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()}}
         if self.settings.mode == "greedy":
             extra.update(self.head_scores())
-        return {"greedy": extra}
+        return {**super().summary_extra(), "greedy": extra}
 
 
 class StageClock(Callback):
-    """Stops the recipe's stage clock after a stage's last epoch (before the final evaluation of the run)."""
+    """Stops the recipe's stage clock when a stage ends (before the final evaluation of the run)."""
 
     def __init__(self, recipe: GreedyRecipe):
         self.recipe = recipe
 
-    def on_epoch_end(self, trainer, results) -> None:
-        position = trainer.position
-        if position.epoch == trainer.stages[position.stage].epochs:
-            self.recipe._stop_clock()
+    def on_stage_end(self, trainer, index, stage) -> None:
+        self.recipe._stop_clock()

@@ -151,7 +151,7 @@ class MutualRecipe(Recipe):
         if features is not None and ctx.num_members > 1:
             feats = dict(zip(ctx.members, all_gather_rows(ctx, features.detach())))
         loss, parts = self.member_loss(member.name, logits, features, probs, feats, batch)
-        check_finite(loss, member.name, getattr(self, "trainer", None))
+        check_finite(loss, member.name, self.trainer)
         member.zero_grad()
         loss.backward()
         average_gradients(ctx, member.model)

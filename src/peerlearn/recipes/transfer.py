@@ -20,6 +20,7 @@ target features of each batch (feature transfer):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -45,7 +46,8 @@ from peerlearn.transfer.streams import (WeightedBatchStream, concat_splits, doma
 class TransferRecipe(Recipe):
     name = "transfer"
 
-    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device):
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None,
+                 user_members=None):
         settings = config.transfer
         if not settings.backbones:
             raise ConfigError("Invalid config: recipe 'transfer' needs key 'transfer.backbones' (at least one "
@@ -59,7 +61,7 @@ class TransferRecipe(Recipe):
         if settings.mode == "features" and any(v for v in config.data.augment.model_dump().values()):
             raise ConfigError("Invalid config: key 'data.augment' is set, but transfer.mode=features trains on "
                               "cached features of the unaugmented images; use mode finetune or staged.")
-        super().__init__(config, data, device)
+        super().__init__(config, data, device, distributed, user_members)
         self.settings = settings
         self.n_target: Optional[int] = None
         self.source_weights: Optional[torch.Tensor] = None
@@ -124,6 +126,7 @@ class TransferRecipe(Recipe):
                 kwargs["image_size"] = size
                 kwargs["in_features"] = base["in_channels"] * size * size
             backbones.append(load_backbone(spec, index, member_config, kwargs))
+        self._check_member_model(backbones)
         torch.manual_seed(member_seed(self.config.seed, 0))
         mean, std = self.data.mean, self.data.std
         background = [-m / s for m, s in zip(mean, std)] if self.data.is_image else None
@@ -131,6 +134,17 @@ class TransferRecipe(Recipe):
                               dropout=self.settings.head_dropout,
                               input_pads=[s.input_pad for s in self.settings.backbones], background=background)
         return model.to(self.device)
+
+    def _check_member_model(self, backbones: list) -> None:
+        """``members.0.model`` names the backbone architecture: it builds a weights file given without ``model``,
+        and at least one backbone must be of it (a run directory or timm brings its own architecture; a
+        ``members.0.model`` that no backbone uses would be silently ignored)."""
+        member_config = self.config.members[0]
+        used = [b.network_record["model"] for b in backbones if b.network_record["kind"] == "registry"]
+        if used and member_config.model not in used:  # (timm backbones alone: the name is timm's)
+            raise ConfigError(f"Invalid config: key 'members.0.model' has the value {member_config.model!r}, but the "
+                              f"transfer network is built from 'transfer.backbones', whose architecture is "
+                              f"{', '.join(dict.fromkeys(used))}; set members.0.model to it.")
 
     def build_cohort(self) -> Cohort:
         model = self.build_transfer_model()
@@ -248,6 +262,22 @@ class TransferRecipe(Recipe):
                 log["align"] = align.detach()
         log["loss"] = self.update([member], [loss])
         return log
+
+    def network_record(self, member: Member) -> dict[str, Any]:
+        """The whole network (backbones → standardised features → head), fed images: in features mode too,
+        where training fed the head cached features, the rebuilt module reads images."""
+        model: TransferModel = member.model
+        return {"kind": "transfer", "backbones": [b.network_record for b in model.backbones],
+                "num_classes": self.data.num_classes, "input_sizes": list(model.input_sizes),
+                "input_pads": list(model.input_pads), "background": model.background.flatten().tolist(),
+                "dropout": self.settings.head_dropout}
+
+    def describe_run(self) -> dict[str, Any]:
+        record = super().describe_run()
+        record["transfer"] = {"mode": self.settings.mode}
+        if self.cache_info:
+            record["feature_cache"] = {"key": Path(self.cache_info["cache_file"]).stem, **self.cache_info}
+        return record
 
     def summary_extra(self) -> dict[str, Any]:
         model: TransferModel = self.cohort.trainable[0].model

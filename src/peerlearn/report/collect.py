@@ -92,20 +92,18 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     """Read and compute what the report shows about the run in ``run_dir``."""
-    from peerlearn.analysis_runner import analysis_stream
-
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
-    config, data, recipe = load_run(run_dir)
-    cohort = recipe.cohort
+    run = load_run(run_dir)
+    config, data, cohort = run.config, run.data, run.cohort
     names = cohort.names
-    trainable = [m.name for m in cohort.trainable] or names
-    stream = analysis_stream(recipe, options.split, options.limit)
+    trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names
+    stream = run.stream(options.split, options.limit)
     if len(stream.split) == 0:
         raise PeerlearnError(f"The {options.split} split of {str(run_dir)!r} is empty; choose another with --split.")
     result = RunData(run_dir, run_dir.name, summary, read_metrics(run_dir), list(data.class_names),
                      options.split, len(stream.split))
-    result.models = {m.name: m.model for m in config.members}
+    result.models = {m.name: m.info["network"].get("model", m.info["network"]["kind"]) for m in cohort}
     chosen = list(options.tsne_members or trainable[:2])
     unknown = [n for n in chosen if n not in names]
     if unknown:
@@ -120,7 +118,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
         result.confusion[ENSEMBLE] = torch.from_numpy(confusion_matrix(labels, mean_probs.argmax(1),
                                                                        data.num_classes))
 
-    flat_stream = analysis_stream(recipe, options.flatness_split, options.flatness_items)
+    flat_stream = run.stream(options.flatness_split, options.flatness_items)
     result.flatness_items = len(flat_stream.split)
     if result.flatness_items:
         result.flatness = cohort_flatness(cohort, flat_stream, options.sigmas, options.draws, seed=options.seed,

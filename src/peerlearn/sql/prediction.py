@@ -45,7 +45,7 @@ class StoredModel:
     name: str
     config: Any
     data: Any
-    recipe: Any
+    run: Any  # the LoadedRun (peerlearn.run_reader)
     features: list[str]
     label: str
 
@@ -54,11 +54,11 @@ def load_model(store: ModelStore, name: str) -> StoredModel:
     from peerlearn.api import load_run
 
     run_dir = store.require(name)
-    config, data, recipe = load_run(run_dir)
+    config, data, run = load_run(run_dir)
     if config.data.source != "tabular":
         raise ConfigError(f"The model {name!r} was trained on the {config.data.source!r} source, not on table rows; "
                           "only tabular models read the rows of a query.")
-    for member in recipe.cohort:  # a transfer head trained on cached features: run the backbone on the rows
+    for member in run.cohort:  # a transfer head trained on cached features: run the backbone on the rows
         if getattr(member.model, "head_only", False):
             member.model.head_only = False
     check_standardisation(store, name, data)
@@ -67,7 +67,7 @@ def load_model(store: ModelStore, name: str) -> StoredModel:
     if not features:
         raise ConfigError(f"The model {name!r} does not list its feature columns (data.options.features in "
                           f"{str(run_dir / 'config.yaml')!r}); it cannot be applied to other rows.")
-    return StoredModel(name, config, data, recipe, list(features), options.get("label", ""))
+    return StoredModel(name, config, data, run, list(features), options.get("label", ""))
 
 
 def check_standardisation(store: ModelStore, name: str, data) -> None:
@@ -92,21 +92,19 @@ def query_table(url: str, select: str) -> Table:
 
 
 def _stream(model: StoredModel, x: torch.Tensor, y: torch.Tensor) -> BatchStream:
-    recipe = model.recipe
-    return BatchStream(Split(x, y), model.config.data.eval_batch_size, recipe.normalizer, recipe.device,
-                       shuffle=False)
+    return model.run.stream_of(Split(x, y))
 
 
 def predicting_members(model: StoredModel, member: Optional[str]) -> list[str]:
     if member is not None:
-        return select_members(model.recipe, [member])
-    trainable = ensemble_members(model.recipe, model.recipe.cohort.names)
-    return trainable or model.recipe.cohort.names[:1]
+        return select_members(model.run, [member])
+    trainable = ensemble_members(model.run, model.run.cohort.names)
+    return trainable or model.run.cohort.names[:1]
 
 
 def class_probabilities(model: StoredModel, x: torch.Tensor, names: list[str]) -> torch.Tensor:
     """[N, C]: the mean of the members' softmax outputs (one member: its own)."""
-    logits, _, _ = predict_with_features(model.recipe.cohort, _stream(model, x, torch.full((len(x),), -1)), names)
+    logits, _, _ = predict_with_features(model.run.cohort, _stream(model, x, torch.full((len(x),), -1)), names)
     return torch.stack([F.softmax(logits[n], dim=1) for n in names]).mean(0)
 
 
@@ -217,13 +215,13 @@ def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore) -> d
     labels = [label_text(row[column]) for row in table.rows]
     y = encode_labels(labels, model.data.class_names, table.origin)
     x = feature_matrix(table, model.features)
-    names = select_members(model.recipe, None)
+    names = select_members(model.run, None)
     return {
         "run_dir": str(store.path(statement.model)),
         "split": "query",
         "items": len(y),
         "class_names": model.data.class_names,
         "members": names,
-        "classification": classification_scores(model.recipe, _stream(model, x, y), names),
+        "classification": classification_scores(model.run, _stream(model, x, y), names),
         "retrieval": None,
     }

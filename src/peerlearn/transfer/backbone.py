@@ -15,6 +15,7 @@ from torch import nn
 
 from peerlearn.config import BackboneConfig, MemberConfig
 from peerlearn.engine.checkpoint import load_weights
+from peerlearn.engine.run_record import registry_network
 from peerlearn.errors import ConfigError
 from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
@@ -51,7 +52,9 @@ def load_timm(spec: BackboneConfig, index: int, in_channels: int) -> PeerModel:
     except Exception as error:  # unknown name, download failure, ...
         raise ConfigError(f"Invalid config: key '{_where(index)}.source': timm cannot build {name!r} ({error}).") \
             from None
-    return TimmBackbone(model)
+    backbone = TimmBackbone(model)
+    backbone.network_record = {"kind": "timm", "name": name, "in_chans": in_channels}  # engine.run_record
+    return backbone
 
 
 def read_state(path: Path, member: Optional[str], index: int) -> dict[str, torch.Tensor]:
@@ -155,4 +158,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
                           f"{model_name!r} (missing {len(result.missing_keys)} tensors, e.g. "
                           f"{result.missing_keys[:3]}; unexpected {result.unexpected_keys[:3]}).{shape_hint}")
     model.classifier = nn.Identity()
+    # how the run reader rebuilds it (the weights come from the run, not from the source file)
+    model.network_record = registry_network(model_name, model_args, {**data_kwargs, "num_classes": source_classes},
+                                            drop_classifier=True)
     return model

@@ -1,0 +1,266 @@
+"""Read a run directory back: its members with their final weights and its evaluation inputs.
+
+Every after-training command (``evaluate``, ``analyze``, ``report``, ``export``, ``probe``) and
+``peerlearn.load_run`` goes through ``RunReader``. It reads what the run recorded about itself
+(``run.json``, written by ``engine.run_record``; see docs/runs.md) and never rebuilds the training
+setup: no recipe is constructed, no teacher or backbone file is opened, no feature cache is needed.
+
+* members: each network is rebuilt from its recorded description (a registry name and arguments, a
+  ``package.module:qualname`` factory that registered it, or a transfer network's backbones and head),
+  loaded with the final weights (``model.safetensors``; for an interrupted run, the checkpoint's) and put
+  in eval mode; its role (student / teacher / frozen) comes with it.
+* inputs: the dataset is read from its source with the recorded data settings and seed (so the same
+  validation and test items), and normalised with the recorded statistics.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from peerlearn.data.batches import BatchStream, Normalizer
+from peerlearn.data.bundle import DataBundle, Split
+from peerlearn.engine.checkpoint import load_state, load_weights
+from peerlearn.engine.cohort import Cohort, Member
+from peerlearn.engine.run_record import RUN_RECORD_NAME
+from peerlearn.errors import ConfigError, PeerlearnError
+
+CONFIG_NAME = "config.yaml"
+WEIGHTS_NAME = "model.safetensors"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------- networks
+def _import_factory(location: str, name: str):
+    """Import the module of a registered builder (``module:qualname``); importing it usually registers it."""
+    module_name, _, qualname = location.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise PeerlearnError(
+            f"The run's model {name!r} was registered from Python by {location!r}, which cannot be imported here "
+            f"({error}). Put that module on PYTHONPATH (or register the model before loading the run).") from None
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target
+
+
+def ensure_registered(network: dict[str, Any]) -> None:
+    """Make the recorded model name buildable: import (and if needed register) the recorded factory."""
+    from peerlearn.models.registry import available_models, register_model
+
+    name, location = network["model"], network.get("factory")
+    if name in available_models() or not location:
+        return
+    builder = _import_factory(location, name)
+    if name in available_models():
+        return
+    if not callable(builder) or location.split(":", 1)[0] == "__main__":
+        raise PeerlearnError(f"The run's model {name!r} was registered from {location!r}, which cannot be found "
+                             "again in this process; register the model before loading the run.")
+    register_model(name)(builder)
+
+
+def build_network(network: dict[str, Any]) -> nn.Module:
+    """A fresh module of the recorded architecture (untrained weights), in eval mode."""
+    kind = network.get("kind")
+    if kind == "registry":
+        from peerlearn.models import create_model
+
+        ensure_registered(network)
+        model = create_model(network["model"], **network["shape_args"], **network["model_args"])
+        for key, value in network.get("attributes", {}).items():
+            setattr(model, key, value)
+        if network.get("drop_classifier"):
+            model.classifier = nn.Identity()
+        if network.get("class_bias") is not None:
+            from peerlearn.recipes.class_bias import set_class_bias
+
+            set_class_bias(model, torch.tensor(network["class_bias"]))
+        return model.eval()
+    if kind == "timm":
+        from peerlearn.transfer.backbone import TimmBackbone
+
+        try:
+            import timm
+        except ImportError:
+            raise PeerlearnError("This run's backbone comes from timm, which is not installed: "
+                                 "pip install 'peerlearn[timm]'.") from None
+        return TimmBackbone(timm.create_model(network["name"], pretrained=False, num_classes=0,
+                                              in_chans=network["in_chans"])).eval()
+    if kind == "transfer":
+        from peerlearn.transfer.model import TransferModel
+
+        backbones = [build_network(b) for b in network["backbones"]]
+        return TransferModel(backbones, network["num_classes"], network["input_sizes"],
+                             dropout=network.get("dropout", 0.0), input_pads=network["input_pads"],
+                             background=network["background"]).eval()
+    raise PeerlearnError(f"Unknown network kind {kind!r} in the run record; this peerlearn cannot rebuild it.")
+
+
+# --------------------------------------------------------------------------- the loaded run
+@dataclass
+class LoadedRun:
+    """A run read back: ``cohort`` (eval-mode members with final weights; ``member.info['role']``), the
+    dataset, the normaliser and the streams over its splits. Unpacks as ``config, data, run`` for code
+    written against the earlier ``load_run``."""
+
+    run_dir: Path
+    record: dict[str, Any]
+    config: Any  # the RunConfig of config.yaml
+    data: DataBundle
+    cohort: Cohort
+    normalizer: Normalizer
+    device: torch.device
+    weights_file: Path
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.config, self.data, self))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.data.class_names)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.record.get("finished"))
+
+    @property
+    def ensemble(self) -> list[str]:
+        """Members averaged into the cohort's ensemble (as in training's final evaluation)."""
+        return [n for n in self.record.get("ensemble", []) if n in self.cohort.names]
+
+    def ensemble_of(self, names: Sequence[str]) -> list[str]:
+        """The ensemble's members among ``names``."""
+        return [n for n in self.ensemble if n in names]
+
+    def select(self, members: Optional[Sequence[str]] = None) -> list[str]:
+        """The named members (all when None); an unknown name is an error listing the run's members."""
+        names = self.cohort.names
+        unknown = [m for m in members or [] if m not in names]
+        if unknown:
+            raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
+        return list(members or names)
+
+    def split(self, name: str, limit: Optional[int] = None) -> Split:
+        if name not in SPLITS:
+            raise ConfigError(f"Unknown split {name!r}; allowed: {', '.join(SPLITS)}.")
+        part = getattr(self.data, name)
+        if limit is not None and limit < len(part):
+            part = Split(part.x[:limit], part.y[:limit])
+        return part
+
+    def stream(self, name: str, limit: Optional[int] = None) -> BatchStream:
+        """An unshuffled, un-augmented stream over split ``name`` (optionally its first ``limit`` items)."""
+        return self.stream_of(self.split(name, limit))
+
+    def stream_of(self, split: Split) -> BatchStream:
+        return BatchStream(split, self.config.data.eval_batch_size, self.normalizer, self.device, shuffle=False)
+
+    @property
+    def eval_streams(self) -> dict[str, BatchStream]:
+        """The evaluation streams of training: validation and test."""
+        return {name: self.stream(name) for name in ("val", "test")}
+
+
+class RunReader:
+    """Reads ``run_dir`` from what it recorded about itself. ``read()`` gives a ``LoadedRun``."""
+
+    def __init__(self, run_dir: Union[str, Path], device: str = "cpu"):
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        if not (self.run_dir / CONFIG_NAME).is_file():
+            raise PeerlearnError(f"{str(self.run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
+
+    def record(self) -> dict[str, Any]:
+        """run.json, or the copy inside the checkpoint when run.json is missing."""
+        path = self.run_dir / RUN_RECORD_NAME
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as error:
+                raise PeerlearnError(f"Cannot read {str(path)!r}: {error}.") from None
+        checkpoint = self.run_dir / CHECKPOINT_NAME
+        if checkpoint.is_file():
+            record = load_state(checkpoint).get("run")
+            if record:
+                return record
+        raise PeerlearnError(f"The run {str(self.run_dir)!r} has no {RUN_RECORD_NAME} (it was made by an older "
+                             "peerlearn, or stopped before its first checkpoint); train it again to read it.")
+
+    def weights(self, names: Sequence[str]) -> tuple[dict[str, dict[str, torch.Tensor]], Path]:
+        """Each member's final weights: model.safetensors, else (an interrupted run) the last checkpoint's."""
+        final = self.run_dir / WEIGHTS_NAME
+        if final.is_file():
+            return {name: load_weights(final, name) for name in names}, final
+        checkpoint = self.run_dir / CHECKPOINT_NAME
+        if not checkpoint.is_file():
+            raise PeerlearnError(f"The run {str(self.run_dir)!r} has neither {WEIGHTS_NAME} nor a checkpoint: "
+                                 "nothing was trained yet.")
+        members = load_state(checkpoint)["members"]
+        return {name: members[name]["model"] for name in names}, checkpoint
+
+    def config(self, record: dict[str, Any]):
+        from peerlearn.config import load_config
+
+        for member in record["members"]:  # a model registered from Python must be known to validate the config
+            network = member["network"]
+            for part in [network, *network.get("backbones", [])]:
+                if part.get("kind") == "registry":
+                    ensure_registered(part)
+        return load_config(self.run_dir / CONFIG_NAME, [f"train.device={self.device}"])
+
+    def data(self, record: dict[str, Any], config) -> DataBundle:
+        """The dataset read from its source with the recorded settings; the recorded statistics and classes."""
+        from peerlearn.data.prepare import load_data
+
+        recorded = record["data"]
+        data_config = type(config.data).model_validate(recorded["config"])
+        data = load_data(data_config, seed=recorded["seed"])
+        sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+        if recorded.get("sizes", sizes) != sizes:
+            raise PeerlearnError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
+                                 f"{str(self.run_dir)!r} was trained and scored on {recorded['sizes']}: its files "
+                                 "changed since; evaluate with the dataset the run was trained on.")
+        data.mean, data.std = list(recorded["normalization"]["mean"]), list(recorded["normalization"]["std"])
+        data.class_names = list(recorded["class_names"])
+        return data
+
+    def cohort(self, record: dict[str, Any]) -> tuple[Cohort, Path]:
+        names = [m["name"] for m in record["members"]]
+        states, source = self.weights(names)
+        members = []
+        for entry in record["members"]:
+            model = build_network(entry["network"])
+            try:
+                model.load_state_dict(states[entry["name"]])
+            except RuntimeError as error:
+                raise PeerlearnError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
+                                     f"recorded network: {str(error).strip().splitlines()[0]}") from None
+            model.to(self.device).eval()
+            members.append(Member(entry["name"], model, trainable=entry["role"] == "student",
+                                  info={"role": entry["role"], "network": entry["network"]}))
+        return Cohort(members), source
+
+    def read(self) -> LoadedRun:
+        record = self.record()
+        config = self.config(record)
+        data = self.data(record, config)
+        cohort, source = self.cohort(record)
+        normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)
+        return LoadedRun(self.run_dir, record, config, data, cohort, normalizer, self.device, source,
+                         roles={m["name"]: m["role"] for m in record["members"]})
+
+
+def read_run(run_dir: Union[str, Path], device: str = "cpu") -> LoadedRun:
+    """``RunReader(run_dir, device).read()``."""
+    return RunReader(run_dir, device).read()

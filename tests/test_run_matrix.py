@@ -1,0 +1,331 @@
+"""Every kind of run, read back by every command that applies to it.
+
+Each entry of ``CASES`` is a tiny run (digits or a small CSV, a few hundred items, one or two epochs).
+The runs are trained once per session, on first use, and every after-training command is run on them
+in-process through the CLI's ``main``: ``evaluate`` must give each member's (and the ensemble's) top-1
+of summary.json, ``analyze`` and ``report`` must finish, each export format must give the logits of
+the trained module (|Δ| < 1e-4), ``probe`` must read greedy runs, ``--resume`` of a finished run must
+leave its scores alone. A new recipe or mode joins by adding one entry to ``CASES``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+import torch
+
+import peerlearn
+from peerlearn.cli import main
+
+from conftest import run_cli
+
+DATA = {"source": "digits", "batch_size": 32, "train_subset": 320, "val_size": 80, "eval_batch_size": 256}
+TRAIN = {"epochs": 1, "progress": "off", "threads": 1}
+CNN = {"model": "small_cnn", "model_args": {"width": 4}}
+MLP = {"model": "mlp", "model_args": {"widths": [16]}}
+LAYERWISE = {"model": "layerwise_cnn", "model_args": {"blocks": 2, "width": 4, "downsample_at": [1]}}
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+REGISTERED_MODULE = "matrix_registered_models"
+# the legacy ONNX exporter cannot follow the layerwise net's pooling after its space-to-depth step and the dynamo
+# exporter takes ~40 s on it: greedy ONNX is checked by the slow test below
+GREEDY_FAST_FORMATS = ("torchscript", "safetensors")
+
+
+def config(name: str, recipe: str, members: list[dict], **sections) -> dict:
+    base = {"name": name, "seed": 0, "recipe": recipe, "data": dict(DATA), "members": members,
+            "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "train": dict(TRAIN),
+            "tracking": {"tensorboard": False}}
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
+    return base
+
+
+def pair(**member) -> list[dict]:
+    return [{"name": "a", **CNN, **member}, {"name": "b", **CNN, **member}]
+
+
+@dataclass
+class Case:
+    """One kind of run: how to configure it (given the session's shared folders) and what applies to it."""
+
+    build: Callable[["Shared"], dict]
+    probe: bool = False  # greedy runs: the separability probe applies
+    formats: tuple[str, ...] = EXPORT_FORMATS  # export formats checked in the fast matrix
+
+
+@dataclass
+class Shared:
+    root: Path
+    runs: dict[str, "peerlearn.RunResult"] = field(default_factory=dict)
+
+    def source(self) -> Path:
+        """A one-member CNN run: the distillation teacher and the transfer backbone of the cases below."""
+        if "source" not in self.runs:
+            self.runs["source"] = peerlearn.train(config("source", "independent", [{"name": "a", **CNN}]),
+                                                  out=self.root / "shared")
+        return self.runs["source"].run_dir
+
+    def csv(self) -> Path:
+        path = self.root / "points.csv"
+        if not path.exists():
+            rng = np.random.default_rng(0)
+            rows = ["x1,x2,x3,label"]
+            for i in range(240):
+                label = i % 3
+                x = rng.normal(size=3) + label
+                rows.append(f"{x[0]:.4f},{x[1]:.4f},{x[2]:.4f},{'abc'[label]}")
+            path.write_text("\n".join(rows) + "\n")
+        return path
+
+    def registered_module(self) -> Path:
+        """A module on sys.path that registers ``matrix_mlp`` from Python when imported."""
+        folder = self.root / "modules"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{REGISTERED_MODULE}.py").write_text(textwrap.dedent('''
+            from peerlearn.models import register_model
+            from peerlearn.models.mlp import mlp
+
+            @register_model("matrix_mlp")
+            def matrix_mlp(num_classes, in_features, hidden=12):
+                return mlp(num_classes=num_classes, in_features=in_features, widths=[hidden])
+        '''))
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        __import__(REGISTERED_MODULE)
+        return folder
+
+
+def teacher(shared: Shared, name: str = "a") -> dict:
+    return {"name": name, **CNN, "trainable": False, "weights": str(shared.source())}
+
+
+def transfer(mode: str, backbones: int = 1, **settings) -> Callable[[Shared], dict]:
+    def build(shared: Shared) -> dict:
+        spec = {"source": str(shared.source())}
+        backbone_list = [spec] + [{**spec, "input_size": 12, "input_pad": 2}] * (backbones - 1)
+        return config(f"transfer-{mode}", "transfer", [{"name": "a", **CNN}], train={"epochs": 2},
+                      transfer={"mode": mode, "backbones": backbone_list, "groups": 2,
+                                "cache_dir": str(shared.root / "features"), **settings})
+    return build
+
+
+def greedy(k: int, cache: str) -> Callable[[Shared], dict]:
+    def build(shared: Shared) -> dict:
+        net = {"name": "net", **LAYERWISE, "model_args": {**LAYERWISE["model_args"], "k": k}}
+        return config(f"greedy-k{k}", "greedy", [net], greedy={"cache": cache, "epochs": 1})
+    return build
+
+
+def registered(shared: Shared) -> dict:
+    shared.registered_module()
+    return config("registered", "independent", [{"name": "a", "model": "matrix_mlp", "model_args": {"hidden": 10}}])
+
+
+CASES: dict[str, Case] = {
+    "independent": Case(lambda s: config("independent", "independent", pair())),
+    "mutual-simultaneous": Case(lambda s: config("dml", "mutual", pair())),
+    "mutual-sequential": Case(lambda s: config("dml-seq", "mutual", pair(), mutual={"update": "sequential"})),
+    "mutual-fused": Case(lambda s: config("dml-fused", "mutual", pair(), engine={"fused": True})),
+    "mutual-semi": Case(lambda s: config("dml-semi", "mutual", pair(), data={"labelled": 0.5},
+                                         mutual={"mimic_on": "all"})),
+    "distill-weights": Case(lambda s: config("kd", "distill", [teacher(s), {"name": "s", **MLP}],
+                                             distill={"teacher_epochs": 0, "cache_teacher": False})),
+    "distill-cached": Case(lambda s: config("kd-cached", "distill", [teacher(s), {"name": "s", **MLP}],
+                                            distill={"teacher_epochs": 0, "cache_teacher": True})),
+    "distill-teacher-stage": Case(lambda s: config("kd-stage", "distill",
+                                                   [{"name": "t", **CNN, "trainable": False}, {"name": "s", **MLP}],
+                                                   distill={"teacher_epochs": 1})),
+    # two students: their ensemble (not the teachers') is summary.json's and evaluate's
+    "distill-two-teachers": Case(lambda s: config("kd-two", "distill",
+                                                  [{"name": "t1", **CNN, "trainable": False},
+                                                   {"name": "t2", **MLP, "trainable": False},
+                                                   {"name": "s1", **MLP}, {"name": "s2", **CNN}],
+                                                  distill={"teacher_epochs": 1})),
+    "greedy-k1-cache": Case(greedy(1, "auto"), probe=True, formats=GREEDY_FAST_FORMATS),
+    "greedy-k2-nocache": Case(greedy(2, "off"), probe=True, formats=GREEDY_FAST_FORMATS),
+    "greedy-k3-cache": Case(greedy(3, "on"), probe=True, formats=GREEDY_FAST_FORMATS),
+    "transfer-features": Case(transfer("features")),
+    "transfer-finetune": Case(transfer("finetune")),
+    "transfer-staged": Case(transfer("staged", unfreeze_at=[1])),
+    "transfer-concatenated": Case(transfer("features", backbones=2)),
+    "tabular": Case(lambda s: config("tabular", "mutual", [{"name": "a", **MLP}, {"name": "b", **MLP}],
+                                     data={"source": "tabular", "path": str(s.csv()), "train_subset": None,
+                                           "val_size": None, "val_fraction": 0.2,
+                                           "options": {"label": "label", "test_fraction": 0.25}})),
+    "registered-model": Case(registered),
+}
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Shared:
+    return Shared(tmp_path_factory.mktemp("matrix"))
+
+
+@pytest.fixture(scope="session")
+def trained(shared):
+    """Train each case on first use; the same run serves every command's test."""
+    def get(case: str):
+        key = f"case:{case}"
+        if key not in shared.runs:
+            shared.runs[key] = peerlearn.train(CASES[case].build(shared), out=shared.root / "runs")
+        return shared.runs[key]
+    return get
+
+
+def run_main(capsys, *argv: str) -> str:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err
+    return captured.out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_evaluate_reports_the_summary(case, trained, capsys):
+    result = trained(case)
+    summary = result.summary
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["finished"] and record["stage"]["index"] == len(record["stage"]["names"]) - 1
+    students = [m["name"] for m in record["members"] if m["role"] == "student"]
+    assert record["ensemble"] == students  # the cohort's ensemble is its students, never its teachers
+    for split in ("test", "val"):
+        evaluation = json.loads(run_main(capsys, "evaluate", str(result.run_dir), "--split", split, "--json"))
+        scores = evaluation["classification"]
+        assert evaluation["class_names"] == summary["class_names"]
+        for name, entry in summary["members"].items():
+            assert scores[name]["top1"] == pytest.approx(entry[split]["top1"], abs=1e-6), (case, split, name)
+        if summary["ensemble"]:
+            assert scores["ensemble"]["top1"] == pytest.approx(summary["ensemble"][split]["top1"], abs=1e-6)
+        else:
+            assert "ensemble" not in scores
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_analyze_and_the_report_read_the_run(case, trained, capsys):
+    from peerlearn.report import ReportOptions
+    from peerlearn.report.collect import collect_run
+
+    result = trained(case)
+    analysis = json.loads(run_main(capsys, "analyze", str(result.run_dir), "--limit", "64", "--sigmas", "0", "0.01",
+                                   "--draws", "1", "--tsne-items", "0", "--json"))
+    assert set(analysis["entropy"]) == set(result.summary["members"])
+    # what the report computes from a run (its plots are drawn below, for a few runs at once)
+    collected = collect_run(result.run_dir, ReportOptions(limit=64, flatness_items=32, sigmas=(0.0,), draws=1,
+                                                          tsne_items=4, progress="off"))
+    assert set(collected.confusion) >= set(result.summary["members"])
+    assert collected.class_names == result.summary["class_names"]
+
+
+def test_report_of_several_kinds_of_run(trained, capsys, tmp_path):
+    runs = [str(trained(case).run_dir) for case in ("distill-teacher-stage", "transfer-features", "greedy-k1-cache")]
+    run_main(capsys, "report", *runs, "--out", str(tmp_path / "report.html"), "--limit", "64", "--flatness-items",
+             "32", "--sigmas", "0", "--draws", "1", "--tsne-items", "8", "--progress", "off")
+    assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def _exported_logits(fmt: str, model_path: Path, info_path: Path, inputs: torch.Tensor) -> np.ndarray:
+    from peerlearn.export import formats, load_safetensors_model
+
+    if fmt == "onnx":
+        return formats.run_onnx(model_path, inputs)
+    if fmt == "torchscript":
+        return formats.run_torchscript(model_path, inputs)
+    with torch.no_grad():
+        return load_safetensors_model(info_path)(inputs).numpy()
+
+
+@torch.no_grad()
+def _trained_logits(result, member: str, inputs: torch.Tensor) -> np.ndarray:
+    """The logits of the module that training left; a features-mode transfer model, whose head was fed cached
+    features, reads the images through its backbones here."""
+    model = result.cohort[member].model.eval()
+    head_only = getattr(model, "head_only", False)
+    model.head_only = False
+    try:
+        return model(inputs).numpy()
+    finally:
+        model.head_only = head_only
+
+
+def check_exports(case: str, result, formats, exporter: str, capsys, tmp_path) -> None:
+    from peerlearn.api import load_run
+
+    run = load_run(result.run_dir)
+    member = next(name for name, role in run.roles.items() if role == "student")
+    inputs = run.normalizer(run.data.test.x[:16]).float()
+    reference = _trained_logits(result, member, inputs)
+    for fmt in formats:
+        out = tmp_path / fmt
+        run_main(capsys, "export", str(result.run_dir), "--member", member, "--format", fmt, "--out", str(out),
+                 "--exporter", exporter, "--check-items", "16", "--progress", "off")
+        model_path = next(p for p in out.iterdir() if not p.name.endswith(".json"))
+        logits = _exported_logits(fmt, model_path, Path(f"{model_path}.json"), inputs)
+        assert np.abs(logits - reference).max() < 1e-4, (case, fmt)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_export_format_gives_the_run_logits(case, trained, capsys, tmp_path):
+    check_exports(case, trained(case), CASES[case].formats, "legacy", capsys, tmp_path)
+
+
+@pytest.mark.slow
+def test_greedy_onnx_export_gives_the_run_logits(trained, capsys, tmp_path):
+    check_exports("greedy-k2-nocache", trained("greedy-k2-nocache"), ("onnx",), "auto", capsys, tmp_path)
+
+
+@pytest.mark.parametrize("case", [name for name, case in CASES.items() if case.probe])
+def test_probe_reads_greedy_runs(case, trained, capsys):
+    result = trained(case)
+    probe = json.loads(run_main(capsys, "probe", str(result.run_dir), "--limit", "200", "--json"))
+    assert [row["depth"] for row in probe["depths"]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("case", ["mutual-simultaneous", "distill-teacher-stage", "greedy-k2-nocache",
+                                  "transfer-staged"])
+def test_resume_of_a_finished_run_keeps_its_scores(case, trained):
+    result = trained(case)
+    before = json.loads((result.run_dir / "summary.json").read_text())
+    resumed = peerlearn.train(resume=result.run_dir)
+    for name, entry in before["members"].items():
+        assert resumed.summary["members"][name]["test"]["top1"] == pytest.approx(entry["test"]["top1"])
+    assert resumed.summary["epochs"] == before["epochs"]
+
+
+def test_cli_evaluates_a_python_registered_model_in_a_fresh_process(trained, shared):
+    """The run records where ``matrix_mlp`` was registered; a new process imports it from there."""
+    result = trained("registered-model")
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["members"][0]["network"]["factory"] == f"{REGISTERED_MODULE}:matrix_mlp"
+    import os
+
+    os.environ["PYTHONPATH"] = str(shared.registered_module())
+    try:
+        process = run_cli("evaluate", str(result.run_dir), "--json")
+    finally:
+        del os.environ["PYTHONPATH"]
+    assert process.returncode == 0, process.stderr
+    top1 = json.loads(process.stdout)["classification"]["a"]["top1"]
+    assert top1 == pytest.approx(result.summary["members"]["a"]["test"]["top1"])
+
+
+def test_an_interrupted_run_is_readable(trained, tmp_path, monkeypatch):
+    """run.json is written with every checkpoint: a run killed after its first epoch can be evaluated."""
+    from conftest import train_interrupted_at_evaluation
+    from peerlearn.evaluate.runner import evaluate_run
+
+    run_dir = train_interrupted_at_evaluation(config("cut", "distill", [{"name": "t", **CNN, "trainable": False},
+                                                                         {"name": "s", **MLP}],
+                                                     distill={"teacher_epochs": 1}, train={"epochs": 2}),
+                                              tmp_path, 2, monkeypatch)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["finished"] is False and record["stage"]["name"] == "teacher"
+    assert {m["name"]: m["role"] for m in record["members"]} == {"t": "teacher", "s": "student"}
+    evaluation = evaluate_run(run_dir, save=False)
+    assert set(evaluation["classification"]) == {"t", "s"}  # one student: no ensemble
