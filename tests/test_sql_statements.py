@@ -163,19 +163,20 @@ def test_the_table_is_written_in_one_transaction(tmp_path):
         assert tables == ["out"] and connection.execute("SELECT * FROM out").fetchall() == [(1, "a"), (2, "b")]
 
 
-def test_a_model_whose_training_rows_changed_refuses_to_predict(tmp_path):
+def test_a_model_keeps_its_recorded_scaling_when_its_training_rows_change(tmp_path):
     url = peerlearn.sql.create_demo_db(tmp_path / "demo.db")
     models = tmp_path / "models"
     peerlearn.sql.run(f"SELECT * FROM iris TO TRAIN independent WITH members = [{SMALL_MLP}], {FAST} "
                       "LABEL species INTO iris_mlp", db=url, models=models)
-    predict = "SELECT * FROM iris TO PREDICT iris_predicted.species USING iris_mlp"
+    predict = "SELECT rowid AS row, * FROM iris WHERE rowid <= 75 TO PREDICT {}.species USING iris_mlp"
+    peerlearn.sql.run(predict.format("before"), db=url, models=models)
+    with sqlite3.connect(tmp_path / "demo.db") as connection:  # other training rows change: scaling must not
+        connection.execute("UPDATE iris SET petal_length_cm = petal_length_cm * 10 WHERE rowid > 75")
+    assert peerlearn.sql.run(predict.format("after"), db=url, models=models).details["rows"] == 75
     with sqlite3.connect(tmp_path / "demo.db") as connection:
-        connection.execute("UPDATE iris SET petal_length_cm = petal_length_cm * 10")
-    with pytest.raises(ConfigError, match="training rows of the model 'iris_mlp' changed"):
-        peerlearn.sql.run(predict, db=url, models=models)
-    with sqlite3.connect(tmp_path / "demo.db") as connection:
-        connection.execute("UPDATE iris SET petal_length_cm = petal_length_cm / 10")
-    assert peerlearn.sql.run(predict, db=url, models=models).details["rows"] == 150
+        before = connection.execute("SELECT row, species FROM before ORDER BY row").fetchall()
+        after = connection.execute("SELECT row, species FROM after ORDER BY row").fetchall()
+    assert len(before) == 75 and before == after
 
 
 def test_show_train_hides_a_password():

@@ -61,27 +61,12 @@ def load_model(store: ModelStore, name: str) -> StoredModel:
     for member in run.cohort:  # a transfer head trained on cached features: run the backbone on the rows
         if getattr(member.model, "head_only", False):
             member.model.head_only = False
-    check_standardisation(store, name, data)
     options = config.data.options
     features = options.get("features")
     if not features:
         raise ConfigError(f"The model {name!r} does not list its feature columns (data.options.features in "
                           f"{str(run_dir / 'config.yaml')!r}); it cannot be applied to other rows.")
     return StoredModel(name, config, data, run, list(features), options.get("label", ""))
-
-
-def check_standardisation(store: ModelStore, name: str, data) -> None:
-    """The model standardises rows with its training rows' mean and std, read again from the database; if
-    those rows changed since training, predictions would silently shift: refuse."""
-    info = store.info(name)
-    if "mean" not in info:
-        return
-    saved = torch.tensor([info["mean"], info["std"]], dtype=torch.float64)
-    now = torch.tensor([data.mean, data.std], dtype=torch.float64)
-    if saved.shape != now.shape or not torch.allclose(saved, now, rtol=1e-5, atol=1e-8):
-        raise ConfigError(f"The training rows of the model {name!r} changed since it was trained (their feature "
-                          f"means and standard deviations differ), so its inputs would be scaled differently; "
-                          f"train it again (its statement: SHOW TRAIN {name}).")
 
 
 def query_table(url: str, select: str) -> Table:
