@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
 
 
 def _print_json(value) -> None:
@@ -20,11 +20,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from peerlearn.api import train
     from peerlearn.tables import format_summary
 
-    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        # `peerlearn train optim.lr=0.05`: no file, only overrides of the defaults
-        args.overrides, args.config = [args.config, *args.overrides], None
-        args.defaults = True
-    if args.resume is None and args.config is None and not getattr(args, "defaults", False):
+    if args.resume is None and args.config is None and not args.overrides:
         raise PeerlearnError("train needs a CONFIG file (or key=value overrides of the defaults), "
                              "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
@@ -50,6 +46,17 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     if args.resume is None:  # report config errors once, before starting any process
         check_distributed_config(load_config(args.config, args.overrides), nproc)
     return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume), nproc)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`peerlearn config [CONFIG] [key=value ...]`: the resolved, validated config as YAML."""
+    import yaml
+
+    from peerlearn.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -172,6 +179,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "config": cmd_config,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
@@ -190,6 +198,31 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
     parser.add_argument("--json", action="store_true", help=json_help)
 
 
+OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
+                  "members.0.model=mlp; a list index one past the end, or +, appends an item: "
+                  "members.+={name: c, model: mlp}.")
+COMMANDS_WITH_OVERRIDES = ("train", "config")
+
+
+def add_config_and_overrides(parser: argparse.ArgumentParser) -> None:
+    """``[CONFIG] [key=value ...]``: one positional list, split by ``split_config_and_overrides``."""
+    parser.add_argument("items", nargs="*", metavar="CONFIG|key=value",
+                        help="YAML config file (optional: the defaults), then dotted config overrides")
+
+
+def split_config_and_overrides(args: argparse.Namespace, extra: list[str]) -> None:
+    """Set ``args.config`` (the one item that is not key=value, or None) and ``args.overrides`` from the
+    positional items and the ones argparse left over because they came after an option."""
+    items = [*args.items, *extra]
+    files = [item for item in items if "=" not in item or item.endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise ConfigError(f"{args.command} takes one CONFIG file, got {len(files)}: {', '.join(files)}; "
+                             "overrides are written key=value.")
+    args.config = files[0] if files else None
+    args.overrides = [item for item in items if item not in files]
+    del args.items
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peerlearn",
@@ -206,16 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train a cohort from a YAML config",
-                           description="Train the cohort a YAML config describes. Overrides are dotted "
-                                       "key=value pairs, e.g. optim.lr=0.05 members.0.model=resnet32.")
-    train.add_argument("config", nargs="?", help="YAML config file")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+                           description="Train the cohort a YAML config describes. " + OVERRIDES_HELP)
+    add_config_and_overrides(train)
     train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--launcher", choices=["none", "local"], default="none",
                        help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
     train.add_argument("--nproc", type=int, default=None, metavar="P",
                        help="processes for --launcher local (default: one per member)")
+
+    config = sub.add_parser("config", help="print the resolved, validated config as YAML",
+                            description="Read CONFIG (or the defaults), apply the overrides, validate, and print "
+                                        "the config a run would use, every default filled in. " + OVERRIDES_HELP)
+    add_config_and_overrides(config)
 
     demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, under a minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "
@@ -308,8 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or args.command not in COMMANDS_WITH_OVERRIDES]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if args.command in COMMANDS_WITH_OVERRIDES:
+            split_config_and_overrides(args, extra)
         return COMMANDS[args.command](args)
     except PeerlearnError as error:
         print(f"peerlearn {args.command}: {error}", file=sys.stderr)
