@@ -163,6 +163,8 @@ class Trainer:
         previous one."""
         if self.is_main:
             try:
+                if self.log is not None:
+                    self.log.flush()  # the logs hold everything up to this checkpoint
                 save_state(self.checkpoint_path, self.state())
             except OSError as error:
                 raise ResourceError(
@@ -233,7 +235,7 @@ class Trainer:
         except BaseException:
             self.log.close(finished=False)
             raise
-        self.log.close()
+        self.log.close(final=summary.get("final"))
         return summary
 
     def _run_stage(self, stage_index: int, stage: Stage) -> None:
@@ -257,6 +259,8 @@ class Trainer:
                 count = self._epoch_count
                 self.position.step_in_epoch = step + 1
                 self.position.global_step += 1
+                self.log.log_step(self.position.global_step, self.position.global_epoch + (step + 1) / len(stream),
+                                  stage.name, values, self.cohort)
                 bar.update(1)
                 if count % 10 == 0 and "loss" in values:
                     bar.set_postfix(loss=f"{float(values['loss']):.4f}")
@@ -332,7 +336,11 @@ class _NullLog:
 
     def log(self, *args, **kwargs) -> None: ...
 
-    def close(self) -> None: ...
+    def log_step(self, *args, **kwargs) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, *args, **kwargs) -> None: ...
 
 
 def is_finite_number(value: Any) -> bool:
