@@ -153,8 +153,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from peerlearn.export import export_member
 
     result = export_member(args.run_dir, member=args.member, fmt=args.format, out=args.out,
-                           exporter=args.exporter, check_items=args.check_items, progress=args.progress)
+                           exporter=args.exporter, check_items=args.check_items, progress=args.progress,
+                           raw_input=args.raw_input)
     print(f"exported member {result.member!r} as {result.format}: {result.model_path}")
+    print(f"files written: {', '.join(result.info['files'])}")
     print(f"preprocessing and class names: {result.info_path}")
     print(f"check on {result.check_items} {result.check_split} items: max |Δ logits| = {result.max_abs_diff:.3g} "
           f"(tolerance {result.tolerance:g})")
@@ -324,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
                         help="ONNX exporter: torch.export-based (dynamo, needs onnxscript), the TorchScript-"
                              "based legacy one, or auto (dynamo when onnxscript is installed, else legacy)")
+    export.add_argument("--raw-input", choices=["nchw", "nhwc"], default=None,
+                        help="images: the model takes the source's uint8 images in this layout and resizes and "
+                             "normalises them itself, exactly as training did (onnx, torchscript)")
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
     export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress bars (auto: only on a terminal)")
