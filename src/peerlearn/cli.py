@@ -144,7 +144,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(split=args.split, limit=args.limit, flatness_items=args.flatness_items,
                             sigmas=tuple(args.sigmas), draws=args.draws, tsne_items=args.tsne_items,
                             tsne_members=args.tsne_member, progress=args.progress)
-    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title)
+    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures)
     print(f"report written to {path}")
     return 0
 
@@ -303,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--title", default="peerlearn report")
     report.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="split of the confusion matrices, entropy and t-SNE (default: test)")
-    report.add_argument("--limit", type=int, default=5000, help="use the first N items of that split")
+    report.add_argument("--limit", type=int, default=None, help="use only the first N items of that split "
+                                                                "(default: all; the figures' titles say so)")
+    report.add_argument("--figures", default="png", choices=["png", "svg", "pdf"],
+                        help="also write every figure as SVG or PDF into REPORT_figures/ beside the page "
+                             "(the page always embeds PNGs)")
     report.add_argument("--flatness-items", type=int, default=1000, help="training items of the flatness probe")
     report.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05],
                         help="noise levels σ of the flatness probe")
