@@ -8,6 +8,10 @@
   any other line in a shell block (pip, make, ...) needs the block to be marked no-run;
 * ```yaml blocks that hold a mapping must validate as a run config (``peerlearn.config.load_config``).
 
+Running every documented command takes minutes, so that test is marked ``slow`` (``make test-slow``); the
+default suite checks that each command is accepted by the argument parser and that its config and overrides
+validate.
+
 A block that is not meant to run (output, a placeholder, a command needing files the tests do not have) is
 marked with the HTML comment ``<!-- no-run -->`` on the line before its opening fence. A new page under docs/
 joins automatically.
@@ -138,6 +142,33 @@ def _substitute(words: list[str], run_dir: Path, config: Path) -> list[str]:
     return result
 
 
+@pytest.mark.parametrize("block", _blocks(*SHELL))
+def test_shell_block_commands_parse_and_configs_validate(block, tmp_path):
+    """Fast check of every documented command: the CLI accepts its arguments, and a train or config command's
+    CONFIG with its overrides is a valid config (running them all is the slow test below)."""
+    from peerlearn.cli import COMMANDS_WITH_OVERRIDES, build_parser, split_config_and_overrides
+    from peerlearn.config import load_config
+    from peerlearn.models import create_model
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(recipe="mutual")))
+    for line in _command_lines(block):
+        words = _substitute(shlex.split(line)[1:], tmp_path, config)
+        try:
+            args, extra = build_parser().parse_known_args(words)
+        except SystemExit:
+            pytest.fail(f"{block.id}: `{line}` is refused by the argument parser")
+        assert not [w for w in extra if w.startswith("-")], f"{block.id}: `{line}` has unknown options {extra}"
+        if args.command in COMMANDS_WITH_OVERRIDES:
+            split_config_and_overrides(args, extra)
+            if args.config is not None or args.overrides:
+                run_config = load_config(args.config, args.overrides)
+                for member in run_config.members:  # a model option the model lacks fails here, not in training
+                    create_model(member.model, num_classes=10, in_channels=1,
+                                 image_size=run_config.data.image_size or 28, **member.model_args)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("block", _blocks(*SHELL))
 def test_shell_block_commands_run(block, tmp_path, finished_run):
     config = tmp_path / "tiny.yaml"
