@@ -33,7 +33,7 @@ def test_absent_list_is_created_by_an_index():
 
 @pytest.mark.parametrize("text, words", [
     ("members.3.model=mlp", "below its length 2"),
-    ("members.x.model=mlp", "neither an index"),
+    ("members.x.model=mlp", "not an index below"),
     ("optim.+=1", "appends to a list, but 'optim' is a mapping"),
 ])
 def test_bad_list_overrides_are_config_errors(text, words):

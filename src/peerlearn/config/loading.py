@@ -85,7 +85,7 @@ def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
                 part = str(len(node))
             if not part.isdigit() or int(part) > len(node):
                 raise ConfigError(
-                    f"Override key {'.'.join(parts)!r}: {where!r} is a list index, but {part!r} is neither an index "
+                    f"Override key {'.'.join(parts)!r}: {where!r} is a list index, but {part!r} is not an index "
                     f"below its length {len(node)}, nor {len(node)} or '+' (which append an item)."
                 )
             index = int(part)
