@@ -18,15 +18,16 @@ from peerlearn.report.collect import collect_run
 from peerlearn.report.curves import eval_curves, training_curves
 
 FAST = ReportOptions(flatness_items=200, sigmas=(0.0, 0.05), draws=1, tsne_items=120, progress="off")
-HEADINGS = ["Comparison of runs", "Learning curves", "Confusion matrices", "Posterior entropy",
-            "Flatness of the minimum", "t-SNE of penultimate features"]
+HEADINGS = ["Comparison of runs", "Seeds: mean ± std", "Learning curves", "Similarity of members (CKA)",
+            "Confusion matrices", "Posterior entropy", "Flatness of the minimum", "t-SNE of penultimate features"]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """independent (seed 0), mutual (seed 0), mutual (seed 1): the two mutual runs form a seed group."""
     out = tmp_path_factory.mktemp("runs")
-    return [peerlearn.train(tiny_config(name=recipe, recipe=recipe), out=out).run_dir
-            for recipe in ("independent", "mutual")]
+    return [peerlearn.train(tiny_config(name=recipe, recipe=recipe, seed=seed), out=out).run_dir
+            for recipe, seed in (("independent", 0), ("mutual", 0), ("mutual", 1))]
 
 
 def test_curves_follow_metrics_jsonl():
@@ -63,13 +64,38 @@ def test_report_is_one_self_contained_html_file(runs, tmp_path):
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in page
     images = _images(page)
-    # 2 learning curves + 2 confusion figures + entropy + flatness + 2 t-SNE
-    assert len(images) == page.count("<img ") == 8
+    # seeds + 3 learning curves + CKA + 3 confusion figures + entropy + flatness + 3 t-SNE
+    assert len(images) == page.count("<img ") == 13
     assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 2000 for image in images)
     assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from elsewhere
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert f"{100 * summary['members']['a']['test']['top1']:.2f}" in page
-    assert runs[0].name in page and runs[1].name in page
+    # runs are labelled by name and the settings that differ, not by their timestamped folders
+    assert "independent [recipe=independent] seed 0" in page and "mutual [recipe=mutual] seed 1" in page
+    assert f"<td>{runs[1].name}</td>" not in page
+    # the seed group: mean ± sample std of the two mutual runs
+    scores = [json.loads((run / "summary.json").read_text())["ensemble"]["test"]["top1"] * 100 for run in runs[1:]]
+    mean, std = sum(scores) / 2, abs(scores[0] - scores[1]) / 2 ** 0.5
+    assert f"<td>mutual [recipe=mutual]</td><td>ensemble</td><td class=\"num\">2</td><td>0, 1</td>" in page
+    assert f"{mean:.2f} ± {std:.2f}" in page
+    assert "all 450 test items" in page  # confusion matrices use the whole split by default
+
+
+def test_collected_cka_and_subset_titles(runs):
+    from peerlearn.evaluate.similarity import linear_cka
+
+    run = collect_run(runs[1], ReportOptions(**{**FAST.__dict__, "limit": 100}))
+    assert run.items == 100 and run.split_items == 450
+    assert run.cka["a"]["a"] == 1.0 and 0 < run.cka["a"]["b"] < 1 and run.cka["a"]["b"] == run.cka["b"]["a"]
+
+
+@pytest.mark.parametrize("fmt, magic", [("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_figures_as_svg_or_pdf_beside_the_page(runs, tmp_path, fmt, magic):
+    out = build_report(runs[1:], tmp_path / "paper.html", FAST, figures=fmt)
+    files = sorted((tmp_path / "paper_figures").iterdir())
+    assert files and all(f.suffix == f".{fmt}" and f.read_bytes().startswith(magic) for f in files)
+    page = out.read_text()
+    assert page.count(f'href="paper_figures/') == len(files) == page.count("<img ")
 
 
 def test_report_cli_default_output_and_bad_input(runs, tmp_path, capsys):
@@ -103,7 +129,7 @@ def test_report_renders_with_its_plots_in_headless_chromium(runs, tmp_path):
     done = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
-    assert re.search(r'id="render-check" data-status="ok">images loaded: 8/8<', dom), dom[-500:]
+    assert re.search(r'id="render-check" data-status="ok">images loaded: 13/13<', dom), dom[-500:]
     for heading in HEADINGS:
         assert f"<h2>{heading}</h2>" in dom
     shot = tmp_path / "shot.png"

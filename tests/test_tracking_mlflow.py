@@ -1,4 +1,4 @@
-"""The optional MLflow logger: params and per-epoch metrics in RUN_DIR/mlflow.db, off by default."""
+"""The optional MLflow logger: params, per-step and per-epoch metrics and the final ones in RUN_DIR/mlflow.db, off by default."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def test_mlflow_store_in_the_run_dir_holds_config_and_metrics(tmp_path, monkeypa
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)  # nothing may be written outside the run directory
-    result = peerlearn.train(tiny_config(tracking={"tensorboard": False, "mlflow": True}), out="runs")
+    result = peerlearn.train(tiny_config(tracking={"tensorboard": False, "mlflow": True, "log_every_steps": 10}),
+                             out="runs")
     run_dir = result.run_dir.resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / MLFLOW_DB}")
@@ -41,6 +42,11 @@ def test_mlflow_store_in_the_run_dir_holds_config_and_metrics(tmp_path, monkeypa
     history = client.get_metric_history(run_id, "eval/val/a/top1")
     assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["val"]["a"]["top1"])) for r in evals]
     assert len(client.get_metric_history(run_id, "train/a/ce")) == 2
+    steps = [r for r in read_metrics(run_dir) if r["kind"] == "step"]  # every tracking.log_every_steps
+    assert steps and [m.step for m in client.get_metric_history(run_id, "step/loss")] == [r["step"] for r in steps]
+    assert all(m.value == 0.05 for m in client.get_metric_history(run_id, "step/lr/a"))
+    final = client.get_metric_history(run_id, "final/test/ensemble/top1")
+    assert [m.value for m in final] == [pytest.approx(result.summary["ensemble"]["test"]["top1"])]
     # a resumed run continues the same MLflow run
     again = MlflowLogger(run_dir, {}, "resumed", resume=True)
     assert again.run_id == run_id

@@ -21,14 +21,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from peerlearn.api import train
     from peerlearn.tables import format_summary
 
-    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        # `peerlearn train optim.lr=0.05`: no file, only overrides of the defaults
-        args.overrides, args.config = [args.config, *args.overrides], None
-        args.defaults = True
     if args.change and args.resume is None:
         raise ConfigError("--change continues a resumed run with a new setting (--resume RUN_DIR --change "
                           "key=value); a new run takes key=value overrides.")
-    if args.resume is None and args.config is None and not getattr(args, "defaults", False):
+    if args.resume is None and args.config is None and not args.overrides:
         raise PeerlearnError("train needs a CONFIG file (or key=value overrides of the defaults), "
                              "or --resume RUN_DIR to continue a run.")
     if args.resume is not None and (args.config is not None or args.overrides):
@@ -60,6 +56,17 @@ def cmd_train_local(args: argparse.Namespace) -> int:
                else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
     return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
                         grace_seconds=min(timeout, 30.0))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`peerlearn config [CONFIG] [key=value ...]`: the resolved, validated config as YAML."""
+    import yaml
+
+    from peerlearn.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -147,7 +154,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(split=args.split, limit=args.limit, flatness_items=args.flatness_items,
                             sigmas=tuple(args.sigmas), draws=args.draws, tsne_items=args.tsne_items,
                             tsne_members=args.tsne_member, progress=args.progress)
-    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title)
+    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures)
     print(f"report written to {path}")
     return 0
 
@@ -156,8 +163,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from peerlearn.export import export_member
 
     result = export_member(args.run_dir, member=args.member, fmt=args.format, out=args.out,
-                           exporter=args.exporter, check_items=args.check_items, progress=args.progress)
+                           exporter=args.exporter, check_items=args.check_items, progress=args.progress,
+                           raw_input=args.raw_input)
     print(f"exported member {result.member!r} as {result.format}: {result.model_path}")
+    print(f"files written: {', '.join(result.info['files'])}")
     print(f"preprocessing and class names: {result.info_path}")
     print(f"check on {result.check_items} {result.check_split} items: max |Δ logits| = {result.max_abs_diff:.3g} "
           f"(tolerance {result.tolerance:g})")
@@ -182,6 +191,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "config": cmd_config,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
@@ -201,6 +211,31 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
     parser.add_argument("--json", action="store_true", help=json_help)
 
 
+OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
+                  "members.0.model=mlp; a list index one past the end, or +, appends an item: "
+                  "members.+={name: c, model: mlp}.")
+COMMANDS_WITH_OVERRIDES = ("train", "config")
+
+
+def add_config_and_overrides(parser: argparse.ArgumentParser) -> None:
+    """``[CONFIG] [key=value ...]``: one positional list, split by ``split_config_and_overrides``."""
+    parser.add_argument("items", nargs="*", metavar="CONFIG|key=value",
+                        help="YAML config file (optional: the defaults), then dotted config overrides")
+
+
+def split_config_and_overrides(args: argparse.Namespace, extra: list[str]) -> None:
+    """Set ``args.config`` (the one item that is not key=value, or None) and ``args.overrides`` from the
+    positional items and the ones argparse left over because they came after an option."""
+    items = [*args.items, *extra]
+    files = [item for item in items if "=" not in item or item.endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise ConfigError(f"{args.command} takes one CONFIG file, got {len(files)}: {', '.join(files)}; "
+                             "overrides are written key=value.")
+    args.config = files[0] if files else None
+    args.overrides = [item for item in items if item not in files]
+    del args.items
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peerlearn",
@@ -218,10 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train a cohort from a YAML config",
-                           description="Train the cohort a YAML config describes. Overrides are dotted "
-                                       "key=value pairs, e.g. optim.lr=0.05 members.0.model=resnet32.")
-    train.add_argument("config", nargs="?", help="YAML config file")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+                           description="Train the cohort a YAML config describes. " + OVERRIDES_HELP)
+    add_config_and_overrides(train)
     train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--change", action="append", default=[], metavar="key=value",
@@ -230,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
     train.add_argument("--nproc", type=int, default=None, metavar="P",
                        help="processes for --launcher local (default: one per member)")
+
+    config = sub.add_parser("config", help="print the resolved, validated config as YAML",
+                            description="Read CONFIG (or the defaults), apply the overrides, validate, and print "
+                                        "the config a run would use, every default filled in. " + OVERRIDES_HELP)
+    add_config_and_overrides(config)
 
     demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, under a minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "
@@ -279,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--title", default="peerlearn report")
     report.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="split of the confusion matrices, entropy and t-SNE (default: test)")
-    report.add_argument("--limit", type=int, default=5000, help="use the first N items of that split")
+    report.add_argument("--limit", type=int, default=None, help="use only the first N items of that split "
+                                                                "(default: all; the figures' titles say so)")
+    report.add_argument("--figures", default="png", choices=["png", "svg", "pdf"],
+                        help="also write every figure as SVG or PDF into REPORT_figures/ beside the page "
+                             "(the page always embeds PNGs)")
     report.add_argument("--flatness-items", type=int, default=1000, help="training items of the flatness probe")
     report.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05],
                         help="noise levels σ of the flatness probe")
@@ -302,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"],
                         help="ONNX exporter: torch.export-based (dynamo, needs onnxscript), the TorchScript-"
                              "based legacy one, or auto (dynamo when onnxscript is installed, else legacy)")
+    export.add_argument("--raw-input", choices=["nchw", "nhwc"], default=None,
+                        help="images: the model takes the source's uint8 images in this layout and resizes and "
+                             "normalises them itself, exactly as training did (onnx, torchscript)")
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
     export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress bars (auto: only on a terminal)")
@@ -324,8 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or args.command not in COMMANDS_WITH_OVERRIDES]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if args.command in COMMANDS_WITH_OVERRIDES:
+            split_config_and_overrides(args, extra)
         return COMMANDS[args.command](args)
     except PeerlearnError as error:
         print(f"peerlearn {args.command}: {error}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Reading a run configuration: YAML (1.2 scalars), dotted overrides, validation into ``RunConfig``.
 
-Overrides use dotted paths into the YAML tree; list items are addressed by index::
+Overrides use dotted paths into the YAML tree; list items are addressed by index, and the next index
+(or ``+``) appends an item::
 
-    optim.lr=0.05  members.0.model=resnet32  mutual.update=sequential
+    optim.lr=0.05  members.0.model=resnet32  mutual.update=sequential  members.+={name: c, model: mlp}
 
 Reading is bounded: a config file must be UTF-8 text of at most 1 MiB without NUL bytes, its YAML may
 nest at most ``MAX_DEPTH`` levels, and aliases may not expand it beyond ``MAX_NODES`` nodes (an alias
@@ -143,6 +144,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return tree
 
 
+APPEND = "+"  # the list index that appends a new item: members.+={name: c, model: mlp}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.0.c=value`` into its path and its YAML-parsed value."""
     if "=" not in text:
@@ -164,31 +168,48 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _is_index(part: str) -> bool:
+    return part.isdigit() or part == APPEND
+
+
 def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
-    """Set ``tree[parts[0]][parts[1]]... = value``; list items are addressed by integer index."""
+    """Set ``tree[parts[0]][parts[1]]... = value``.
+
+    List items are addressed by integer index; the index equal to the list's length, or ``+``, appends a new
+    item (``members.2.model=mlp`` on a two-member cohort, ``members.+={name: c, model: mlp}``). A key that is
+    absent becomes a mapping, or a list when the next part is an index (``transfer.backbones.0.source=X``).
+    """
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
+        fresh: Any = None if last else ([] if _is_index(parts[depth + 1]) else {})
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            if part == APPEND:
+                part = str(len(node))
+            if not part.isdigit() or int(part) > len(node):
                 raise ConfigError(
                     f"Override key {'.'.join(parts)!r}: {where!r} is a list index, but {part!r} is not an index "
-                    f"below its length {len(node)}."
+                    f"below its length {len(node)}, nor {len(node)} or '+' (which append an item)."
                 )
             index = int(part)
+            if index == len(node):
+                node.append(fresh)
             if last:
                 node[index] = value
             else:
                 if node[index] is None:
-                    node[index] = {}
+                    node[index] = fresh
                 node = node[index]
         elif isinstance(node, dict):
+            if part == APPEND:
+                raise ConfigError(f"Override key {'.'.join(parts)!r}: '+' appends to a list, but "
+                                  f"{'.'.join(parts[:depth]) or 'the top level'!r} is a mapping.")
             if last:
                 node[part] = value
             else:
                 if node.get(part) is None:
-                    node[part] = {}
+                    node[part] = fresh
                 node = node[part]
         else:
             raise ConfigError(

@@ -328,6 +328,9 @@ class TrackingConfig(Section):
     tensorboard: bool = Field(True, description="TensorBoard events in RUN_DIR/tensorboard")
     mlflow: bool = Field(False, description="also log the flattened config and per-epoch metrics to MLflow, "
                                             "SQLite file RUN_DIR/mlflow.db (needs peerlearn[mlflow])")
+    log_every_steps: int = Field(50, ge=0, description="log one training step's loss terms and learning rates "
+                                                       "every N global steps (metrics.jsonl kind 'step', "
+                                                       "TensorBoard, MLflow); 0: only per-epoch means")
 
 
 # --------------------------------------------------------------------------- regularisation

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.engine.run_dir import open_append
-from peerlearn.engine.write_guard import TensorBoardWriteGuard
+from peerlearn.engine.tb_events import EventWriter, truncate_events
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -22,14 +23,22 @@ MLFLOW_EXPERIMENT = "peerlearn"
 
 
 class MetricsLog:
-    """Append-only JSON-lines log plus optional TensorBoard scalars.
+    """Append-only JSON-lines log plus optional TensorBoard scalars (and MLflow).
 
-    On resume, lines written after the checkpoint's step are dropped, so the log reads as if the
-    run had never stopped.
+    Records are ``{"kind": "train" | "eval" | "step", "step": global step, "epoch": ..., ...}``: ``train`` holds an
+    epoch's mean loss terms and each member's learning rate, ``eval`` the evaluation, ``step`` the loss terms
+    and learning rates of a single optimisation step, every ``log_every_steps`` steps (0: none).
+
+    ``flush`` (called before every checkpoint is written) puts everything logged so far on disk, so a killed
+    run's log is complete up to its last checkpoint. On resume from a checkpoint at step S, the lines and
+    TensorBoard events of steps > S are dropped, so the log reads as if the run had never stopped: no duplicate
+    step and no hole. When the run finishes, its hyper-parameters (the flattened config) and final metrics are
+    written as TensorBoard hparams (``final/<split>/<member>/<metric>`` scalars) and MLflow metrics.
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: Optional[int] = None,
-                 mlflow: Optional["MlflowLogger"] = None):
+                 mlflow: Optional["MlflowLogger"] = None, log_every_steps: int = 0,
+                 hparams: Optional[dict[str, Any]] = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
@@ -39,12 +48,14 @@ class MetricsLog:
         self.handle = open_append(self.path)  # never through a planted link
         self.writer = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
-            self.tensorboard_guard = TensorBoardWriteGuard(self.writer)  # disk errors surface here, exit 4
+            log_dir = Path(run_dir) / "tensorboard"
+            if resume_step is not None:
+                truncate_events(log_dir, resume_step)
+            self.writer = EventWriter(log_dir)
         self.extra_loggers: list[Any] = []
         self.mlflow = mlflow
+        self.log_every_steps = log_every_steps
+        self.hparams = hparams or {}
 
     def log(self, kind: str, step: int, epoch: float, values: dict[str, Any]) -> None:
         record = {"kind": kind, "step": step, "epoch": epoch, **values}
@@ -53,31 +64,80 @@ class MetricsLog:
         if self.writer is not None:
             for key, value in scalars.items():
                 self.writer.add_scalar(f"{kind}/{key}", value, step)
-            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.log(kind, step, scalars)
         if self.mlflow is not None:
             self.mlflow.log(kind, step, scalars)
 
-    def close(self, finished: bool = True) -> None:
-        """Close every sink; ``finished=False`` marks the MLflow run as failed."""
+    def log_step(self, step: int, epoch: float, stage: str, values: dict[str, Any], cohort) -> None:
+        """A ``step`` record of one optimisation step's loss terms and every trainable member's learning rate,
+        when ``step`` is a multiple of ``log_every_steps``."""
+        if not self.log_every_steps or step % self.log_every_steps:
+            return
+        lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in cohort.trainable if m.optimizer}
+        self.log("step", step, round(epoch, 6), {"stage": stage, **{k: float(v) for k, v in values.items()},
+                                                 "lr": lrs})
+
+    def flush(self) -> None:
+        """Put every record logged so far into the files (before a checkpoint is written)."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self, finished: bool = True, final: Optional[dict[str, Any]] = None) -> None:
+        """Close every sink; ``finished=False`` marks the MLflow run as failed. ``final`` (the final
+        evaluation, ``{split: {member: {metric: value}}}``) is written with the hyper-parameters."""
+        if finished and final:
+            metrics = {f"final/{key}": value for key, value in _flat(final)}
+            if self.writer is not None:
+                write_hparams(self.writer, self.hparams, metrics)
+            if self.mlflow is not None:
+                self.mlflow.log("final", 0, {key.removeprefix("final/"): v for key, v in metrics.items()})
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
-            self.tensorboard_guard.raise_pending()
         for logger in self.extra_loggers:
             logger.close()
         if self.mlflow is not None:
             self.mlflow.close(finished)
 
 
+def write_hparams(writer, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    """TensorBoard's HParams view: the experiment, session start (hyper-parameters) and end summaries, and
+    each metric as a scalar, all in the run's own event file (so ``tensorboard --logdir runs`` compares runs)."""
+    from tensorboardX.summary import hparams as hparams_summaries
+
+    for summary in hparams_summaries(hparams, metrics):  # experiment, session start, session end
+        writer.add_summary(summary, 0)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, 0)
+
+
+def hparam_values(tree: Any) -> dict[str, Any]:
+    """The flattened config as TensorBoard hyper-parameters: numbers, booleans and strings kept as they are,
+    lists and empty mappings as JSON text, unset (None) values left out."""
+    values: dict[str, Any] = {}
+    for key, text in flatten_params(tree).items():
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if value is None:
+            continue
+        values[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return values
+
+
 def open_metrics_log(config, run_dir: Path, resume_step: Optional[int] = None) -> MetricsLog:
     """The run's ``MetricsLog`` with the sinks ``config.tracking`` turns on."""
+    tree = config.model_dump(mode="json")
     mlflow = None
     if config.tracking.mlflow:
-        mlflow = MlflowLogger(run_dir, flatten_params(config.model_dump(mode="json")), run_name=Path(run_dir).name,
+        mlflow = MlflowLogger(run_dir, flatten_params(tree), run_name=Path(run_dir).name,
                               resume=resume_step is not None)
-    return MetricsLog(run_dir, config.tracking.tensorboard, resume_step=resume_step, mlflow=mlflow)
+    return MetricsLog(run_dir, config.tracking.tensorboard, resume_step=resume_step, mlflow=mlflow,
+                      log_every_steps=config.tracking.log_every_steps, hparams=hparam_values(tree))
 
 
 # --------------------------------------------------------------------------- MLflow

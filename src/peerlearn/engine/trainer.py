@@ -201,6 +201,8 @@ class Trainer:
         check_weights_finite(self)  # never save (or go on from) inf/NaN weights or BatchNorm statistics
         if self.is_main:
             try:
+                if self.log is not None:
+                    self.log.flush()  # the logs hold everything up to this checkpoint
                 state = self.state()
                 save_state(self.checkpoint_path, state)
                 if state["run"] is not None:
@@ -304,7 +306,7 @@ class Trainer:
         finally:
             self.signals.restore()
         try:
-            self.log.close()
+            self.log.close(final=summary.get("final"))
         except OSError as error:
             raise ResourceError(f"Cannot finish the metrics of {str(self.run_dir)!r}: {error.strerror or error}. "
                                 f"The final weights are written; the last checkpoint is "
@@ -349,6 +351,8 @@ class Trainer:
                 count = self._epoch_count
                 self.position.step_in_epoch = step + 1
                 self.position.global_step += 1
+                self.log.log_step(self.position.global_step, self.position.global_epoch + (step + 1) / len(stream),
+                                  stage.name, values, self.cohort)
                 bar.update(1)
                 if count % 10 == 0 and "loss" in values:
                     bar.set_postfix(loss=f"{float(values['loss']):.4f}")
@@ -430,7 +434,11 @@ class _NullLog:
 
     def log(self, *args, **kwargs) -> None: ...
 
-    def close(self, finished: bool = True) -> None: ...
+    def log_step(self, *args, **kwargs) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self, *args, **kwargs) -> None: ...
 
 
 def is_finite_number(value: Any) -> bool:

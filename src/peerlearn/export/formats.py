@@ -1,7 +1,8 @@
 """Writing a model in each export format, and running the written file again for the check.
 
-* ``onnx``: ``torch.onnx.export`` with a dynamic batch axis, input ``input`` [N, ...] float32, output
-  ``logits`` [N, classes]; run back with onnxruntime on the CPU.
+* ``onnx``: ``torch.onnx.export`` with a dynamic batch axis, input ``input`` [N, ...] float32 (uint8 for a
+  raw-input export), output ``logits`` [N, classes], weights embedded in the one ``.onnx`` file when they fit
+  (< 2 GiB); run back with onnxruntime on the CPU.
 * ``torchscript``: ``torch.jit.trace`` in eval mode, saved with ``torch.jit.save``; reloaded with ``torch.jit.load``.
 * ``safetensors``: the state dict alone (no code, nothing unpickled); reloaded into a fresh model built by
   ``peerlearn.models.create_model`` from the architecture recorded in the JSON beside it.
@@ -105,13 +106,30 @@ def save_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, exporte
     return info
 
 
+ONNX_SINGLE_FILE_LIMIT = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GiB, less room for the graph itself
+
+
+def external_data_path(path: Path) -> Path:
+    """Where the ONNX exporter puts the weights when they do not fit in one file."""
+    return path.with_name(path.name + ".data")
+
+
+def weights_fit_in_one_file(model: torch.nn.Module) -> bool:
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return size < ONNX_SINGLE_FILE_LIMIT
+
+
 def _run_onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    """Write ``path`` with a dynamic batch axis; the weights are embedded in it when they fit in one file
+    (< 2 GiB), else written beside it as ``NAME.onnx.data``."""
     common = dict(input_names=["input"], output_names=["logits"])
+    external_data_path(path).unlink(missing_ok=True)
     with quiet_deprecations(), torch.no_grad():
         if exporter == "dynamo":
             batch = torch.export.Dim("batch")
             torch.onnx.export(model, (example,), str(path), dynamo=True, verbose=False,
-                              dynamic_shapes=({0: batch},), **common)
+                              dynamic_shapes=({0: batch},), external_data=not weights_fit_in_one_file(model),
+                              **common)
         else:
             torch.onnx.export(model, (example,), str(path), dynamo=False,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
@@ -129,7 +147,8 @@ def run_onnx(path: Path, inputs: torch.Tensor) -> np.ndarray:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return session.run(None, {name: inputs.cpu().numpy().astype(np.float32)})[0]
+    array = inputs.cpu().numpy()
+    return session.run(None, {name: array if array.dtype == np.uint8 else array.astype(np.float32)})[0]
 
 
 def run_torchscript(path: Path, inputs: torch.Tensor) -> np.ndarray:

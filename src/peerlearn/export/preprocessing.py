@@ -1,7 +1,7 @@
 """What a consumer of an exported model must know: the input layout, the preprocessing and the classes.
 
-Images: x = (pixel / 255 − mean[c]) / std[c] per channel c, after resizing to the run's input size,
-as float32 NCHW. Features (tabular data): x = (value − mean[f]) / std[f].
+Images: x = (pixel / 255 − mean[c]) / std[c] per channel c, after resizing to the run's input size
+(``RESIZE_METHOD``: bilinear with half-pixel centres, no antialiasing, rounded to uint8), as float32 NCHW. Features (tabular data): x = (value − mean[f]) / std[f].
 """
 
 from __future__ import annotations
@@ -10,6 +10,17 @@ from typing import Any
 
 from peerlearn import __version__
 from peerlearn.data.bundle import DataBundle
+
+
+RESIZE_METHOD = {
+    "function": "torch.nn.functional.interpolate(x.float(), size=(height, width), mode='bilinear', "
+                "align_corners=False), then round (half to even) and clamp to 0..255",
+    "mode": "bilinear", "align_corners": False, "antialias": False, "coordinates": "half_pixel",
+    "rounded_to_uint8": True,
+    "when": "only when the source image is not already height x width",
+    "note": "Pillow's resize(BILINEAR) antialiases when shrinking and gives other pixels; export with "
+            "--raw-input to have this resize inside the model",
+}
 
 
 def describe_inputs(data: DataBundle) -> dict[str, Any]:
@@ -22,11 +33,13 @@ def describe_inputs(data: DataBundle) -> dict[str, Any]:
                       "kind": "image", "channels": channels, "height": height, "width": width},
             "preprocessing": {
                 "resize": [height, width],
+                "resize_method": RESIZE_METHOD,
                 "scale": 1 / 255,
                 "mean": list(data.mean),
                 "std": list(data.std),
                 "formula": "x[c] = (pixel[c] / 255 - mean[c]) / std[c], pixels 0..255 after resizing to "
-                           "height x width (bilinear)",
+                           "height x width as resize_method says",
+                "in_graph": False,
             },
         }
     return {

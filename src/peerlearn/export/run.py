@@ -12,6 +12,7 @@ import torch
 from peerlearn.export import formats
 from peerlearn.export.check import TOLERANCE, ExportError, check_outputs
 from peerlearn.export.preprocessing import export_info
+from peerlearn.export.raw_input import LAYOUTS, RawImageModel, describe_raw_input, raw_check_batch
 from peerlearn.progress import Mode, progress_bar
 
 
@@ -76,10 +77,15 @@ def choose_member(cohort, member: Optional[str]) -> str:
 
 def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = "onnx",
                   out: Optional[str | Path] = None, exporter: str = "auto", check_items: int = 64,
-                  tolerance: float = TOLERANCE, progress: Mode = "auto") -> ExportResult:
+                  tolerance: float = TOLERANCE, progress: Mode = "auto",
+                  raw_input: Optional[str] = None) -> ExportResult:
     """Write member ``member`` of the run in ``run_dir`` as ``fmt`` into ``out`` (default RUN_DIR/export),
     with ``<file>.json`` beside it; the written file is run again on ``check_items`` test items and its
     logits must match PyTorch's to max |Δ| < ``tolerance``, else the file is removed and ExportError raised.
+
+    ``raw_input`` ("nchw" or "nhwc", images only, onnx and torchscript): the exported model takes the source's
+    uint8 images and does the training pipeline's resize and normalisation itself (``RawImageModel``); the
+    check compares it on raw test images with PyTorch on the same images preprocessed by the training code.
     """
     from peerlearn.api import load_run
 
@@ -89,13 +95,26 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         raise ExportUsageError(f"Unknown ONNX exporter {exporter!r}; allowed: {', '.join(formats.EXPORTERS)}.")
     if check_items < 1:
         raise ExportUsageError(f"--check-items must be at least 1, got {check_items}.")
+    if raw_input is not None and raw_input not in LAYOUTS:
+        raise ExportUsageError(f"Unknown raw input layout {raw_input!r}; allowed: {', '.join(LAYOUTS)}.")
+    if raw_input is not None and fmt == "safetensors":
+        raise ExportUsageError("--raw-input puts the preprocessing into a graph: use --format onnx or torchscript "
+                               "(safetensors holds the weights only).")
     run_dir = Path(run_dir)
     run = load_run(run_dir, device="cpu")
     name = choose_member(run.cohort, member)
     model = run.cohort[name].model.eval().cpu()
-    inputs, split = check_batch(run, check_items)
-    with torch.no_grad():
-        reference = model(inputs).cpu().numpy()
+    if raw_input is not None:
+        if not run.data.is_image:
+            raise ExportUsageError("--raw-input is for image data; this run's inputs are feature vectors.")
+        inputs, resized, split = raw_check_batch(run.config, check_items, raw_input)
+        with torch.no_grad():
+            reference = model(run.normalizer(resized).float()).cpu().numpy()
+        model = RawImageModel(model, run.data.mean, run.data.std, run.config.data.image_size, raw_input).eval()
+    else:
+        inputs, split = check_batch(run, check_items)
+        with torch.no_grad():
+            reference = model(inputs).cpu().numpy()
 
     target = Path(out) if out is not None else run_dir / "export"
     try:
@@ -108,6 +127,9 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     info = export_info(run.data, name, network.get("model", network["kind"]), network.get("model_args", {}), fmt,
                        model_path.name, str(run_dir))
     info["network"] = network  # how peerlearn.run_reader.build_network rebuilds it (safetensors)
+    if raw_input is not None:
+        info["input"] = describe_raw_input(inputs, raw_input)
+        info["preprocessing"]["in_graph"] = True
     example = inputs[: max(2, min(len(inputs), 8))]
     if len(example) < 2:  # a dynamic batch axis needs an example batch larger than one
         example = example.repeat(2, *[1] * (example.dim() - 1))
@@ -132,11 +154,13 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         bar.update(1)
     except BaseException:
         model_path.unlink(missing_ok=True)
+        formats.external_data_path(model_path).unlink(missing_ok=True)
         info_path.unlink(missing_ok=True)
         raise
     finally:
         bar.close()
     info["check"] = {"split": split, "items": len(inputs), "max_abs_diff": diff, "tolerance": tolerance,
                      "runtime": runtime}
+    info["files"] = [p.name for p in (model_path, formats.external_data_path(model_path), info_path) if p.exists()]
     info_path.write_text(json.dumps(info, indent=2))
     return ExportResult(name, fmt, model_path, info_path, diff, tolerance, len(inputs), split, info)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
 from peerlearn.errors import PeerlearnError
 from peerlearn.report import plots
-from peerlearn.report.collect import ReportOptions, RunData, collect_run
+from peerlearn.report.collect import ReportOptionError, ReportOptions, RunData, collect_run
+from peerlearn.report.groups import SeedGroup, group_scores, label_and_group
 from peerlearn.report.html import image, render_page
 
 REPORT_NAME = "report.html"
@@ -18,40 +21,77 @@ def default_output(run_dirs: Sequence[Path]) -> Path:
     return run_dirs[0] / REPORT_NAME if len(run_dirs) == 1 else Path(REPORT_NAME)
 
 
-def unique_labels(runs: Sequence[RunData]) -> None:
-    """Label runs by folder name, adding the parent folder where two names collide."""
-    names = [run.run_dir.name for run in runs]
-    for run, name in zip(runs, names):
-        if names.count(name) > 1:
-            run.label = f"{run.run_dir.parent.name}/{name}"
+class FigureWriter:
+    """Turns matplotlib figures into the page's ``<figure>`` blocks: always a PNG embedded in the page; with
+    ``fmt`` svg or pdf also a file ``<page stem>_figures/<name>.<fmt>`` beside the page, linked under the image."""
+
+    def __init__(self, page: Path, fmt: str = "png"):
+        if fmt not in plots.FIGURE_FORMATS:
+            raise ReportOptionError(f"--figures must be one of {', '.join(plots.FIGURE_FORMATS)}, got {fmt!r}.")
+        self.fmt = fmt
+        self.folder = page.parent / f"{page.stem}_figures"
+        self.files: list[Path] = []
+
+    def __call__(self, fig, name: str, alt: str, caption: str = "") -> str:
+        png = base64.b64encode(plots.render(fig, "png")).decode("ascii")
+        link = None
+        if self.fmt != "png":
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"{_slug(name)}.{self.fmt}"
+            path.write_bytes(plots.render(fig, self.fmt))
+            self.files.append(path)
+            link = f"{self.folder.name}/{path.name}"
+        plots.close(fig)
+        return image(png, alt, caption, link=link, link_text=self.fmt.upper())
 
 
-def make_figures(runs: Sequence[RunData]) -> dict[str, list[str]]:
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "figure"
+
+
+def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: FigureWriter) -> dict[str, list[str]]:
     figures: dict[str, list[str]] = {"learning-curves": [], "confusion": [], "tsne": []}
-    for run in runs:
-        figures["learning-curves"].append(image(plots.learning_curves(run), f"learning curves of {run.label}",
-                                                f"{run.label}: from metrics.jsonl"))
-        figures["confusion"].append(image(plots.confusion_matrices(run), f"confusion matrices of {run.label}",
-                                          f"{run.label}: rows are true classes, normalised to 1; "
-                                          "numbers are counts"))
+    for index, run in enumerate(runs, 1):
+        tag = f"run{index}"
+        figures["learning-curves"].append(figure(plots.learning_curves(run), f"{tag}-learning-curves",
+                                                 f"learning curves of {run.label}",
+                                                 f"{run.label}: from metrics.jsonl"))
+        subset = (f"the first {run.items} of {run.split_items} {run.split} items"
+                  if run.split_items and run.items < run.split_items else f"all {run.items} {run.split} items")
+        figures["confusion"].append(figure(plots.confusion_matrices(run), f"{tag}-confusion",
+                                           f"confusion matrices of {run.label}",
+                                           f"{run.label}: {subset}; rows are true classes, normalised to 1; "
+                                           "numbers are counts"))
         if run.tsne:
-            figures["tsne"].append(image(plots.tsne_maps(run), f"t-SNE of {run.label}",
-                                         f"{run.label}: t-SNE (perplexity ≤ 30, PCA start) of "
-                                         f"{', '.join(run.tsne)}"))
-    figures["entropy"] = [image(plots.entropy_histograms(runs), "posterior entropy histograms",
-                                "Histogram of H(p) = −Σ p log p per item (log scale). The DML paper finds "
-                                "mutually trained members less over-confident: more items at higher entropy.")]
+            figures["tsne"].append(figure(plots.tsne_maps(run), f"{tag}-tsne", f"t-SNE of {run.label}",
+                                          f"{run.label}: t-SNE (perplexity ≤ 30, PCA start) of "
+                                          f"{', '.join(run.tsne)}"))
+    if any(len(group.runs) > 1 for group in groups):
+        scores = [group_scores(group) for group in groups]
+        figures["seeds"] = [figure(plots.seed_group_bars(groups, scores), "seed-groups", "test top-1 over seeds",
+                                   "Test top-1 of each configuration: mean over its seeds, error bars ± one "
+                                   "sample standard deviation.")]
+    if any(run.cka for run in runs):
+        figures["cka"] = [figure(plots.cka_matrices(runs), "cka", "linear CKA between members",
+                                 "Linear CKA between members' penultimate features on the analysed items: "
+                                 "CKA(X, Y) = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) of the centred features "
+                                 "(1: the same representation up to rotation and scale).")]
+    figures["entropy"] = [figure(plots.entropy_histograms(runs), "entropy", "posterior entropy histograms",
+                                 "Histogram of H(p) = −Σ p log p per item (log scale). The DML paper finds "
+                                 "mutually trained members less over-confident: more items at higher entropy.")]
     if any(run.flatness for run in runs):
         items = ", ".join(f"{run.label}: {run.flatness_items}" for run in runs)
-        figures["flatness"] = [image(plots.flatness_curves(runs), "flatness curves",
-                                     f"Mean training CE after adding N(0, σ²) noise to every weight "
-                                     f"(training items used: {items}).")]
+        figures["flatness"] = [figure(plots.flatness_curves(runs), "flatness", "flatness curves",
+                                      f"Mean training CE after adding N(0, σ²) noise to every weight "
+                                      f"(training items used: {items}).")]
     return figures
 
 
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
-                 options: Optional[ReportOptions] = None, title: str = "peerlearn report") -> Path:
-    """Analyse every run in ``run_dirs`` and write the HTML report; return its path."""
+                 options: Optional[ReportOptions] = None, title: str = "peerlearn report",
+                 figures: str = "png") -> Path:
+    """Analyse every run in ``run_dirs`` and write the HTML report; return its path. ``figures`` svg or pdf
+    also writes every figure as a file in ``<report stem>_figures/`` beside the page."""
     options = options or ReportOptions()
     options.check()
     paths = [Path(d) for d in run_dirs]
@@ -61,9 +101,10 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     target = Path(out) if out is not None else default_output(paths)
     if target.is_dir():
         target = target / REPORT_NAME
+    figure = FigureWriter(target, figures)
     runs = [collect_run(path, options) for path in paths]
-    unique_labels(runs)
-    page = render_page(runs, make_figures(runs), title=title)
+    groups = label_and_group(runs)
+    page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page, encoding="utf-8")

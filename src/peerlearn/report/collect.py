@@ -26,6 +26,7 @@ from peerlearn.evaluate.analyses import cohort_flatness, item_entropy
 from peerlearn.evaluate.embedding import tsne_coordinates
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import confusion_matrix
+from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.progress import Mode, progress_bar
 
 SPLITS = ("train", "val", "test")
@@ -42,7 +43,7 @@ class ReportOptions:
     """How much of each run the report analyses (defaults: a few seconds per run for small models)."""
 
     split: str = "test"  # confusion matrix, entropy and t-SNE
-    limit: Optional[int] = 5000  # first N items of ``split``
+    limit: Optional[int] = None  # first N items of ``split`` (None: the whole split)
     flatness_split: str = "train"
     flatness_items: int = 1000
     sigmas: Sequence[float] = (0.0, 0.01, 0.02, 0.05)
@@ -80,6 +81,8 @@ class RunData:
     tsne: dict[str, np.ndarray] = field(default_factory=dict)  # member -> [N, 2]
     tsne_labels: Optional[np.ndarray] = None
     models: dict[str, str] = field(default_factory=dict)  # member -> model name
+    split_items: int = 0  # items in the whole split (``items`` may be the first ``limit`` of them)
+    cka: dict[str, dict[str, float]] = field(default_factory=dict)  # linear CKA between members' features
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -104,12 +107,15 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     result = RunData(run_dir, run_dir.name, summary, read_metrics(run_dir), list(data.class_names),
                      options.split, len(stream.split))
     result.models = {m.name: m.info["network"].get("model", m.info["network"]["kind"]) for m in cohort}
+    result.split_items = len(run.split(options.split))
     chosen = list(options.tsne_members or trainable[:2])
     unknown = [n for n in chosen if n not in names]
     if unknown:
         raise ReportOptionError(f"The run {str(run_dir)!r} has no member {unknown[0]!r}; it has: {', '.join(names)}.")
 
     logits, features, labels = predict_with_features(cohort, stream, names, progress=options.progress)
+    if len(names) > 1:
+        result.cka = cka_matrix({n: features[n] for n in names}, names)
     for name, z in logits.items():
         result.confusion[name] = torch.from_numpy(confusion_matrix(labels, z.argmax(1), data.num_classes))
         result.entropy[name] = item_entropy(z)

@@ -39,7 +39,9 @@ window.addEventListener("load", function () {
 
 SECTIONS = (
     ("comparison", "Comparison of runs"),
+    ("seeds", "Seeds: mean ± std"),
     ("learning-curves", "Learning curves"),
+    ("cka", "Similarity of members (CKA)"),
     ("confusion", "Confusion matrices"),
     ("entropy", "Posterior entropy"),
     ("flatness", "Flatness of the minimum"),
@@ -51,9 +53,11 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def image(png_base64: str, alt: str, caption: str = "") -> str:
+def image(png_base64: str, alt: str, caption: str = "", link: str | None = None, link_text: str = "") -> str:
+    """A ``<figure>`` with the PNG embedded; ``link`` (a file beside the page, e.g. the SVG) goes in the caption."""
     tag = f'<img alt="{esc(alt)}" src="data:image/png;base64,{png_base64}">'
-    text = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    extra = f' <a href="{esc(link)}">{esc(link_text or link)}</a>' if link else ""
+    text = f"<figcaption>{esc(caption)}{extra}</figcaption>" if caption or extra else ""
     return f"<figure>{tag}{text}</figure>"
 
 
@@ -106,7 +110,21 @@ def analysis_rows(runs: Sequence[RunData]) -> list[list[Any]]:
     return rows
 
 
-def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: str = "peerlearn report") -> str:
+def seed_rows(groups) -> list[list[Any]]:
+    """One row per member and ensemble of each seed group: n runs, seeds, mean ± std of the scores."""
+    from peerlearn.report.groups import group_scores
+
+    rows = []
+    for group in groups:
+        for name, entry in group_scores(group).items():
+            cells = [f"{entry[k][0]:.2f} ± {entry[k][1]:.2f}" if k in entry else ""
+                     for k in ("val top1", "test top1", "test top5")]
+            rows.append([group.label, name, len(group.runs), ", ".join(str(s) for s in group.seeds), *cells])
+    return rows
+
+
+def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: str = "peerlearn report",
+                groups: Sequence[Any] = ()) -> str:
     """The whole page. ``figures`` maps a section id to its ready HTML blocks (see ``image``)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     sigma_max = max((max(c) for run in runs for c in run.flatness.values() if c), default=None)
@@ -116,12 +134,20 @@ def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: s
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f'<p class="meta">{len(runs)} run(s): {esc(", ".join(str(r.run_dir) for r in runs))}. '
+        f'<p class="meta">{len(runs)} run(s): {esc("; ".join(f"{r.label} = {r.run_dir}" for r in runs))}. '
         f"Generated {esc(stamp)} by peerlearn {esc(__version__)}.</p>",
-        "<nav>" + "".join(f'<a href="#{sid}">{esc(head)}</a>' for sid, head in SECTIONS) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{sid}">{esc(head)}</a>' for sid, head in SECTIONS
+                          if sid not in ("seeds", "cka") or figures.get(sid)) + "</nav>",
     ]
     for sid, heading in SECTIONS:
+        if sid in ("seeds", "cka") and not figures.get(sid):
+            continue  # no run with several seeds / no run with several members
         parts.append(f'<section id="{sid}"><h2>{esc(heading)}</h2>')
+        if sid == "seeds":
+            parts.append("<p>Runs whose configs are equal except for the seed, grouped: mean ± sample standard "
+                         "deviation (n − 1) over the seeds of the final scores in %.</p>")
+            parts.append(table(["configuration", "member", "runs", "seeds", "val top-1 %", "test top-1 %",
+                                "test top-5 %"], seed_rows(groups)))
         if sid == "comparison":
             parts.append("<p>Final scores from each run's summary.json (top-1 / top-5 in %, NLL in nats). "
                          "Choose between runs on validation; the test column is for reporting.</p>")

@@ -1,4 +1,5 @@
-"""The report's figures, drawn with matplotlib's Agg backend and returned as base64 PNG text."""
+"""The report's figures, drawn with matplotlib's Agg backend; each function returns a matplotlib Figure, which
+``render`` turns into PNG (embedded in the page) and, on request, SVG or PDF bytes (files beside the page)."""
 
 from __future__ import annotations
 
@@ -27,16 +28,28 @@ def pyplot():
     return plt
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+def render(fig, fmt: str = "png") -> bytes:
+    """``fig`` as ``fmt`` bytes (PNG at 100 dpi; SVG and PDF as vectors); the figure is not closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def close(fig) -> None:
+    pyplot().close(fig)
+
+
 def png_base64(fig) -> str:
     """Render ``fig`` to PNG, close it, return the bytes as base64 text."""
-    plt = pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    data = render(fig, "png")
+    close(fig)
+    return base64.b64encode(data).decode("ascii")
 
 
-def learning_curves(run: RunData) -> str:
+def learning_curves(run: RunData):
     """Left: training loss per member; right: top-1 per member and ensemble (val solid, test dashed)."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -55,10 +68,10 @@ def learning_curves(run: RunData) -> str:
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
     fig.suptitle(run.label, fontsize=10)
-    return png_base64(fig)
+    return fig
 
 
-def confusion_matrices(run: RunData) -> str:
+def confusion_matrices(run: RunData):
     """Row-normalised confusion matrix of each member and the ensemble (diagonal = per-class recall)."""
     plt = pyplot()
     entries = list(run.confusion.items())
@@ -80,11 +93,13 @@ def confusion_matrices(run: RunData) -> str:
                     if counts[i, j]:
                         axis.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
                                   color="white" if rates[i, j] > 0.5 else "black")
-    fig.suptitle(f"{run.label}: {run.split} split, {run.items} items", fontsize=10)
-    return png_base64(fig)
+    subset = (f"the first {run.items} of {run.split_items} items" if run.split_items and run.items < run.split_items
+              else f"all {run.items} items")
+    fig.suptitle(f"{run.label}: {run.split} split, {subset}", fontsize=10)
+    return fig
 
 
-def entropy_histograms(runs: Sequence[RunData]) -> str:
+def entropy_histograms(runs: Sequence[RunData]):
     """Distribution of the per-item posterior entropy H(p) of every member of every run."""
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(8, 4))
@@ -98,10 +113,10 @@ def entropy_histograms(runs: Sequence[RunData]) -> str:
              title="posterior entropy per item")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return png_base64(fig)
+    return fig
 
 
-def flatness_curves(runs: Sequence[RunData]) -> str:
+def flatness_curves(runs: Sequence[RunData]):
     """Training loss after N(0, σ²) noise on every weight, against σ (mean ± std over draws)."""
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(8, 4))
@@ -115,10 +130,10 @@ def flatness_curves(runs: Sequence[RunData]) -> str:
     axis.grid(alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
-    return png_base64(fig)
+    return fig
 
 
-def tsne_maps(run: RunData) -> str:
+def tsne_maps(run: RunData):
     """One t-SNE scatter per member, points coloured by true class."""
     plt = pyplot()
     entries = list(run.tsne.items())
@@ -134,8 +149,53 @@ def tsne_maps(run: RunData) -> str:
     if len(run.class_names) <= 20:
         axes[0][-1].legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"{run.label}: t-SNE of {len(labels)} {run.split} items", fontsize=10)
-    return png_base64(fig)
+    return fig
 
 
 def _prefix(runs: Sequence[RunData], run: RunData) -> str:
     return f"{run.label}: " if len(runs) > 1 else ""
+
+
+def cka_matrices(runs: Sequence[RunData]):
+    """Linear CKA between the penultimate features of every pair of members, one heatmap per run."""
+    plt = pyplot()
+    entries = [run for run in runs if run.cka]
+    fig, axes = plt.subplots(1, len(entries), figsize=(4.2 * len(entries), 3.8), squeeze=False)
+    for axis, run in zip(axes[0], entries):
+        names = list(run.cka)
+        values = np.array([[run.cka[a][b] for b in names] for a in names])
+        axis.imshow(values, cmap="viridis", vmin=0, vmax=1)
+        axis.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+        axis.set_yticks(range(len(names)), names, fontsize=8)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                          color="black" if values[i, j] > 0.6 else "white")
+        axis.set_title(run.label if len(runs) > 1 else "linear CKA", fontsize=9)
+    return fig
+
+
+def seed_group_bars(groups, scores):
+    """Test top-1 of every member and ensemble of each seed group: mean over seeds, error bar ± 1 std."""
+    plt = pyplot()
+    names = []
+    for entry in scores:
+        names += [n for n in entry if n not in names]
+    fig, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(len(names), 1)), 4))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        xs, means, stds = [], [], []
+        for g, entry in enumerate(scores):
+            if name in entry and "test top1" in entry[name]:
+                mean, std, _ = entry[name]["test top1"]
+                xs.append(g + (k - (len(names) - 1) / 2) * width)
+                means.append(mean)
+                stds.append(std)
+        axis.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    axis.set_xticks(range(len(groups)), [f"{g.label}\n(n={len(g.runs)})" for g in groups], fontsize=8)
+    low = min((m for entry in scores for e in entry.values() for key, (m, s, n) in e.items() if key == "test top1"),
+              default=0.0)
+    axis.set(ylabel="test top-1 %", ylim=(max(0.0, low - 10), 100), title="test top-1: mean ± std over seeds")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8)
+    return fig
