@@ -1,6 +1,7 @@
 """Every code block of README.md and docs/*.md that is meant to run does.
 
-* ```python blocks run exactly as written, in an empty folder (they must be self-contained and fast);
+* ```python blocks run exactly as written, in an empty folder, a page's blocks in order in one interpreter (a
+  later block may use an earlier one's names; they must be fast);
 * shell blocks (no language, bash, sh, console) run each line that starts with ``peerlearn`` through the CLI,
   with these substitutions: ``CONFIG`` becomes a tiny digits config, ``RUN_DIR`` (and any ``runs/...`` path that
   does not exist) the run directory of the block's last ``peerlearn train`` (else a tiny finished run), every
@@ -91,12 +92,33 @@ def test_the_block_parser_sees_markers_and_languages(tmp_path):
     assert (second.language, second.runs) == ("", False)
 
 
-@pytest.mark.parametrize("block", _blocks("python"))
-def test_python_block_runs_as_written(block, tmp_path):
+# Pages whose Python blocks a dedicated test runs as printed (with assertions on what they show).
+OWN_TESTS = {"docs/own-loop.md": "tests/test_docs_own_loop.py", "docs/lightning.md": "tests/test_lightning.py"}
+
+
+def _python_pages() -> list:
+    pages = {}
+    for block in BLOCKS:
+        if block.runs and block.language == "python":
+            pages.setdefault(str(block.page.relative_to(REPO)), []).append(block)
+    return [pytest.param(blocks, id=page) for page, blocks in pages.items() if page not in OWN_TESTS]
+
+
+def test_pages_with_their_own_test_have_it():
+    for page, test in OWN_TESTS.items():
+        assert page in (str(b.page.relative_to(REPO)) for b in BLOCKS) and (REPO / test).is_file(), (page, test)
+
+
+@pytest.mark.parametrize("blocks", _python_pages())
+def test_python_blocks_run_as_written(blocks, tmp_path):
+    """A page's Python blocks run in order in one interpreter, as a reader would paste them one after the
+    other (a later block may use what an earlier one defined)."""
+    script = "".join(f"# --- {block.id} ---\n{block.text}" for block in blocks)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", block.text], cwd=tmp_path, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
-    assert done.returncode == 0, f"{block.id} failed:\n{block.text}\n{done.stderr[-3000:]}"
+    numbered = "\n".join(f"{n:4d}  {line}" for n, line in enumerate(script.splitlines(), 1))
+    assert done.returncode == 0, f"{blocks[0].page.name} failed:\n{numbered}\n{done.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("block", _blocks("yaml", "yml"))
