@@ -25,14 +25,22 @@ def load_raw(config) -> RawDataset:
     return raw
 
 
+RESIZE_CHUNK = 4096  # images resized at a time: bounds the float copies to a few tens of MiB
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8), ``RESIZE_CHUNK`` images at a
+    time (each image is resized on its own, so chunking changes no value)."""
     if images.shape[0] == 0:  # an empty split (e.g. a re-id source has no classification test set)
         return images.new_zeros((0, images.shape[1], size, size))
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    resized = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], RESIZE_CHUNK):
+        chunk = F.interpolate(images[start:start + RESIZE_CHUNK].float(), size=(size, size), mode="bilinear",
+                              align_corners=False)
+        resized[start:start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255)
+    return resized
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -73,8 +81,7 @@ def load_data(config, seed: int) -> DataBundle:
     raw = load_raw(config)
     train_x, train_y = raw.train_x, raw.train_y
     test_x, test_y = raw.test_x, raw.test_y
-    if config.image_size and raw.is_image:
-        train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
+    resize = bool(config.image_size and raw.is_image)  # after sub-sampling: only the items kept are resized
     if config.train_subset is not None:
         if config.train_subset > len(train_y):
             raise DataError(
@@ -84,7 +91,11 @@ def load_data(config, seed: int) -> DataBundle:
         keep = stratified_subset(train_y, config.train_subset, seed=seed + 101)
         if config.val_size is not None:  # validation from the items the subset left out
             val = _held_out_validation(train_x, train_y, keep, config.val_size, seed)
+            if resize:
+                val = Split(resize_images(val.x, config.image_size), val.y)
         train_x, train_y = train_x[keep], train_y[keep]
+    if resize:
+        train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
     if config.val_size is not None and config.train_subset is not None:
         train = Split(train_x, train_y.clone())
     else:
