@@ -12,20 +12,10 @@ from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank
 from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.similarity import cka_matrix
+from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
-
-
-def analysis_stream(recipe, split: str, limit: int | None = None) -> BatchStream:
-    """An unshuffled, un-augmented stream over ``split`` ('train', 'val' or 'test'), optionally the first
-    ``limit`` items (the flatness probe on all of a large training set is slow)."""
-    from peerlearn.data.bundle import Split
-
-    data_split = getattr(recipe.data, split)
-    if limit is not None and limit < len(data_split):
-        data_split = Split(data_split.x[:limit], data_split.y[:limit])
-    return BatchStream(data_split, recipe.config.data.eval_batch_size, recipe.normalizer, recipe.device, shuffle=False)
 
 
 def feature_analyses(recipe, stream: BatchStream, names: Sequence[str], tsne_items: int = DEFAULT_TSNE_ITEMS,

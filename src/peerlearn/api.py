@@ -82,10 +82,11 @@ def prepare_run(config: RunConfig, distributed=None):
     """
     from peerlearn.engine.acceleration import configure
 
+    recipe_class = get_recipe(config.recipe)  # the recipe registry checks the name, before any data is read
     set_determinism(config)
     device = distributed.device if distributed is not None else resolve_device(config.train.device)
     data = load_data(config.data, seed=config.seed)
-    recipe = get_recipe(config.recipe)(config, data, device)
+    recipe = recipe_class(config, data, device)
     recipe.distributed = distributed
     recipe.build_cohort()
     configure(recipe, device)

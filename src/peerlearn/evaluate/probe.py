@@ -76,7 +76,7 @@ def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "t
 
     The probe is fitted on the first ``limit`` training items and scored on ``split`` ('val' or 'test').
     """
-    from peerlearn.analysis_runner import analysis_stream
+    from peerlearn.evaluate.streams import analysis_stream
     from peerlearn.api import load_run
 
     _, _, recipe = load_run(run_dir)
