@@ -73,7 +73,8 @@ def evaluate(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, normalis
 
     def score(p):
         top = p.topk(5, dim=1).indices
-        return {"top1": float((top[:, 0] == y).float().mean()), "top5": float((top == y[:, None]).any(1).float().mean()),
+        return {"top1": float((top[:, 0] == y).float().mean()),
+                "top5": float((top == y[:, None]).any(1).float().mean()),
                 "nll": float(F.nll_loss(p.clamp_min(1e-12).log(), y))}
 
     return {name: score(p) for name, p in zip(["a", "b", "ensemble"], probs)}
