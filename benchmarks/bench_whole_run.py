@@ -1,6 +1,6 @@
 """A whole run of ``peerlearn train`` against a plain PyTorch loop doing the same work: CPU time and peak memory.
 
-    python benchmarks/bench_whole_run.py            # 3 runs of each side (about 8 minutes on a busy 2-core machine)
+    python benchmarks/bench_whole_run.py            # 5 runs of each side (about 7 minutes on a 2-core machine)
     python benchmarks/bench_whole_run.py --quick    # a smoke run of the whole script, marked as not a result
 
 The work: Deep Mutual Learning of two ``small_cnn`` (width 16) on 6,000 Fashion-MNIST training images
@@ -114,7 +114,7 @@ def startup(work: Path) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 epoch, 1,200 images: a smoke run")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each side")
+    parser.add_argument("--reps", type=int, default=5, help="runs of each side")
     parser.add_argument("--work", type=Path, help="keep the runs and logs here (default: a temporary folder)")
     args = parser.parse_args()
     reps, epochs, subset = (1, 1, 1200) if args.quick else (args.reps, 3, 6000)
@@ -176,7 +176,8 @@ def render(runs: dict[str, list[dict]], starts: dict[str, dict], reps: int, epoc
         "sides learn alike (their initial weights and batch orders differ). Mean ± std over the runs. The machine "
         "(2 cores) was shared with other jobs, which adds noise to the CPU times.\n\n"
         + markdown_table(["", "CPU s", "wall s", "peak MiB", "test top-1 %"], rows)
-        + f"\n\nCPU-time ratio per pair of runs: {', '.join(f'{r:.3f}' for r in pair_cpu)}. Result: {verdict}.\n\n"
+        + f"\n\nCPU-time ratio per pair of runs: {', '.join(f'{r:.3f}' for r in pair_cpu)} (median "
+        f"{statistics.median(pair_cpu):.3f}). Result: {verdict}.\n\n"
         "Start-up alone (one process each, importing what the side needs before its first step):\n\n"
         + markdown_table(["imports", "CPU s", "peak MiB"], start_rows)
         + "\n\nWhat closed the gap: `load_data` resizes only the items a run keeps (it resized all 60,000 training "
