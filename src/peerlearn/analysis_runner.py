@@ -12,15 +12,10 @@ from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank
 from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.similarity import cka_matrix
+from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
-
-
-def analysis_stream(run, split: str, limit: int | None = None) -> BatchStream:
-    """An unshuffled, un-augmented stream over ``split`` ('train', 'val' or 'test'), optionally the first
-    ``limit`` items (the flatness probe on all of a large training set is slow)."""
-    return run.stream(split, limit)
 
 
 def feature_analyses(run, stream: BatchStream, names: Sequence[str], tsne_items: int = DEFAULT_TSNE_ITEMS,

@@ -510,15 +510,6 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
-    @field_validator("recipe")
-    @classmethod
-    def _known_recipe(cls, value: str) -> str:
-        from peerlearn.recipes import RECIPE_NAMES
-
-        if value not in RECIPE_NAMES:
-            raise ValueError(f"unknown recipe; allowed: {', '.join(RECIPE_NAMES)}")
-        return value
-
     @field_validator("members", mode="after")
     @classmethod
     def _members_named_uniquely(cls, members: list[MemberConfig]) -> list[MemberConfig]:

@@ -27,8 +27,13 @@ def load_raw(config) -> RawDataset:
     return raw
 
 
+RESIZE_CHUNK = 10_000  # images resized at a time: bounds the float copies (31 MiB at 28×28)
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of uint8 images [N, C, H, W] to size x size (kept uint8)."""
+    """Bilinear resize of images [N, C, H, W] to size x size, ``RESIZE_CHUNK`` images at a time (each image is
+    resized on its own, so chunking changes no value); uint8 images stay uint8 (rounded), float images (data
+    given from Python) stay float. Streamed items are not resized (the Dataset delivers its size)."""
     if isinstance(images, LazyItems):
         if tuple(images.shape[-2:]) != (size, size):
             raise DataError(f"Invalid config: key 'data.image_size' is {size}, but the streamed images are "
@@ -38,10 +43,12 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
         return images.new_zeros((0, images.shape[1], size, size))
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
-    if images.dtype != torch.uint8:  # float images (data given from Python) stay float
-        return resized.to(images.dtype)
-    return resized.round().clamp(0, 255).to(torch.uint8)
+    resized = torch.empty((images.shape[0], images.shape[1], size, size), dtype=images.dtype)
+    for start in range(0, images.shape[0], RESIZE_CHUNK):
+        chunk = F.interpolate(images[start:start + RESIZE_CHUNK].float(), size=(size, size), mode="bilinear",
+                              align_corners=False)
+        resized[start:start + RESIZE_CHUNK] = chunk.round_().clamp_(0, 255) if images.dtype == torch.uint8 else chunk
+    return resized
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -99,10 +106,7 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
     given_val = raw.extras.get("val")
     train_x, train_y = raw.train_x, raw.train_y
     test_x, test_y = raw.test_x, raw.test_y
-    if config.image_size and raw.is_image:
-        if not isinstance(train_x, LazyItems):  # streamed items are never held in memory at once
-            check_images_fit(len(train_x) + len(test_x), train_x.shape[1], config.image_size, config.image_size)
-        train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
+    resize = bool(config.image_size and raw.is_image)  # after sub-sampling: only the items kept are resized
     if config.train_subset is not None:
         if config.train_subset > len(train_y):
             raise DataError(
@@ -112,7 +116,13 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
         keep = stratified_subset(train_y, config.train_subset, seed=seed + 101)
         if config.val_size is not None:  # validation from the items the subset left out
             val = _held_out_validation(train_x, train_y, keep, config.val_size, seed)
+            if resize:
+                val = Split(resize_images(val.x, config.image_size), val.y)
         train_x, train_y = train_x[keep], train_y[keep]
+    if resize:
+        if not isinstance(train_x, LazyItems):  # streamed items are never held in memory at once
+            check_images_fit(len(train_x) + len(test_x), train_x.shape[1], config.image_size, config.image_size)
+        train_x, test_x = resize_images(train_x, config.image_size), resize_images(test_x, config.image_size)
     if given_val is not None:
         train, val = Split(train_x, train_y.clone()), Split(*given_val)
     elif config.val_size is not None and config.train_subset is not None:
