@@ -26,10 +26,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engine", ("engine",)),  # cohort, trainer, checkpoints, tracking, execution modes
     ("transfer", ("transfer",)),  # backbones, feature caches, alignment: used by the transfer recipe
     ("recipes", ("recipes",)),
+    ("user inputs", ("user_inputs",)),  # members and data given from Python, merged into a config
+    ("run reader", ("run_reader",)),  # a finished run read back from its directory
     ("api", ("api",)),  # train, prepare_run, load_run
     ("evaluate", ("evaluate",)),  # after-training metrics of a run
     ("analysis", ("analysis_runner",)),
-    ("outputs", ("export", "report", "demo")),
+    ("outputs", ("export", "report", "demo", "sql", "lightning")),
     ("entry points", (ROOT, "cli", "__main__", "config_doc")),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -19,12 +19,12 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from peerlearn.config import RunConfig, load_config, save_config
+from peerlearn.config import RunConfig, load_config
 from peerlearn.data import load_data
 from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
-from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, write_text_file
+from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, save_config, write_text_file
 from peerlearn.engine.trainer import CHECKPOINT_NAME
 from peerlearn.errors import ConfigError, PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe

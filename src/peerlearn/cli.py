@@ -60,12 +60,10 @@ def cmd_train_local(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """`peerlearn config [CONFIG] [key=value ...]`: the resolved, validated config as YAML."""
-    import yaml
-
-    from peerlearn.config import load_config
+    from peerlearn.config import config_yaml, load_config
 
     config = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    print(config_yaml(config), end="")
     return 0
 
 

@@ -9,7 +9,7 @@ from peerlearn.config.loading import (
     load_config,
     parse_override,
     read_yaml,
-    save_config,
+    config_yaml,
 )
 from peerlearn.config.schema import (
     known_source,

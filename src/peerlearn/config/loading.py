@@ -314,9 +314,7 @@ def _fill_default(tree: dict[str, Any], key: str) -> None:
                      for item in default]
 
 
-def save_config(config: RunConfig, path: Path) -> None:
-    """Write the resolved config as YAML (what the run really used, defaults included), atomically and
-    never through a symbolic link."""
-    from peerlearn.engine.run_dir import write_text_file
-
-    write_text_file(Path(path), yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def config_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (what a run really uses, defaults included); ``engine.run_dir.save_config``
+    writes it into a run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from peerlearn.config import RunConfig, load_config, save_config
+from peerlearn.config import RunConfig, load_config
+from peerlearn.engine.run_dir import save_config
 from peerlearn.engine.checkpoint import load_checkpoint, load_state, save_state
 from peerlearn.errors import ConfigError
 

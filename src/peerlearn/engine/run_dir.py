@@ -46,6 +46,13 @@ def write_text_file(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def save_config(config, path: Path) -> None:
+    """Write the resolved config (``config.config_yaml``) atomically, never through a symbolic link."""
+    from peerlearn.config import config_yaml
+
+    write_text_file(Path(path), config_yaml(config))
+
+
 def ensure_writable(folder: Path, what: str = "output directory", hint: str = "Choose another with --out.",
                     create: bool = False) -> Path:
     """Prove that files can be made in ``folder`` (a real write, not only permission bits, which say
