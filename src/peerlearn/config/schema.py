@@ -302,13 +302,14 @@ class EngineConfig(Section):
 
 
 def check_engine(config: "RunConfig") -> None:
-    """Cross-section rules of ``engine``: a fused cohort needs members of one architecture."""
+    """Cross-section rules of ``engine`` that need no recipe: a fused cohort needs members of one architecture.
+
+    Whether the recipe runs fused at all, and on frozen members, is the recipe's rule (``Recipe.validate``).
+    The update-order rule stays here so that ``load_config`` reports it (the config layer imports no recipe).
+    """
     engine = config.engine
     if not engine.fused:
         return
-    if config.recipe not in ("mutual", "independent"):
-        raise ValueError(f"key 'engine.fused' is true, but recipe {config.recipe!r} has no fused step; "
-                         "allowed with recipes: mutual, independent")
     if config.recipe == "mutual" and config.mutual.update != "simultaneous":
         raise ValueError("key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a fused cohort "
                          "updates all members at once: use mutual.update=simultaneous or engine.fused=false")
@@ -320,10 +321,6 @@ def check_engine(config: "RunConfig") -> None:
             raise ValueError(f"key 'engine.fused' is true, but members {first.name!r} ({first.model} "
                              f"{first.model_args}) and {member.name!r} ({member.model} {member.model_args}) "
                              "differ in architecture; a fused cohort needs one model with the same model_args")
-    frozen = [m.name for m in config.members if not m.trainable]
-    if frozen:
-        raise ValueError(f"key 'engine.fused' is true, but members {', '.join(frozen)} are frozen; "
-                         "a fused cohort trains every member")
 # --------------------------------------------------------------------------- root
 class RunConfig(Section):
     """A whole run: what to train (members), on what (data), how (recipe, optim, train)."""

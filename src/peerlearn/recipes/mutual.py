@@ -32,6 +32,9 @@ from peerlearn.recipes.base import Recipe
 
 class MutualRecipe(Recipe):
     name = "mutual"
+    section = "mutual"
+    supports_fused = True  # engine.executors.FusedExecutor (simultaneous update)
+    supports_distributed = True  # engine.executors.DistributedExecutor (simultaneous update)
 
     executor: Optional[Executor] = None
 
@@ -125,6 +128,7 @@ class IndependentRecipe(MutualRecipe):
     """K members trained side by side on the same batches, each with CE only (DML with λ = 0)."""
 
     name = "independent"
+    section = None  # λ = 0: the mutual section's settings do not apply
 
     @property
     def mimicry_weight(self) -> float:
