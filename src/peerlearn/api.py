@@ -153,8 +153,11 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         from peerlearn.engine.tracking import require_mlflow
 
         require_mlflow()
-    from peerlearn.engine.distributed import collective_failure, init_distributed, shared_value, shutdown
+    from peerlearn.engine.distributed import (collective_failure, init_distributed, shared_value, shutdown,
+                                              world_from_env)
 
+    world = world_from_env()
+    get_recipe(run_config.recipe).check_capabilities(run_config, world[1] if world else 1)
     distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
     try:
         result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, user,

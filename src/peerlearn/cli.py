@@ -51,7 +51,11 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     nproc = args.nproc or len(load_config(args.config, args.overrides).members if args.resume is None
                               else load_config(f"{args.resume}/config.yaml").members)
     if args.resume is None:  # report config errors once, before starting any process
-        check_distributed_config(load_config(args.config, args.overrides), nproc)
+        from peerlearn.recipes import get_recipe
+
+        config = load_config(args.config, args.overrides)
+        get_recipe(config.recipe).check_capabilities(config, nproc)
+        check_distributed_config(config, nproc)
     timeout = (load_config(args.config, args.overrides) if args.resume is None
                else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
     return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,

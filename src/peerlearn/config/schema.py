@@ -222,93 +222,12 @@ class MemberConfig(Section):
 
 
 # --------------------------------------------------------------------------- recipes
-class MutualConfig(Section):
-    """Deep Mutual Learning: L_k = CE(p_k, y) + weight · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)."""
-
-    weight: float = Field(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling when ≠ 1)")
-    divergence: Literal["kl", "js"] = "kl"
-    teacher: Literal["peers", "ensemble"] = Field("peers", description="ensemble = DML_e (mean of the other members)")
-    feature_l2: float = Field(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
-    update: Literal["simultaneous", "sequential"] = "simultaneous"
-    mimic_on: Literal["all", "labelled"] = Field(
-        "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"
-    )
-
-
-class DistillConfig(Section):
-    """Knowledge distillation: L = α · CE(student, y) + (1 − α) · T² · KL(q_teacher,T ‖ q_student,T)."""
-
-    teachers: Optional[list[str]] = Field(
-        None, description="names of the teacher members (default: the members with trainable: false); "
-                          "every other member is a student")
-    teacher_epochs: int = Field(
-        0, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them "
-                             "(0: teachers come with `weights`)")
-    teacher_augment: Optional[AugmentConfig] = Field(
-        None, description="augmentation of the teacher stage (default: data.augment)")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets")
-    alpha: float = Field(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
-    loss: Literal["kl", "logit_mse"] = Field(
-        "kl", description="kl: T²·KL of softened distributions; logit_mse: ½‖z_student − z_teacher‖²")
-    transfer: Literal["train", "unlabelled", "data"] = Field(
-        "train", description="transfer set: the training split, the training split without labels, or "
-                             "distill.transfer_data")
-    transfer_data: Optional[DataConfig] = Field(
-        None, description="for transfer: data, another dataset; its whole training set (train + val parts, "
-                          "labels dropped) is the transfer set")
-    omit_classes: list[int] = Field(default_factory=list,
-                                    description="classes removed from the transfer set (e.g. [3])")
-    class_bias: dict[int, float] = Field(default_factory=dict,
-                                         description="added to the students' logits at prediction, e.g. {3: 3.5}")
-    fit_class_bias: bool = Field(
-        False, description="after training, grid-search on the validation split the bias of each omitted class "
-                           "that maximises accuracy, apply it and report it in summary.json")
-    bias_grid: Optional[list[float]] = Field(
-        None, description="candidate biases of fit_class_bias (default: 0, 0.25, ..., 10)")
-    cache_teacher: bool = Field(
-        True, description="compute the teachers' targets once per transfer item when the transfer set is "
-                          "not augmented")
-
-
-class GreedyStageConfig(Section):
-    """Settings of one greedy stage; unset keys fall back to the ``greedy`` defaults."""
-
-    epochs: Optional[int] = Field(None, gt=0, description="epochs of this stage")
-    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the optimizer for this stage")
-    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the schedule for this stage")
-
-
-class GreedyConfig(Section):
-    """Greedy layerwise learning: stage j trains block j and its auxiliary head, blocks < j frozen.
-
-    Stage j's optimizer = top-level ``optim`` ← member ``optim`` ← ``greedy.optim`` ← ``greedy.stages.j.optim``
-    (later wins); the same for ``schedule``; epochs = ``greedy.stages.j.epochs`` or ``greedy.epochs``
-    or ``train.epochs``.
-    """
-
-    mode: Literal["greedy", "end_to_end"] = Field(
-        "greedy", description="greedy stages, or the same network trained end to end (last head as classifier)")
-    epochs: Optional[int] = Field(None, gt=0, description="epochs per stage (default: train.epochs)")
-    optim: Optional[dict[str, Any]] = Field(None, description="optimizer overrides for every stage")
-    schedule: Optional[dict[str, Any]] = Field(None, description="schedule overrides for every stage (restarts each stage)")
-    stages: dict[int, GreedyStageConfig] = Field(
-        default_factory=dict, description="per-stage overrides keyed by block index 0..J−1 (end_to_end: key 0)")
-    cache: Literal["auto", "on", "off"] = Field(
-        "auto", description="cache the frozen prefix's outputs once per stage (auto/on: when not augmented and "
-                            "under cache_max_mb, else computed every step)")
-    cache_max_mb: float = Field(1024.0, gt=0, description="largest prefix cache allowed, in MiB")
-
-    @model_validator(mode="after")
-    def _partials_valid(self) -> "GreedyConfig":
-        parts = [("greedy", self.optim, self.schedule)]
-        parts += [(f"greedy.stages.{j}", s.optim, s.schedule) for j, s in self.stages.items()]
-        for where, optim, schedule in parts:
-            for key, section, partial in (("optim", OptimConfig, optim), ("schedule", ScheduleConfig, schedule)):
-                if partial is None:
-                    continue
-                check_partial_section(f"{where}.{key}", section, partial)
-        return self
+# Each recipe's section lives in a module of its own (config.sections), next to nothing but the shared
+# sections above, so that a new recipe's keys are one new module and one field of RunConfig below.
+from peerlearn.config.sections.distill import DistillConfig  # noqa: E402
+from peerlearn.config.sections.greedy import GreedyConfig, GreedyStageConfig  # noqa: E402
+from peerlearn.config.sections.mutual import MutualConfig  # noqa: E402
+from peerlearn.config.sections.transfer import BackboneConfig, DomainDataConfig, TransferConfig  # noqa: E402
 
 
 class TrainConfig(Section):
@@ -383,13 +302,14 @@ class EngineConfig(Section):
 
 
 def check_engine(config: "RunConfig") -> None:
-    """Cross-section rules of ``engine``: a fused cohort needs members of one architecture."""
+    """Cross-section rules of ``engine`` that need no recipe: a fused cohort needs members of one architecture.
+
+    Whether the recipe runs fused at all, and on frozen members, is the recipe's rule (``Recipe.validate``).
+    The update-order rule stays here so that ``load_config`` reports it (the config layer imports no recipe).
+    """
     engine = config.engine
     if not engine.fused:
         return
-    if config.recipe not in ("mutual", "independent"):
-        raise ValueError(f"key 'engine.fused' is true, but recipe {config.recipe!r} has no fused step; "
-                         "allowed with recipes: mutual, independent")
     if config.recipe == "mutual" and config.mutual.update != "simultaneous":
         raise ValueError("key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a fused cohort "
                          "updates all members at once: use mutual.update=simultaneous or engine.fused=false")
@@ -401,94 +321,6 @@ def check_engine(config: "RunConfig") -> None:
             raise ValueError(f"key 'engine.fused' is true, but members {first.name!r} ({first.model} "
                              f"{first.model_args}) and {member.name!r} ({member.model} {member.model_args}) "
                              "differ in architecture; a fused cohort needs one model with the same model_args")
-    frozen = [m.name for m in config.members if not m.trainable]
-    if frozen:
-        raise ValueError(f"key 'engine.fused' is true, but members {', '.join(frozen)} are frozen; "
-                         "a fused cohort trains every member")
-# --------------------------------------------------------------------------- transfer (issue 7)
-class BackboneConfig(Section):
-    """One pretrained feature extractor of the transfer recipe."""
-
-    source: str = Field(..., description="a peerlearn run directory, a .safetensors file, a .pt state dict "
-                                         "(loaded weights-only) or timm:<model name> (needs the timm extra)")
-    member: Optional[str] = Field(None, description="run directory / multi-member file: which member "
-                                                     "(default: the first)")
-    model: Optional[str] = Field(None, description="architecture of a weights file (default: the run's, "
-                                                    "else members.0.model)")
-    model_args: Optional[dict[str, Any]] = Field(None, description="its options (default: the run's, "
-                                                                   "else members.0.model_args)")
-    input_size: Optional[int] = Field(None, gt=0, description="resize inputs to this size for this backbone "
-                                                              "(e.g. two backbones at two resolutions)")
-    input_pad: int = Field(0, ge=0, description="after the resize, pad this many background pixels on each side "
-                                                "(digits: input_size 20 + input_pad 4 = MNIST's 28x28 layout)")
-    pretrained: bool = Field(True, description="timm only: download the pretrained weights")
-
-
-class DomainDataConfig(Section):
-    """Labelled source-domain data trained on together with the (few-label) target data."""
-
-    source: str = Field("mnist", description="dataset source of the source domain")
-    root: Optional[str] = Field(None, description="its data directory (default: data.root)")
-    path: Optional[str] = Field(None, description="folder or file, for sources that need one")
-    train_subset: Optional[int] = Field(None, gt=0, description="use only this many source images")
-    options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
-
-    _known_source = field_validator("source")(known_source)
-
-
-class TransferConfig(Section):
-    """Transfer learning: pretrained backbone(s), a new head, and how much of the backbone trains."""
-
-    backbones: list[BackboneConfig] = Field(default_factory=list, description="one backbone, or several whose "
-                                                                               "features are concatenated")
-    mode: Literal["features", "finetune", "staged"] = Field(
-        "features", description="features: cached bottleneck features, head only; finetune: all layers; "
-                                "staged: head first, deeper groups unfrozen at unfreeze_at")
-    groups: int = Field(3, gt=0, description="number of backbone parameter groups (deepest = group 1)")
-    unfreeze_at: list[int] = Field(default_factory=list, description="staged: epochs at which group 1, 2, ... "
-                                                                     "start training")
-    lr_multipliers: Optional[list[float]] = Field(None, description="lr factor per group, head first "
-                                                                    "(groups + 1 values)")
-    layer_decay: Optional[float] = Field(None, gt=0, le=1, description="lr of group k = lr · layer_decay^k "
-                                                                       "(head k = 0)")
-    freeze_bn: bool = Field(False, description="keep every backbone BatchNorm in eval mode with fixed affine "
-                                               "parameters, even when its group trains")
-    cache_dir: Optional[str] = Field(None, description="features mode: cache folder (default: "
-                                                       "$PEERLEARN_CACHE/features, then ~/.cache/peerlearn/features)")
-    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the new classifier")
-    source_data: Optional[DomainDataConfig] = Field(None, description="labelled source-domain data added to "
-                                                                      "the training set (instance/feature transfer)")
-    importance: Literal["none", "inputs", "features"] = Field(
-        "none", description="weight source items by p(target|x)/p(source|x) from a logistic domain "
-                            "classifier on the inputs or on the backbone features")
-    importance_clip: tuple[float, float] = Field((0.1, 10.0), description="clip of the normalised weights")
-    align: Literal["none", "coral", "mmd"] = Field("none", description="feature alignment loss between "
-                                                                        "source and target items of a batch")
-    align_weight: float = Field(1.0, ge=0, description="weight of the alignment loss")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TransferConfig":
-        if self.mode == "staged" and not self.unfreeze_at:
-            raise ValueError("mode=staged needs unfreeze_at (epochs at which groups 1, 2, ... unfreeze)")
-        if len(self.unfreeze_at) > self.groups:
-            raise ValueError(f"unfreeze_at has {len(self.unfreeze_at)} epochs but there are only "
-                             f"{self.groups} groups")
-        if list(self.unfreeze_at) != sorted(self.unfreeze_at) or any(e <= 0 for e in self.unfreeze_at):
-            raise ValueError("unfreeze_at must be increasing positive epochs")
-        if self.lr_multipliers is not None and len(self.lr_multipliers) != self.groups + 1:
-            raise ValueError(f"lr_multipliers needs groups + 1 = {self.groups + 1} values (head first)")
-        if self.lr_multipliers is not None and self.layer_decay is not None:
-            raise ValueError("give lr_multipliers or layer_decay, not both")
-        if (self.importance != "none" or self.align != "none") and self.source_data is None:
-            raise ValueError("importance weighting and alignment need source_data")
-        if self.align != "none" and self.mode == "features":
-            raise ValueError("align needs a trainable backbone: mode finetune or staged")
-        lo, hi = self.importance_clip
-        if not 0 < lo <= 1 <= hi:
-            raise ValueError("importance_clip must be (low, high) with 0 < low <= 1 <= high")
-        return self
-
-
 # --------------------------------------------------------------------------- root
 class RunConfig(Section):
     """A whole run: what to train (members), on what (data), how (recipe, optim, train)."""

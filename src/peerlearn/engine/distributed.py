@@ -44,7 +44,6 @@ from torch import nn
 
 from peerlearn.errors import ConfigError, DistributedError, PeerlearnError
 
-DISTRIBUTED_RECIPES = ("mutual", "independent")
 # exit codes a process reports itself (with its own message); anything else is a crash the launcher names
 REPORTED_CODES = (1, 2, 3, 4, 5, 130, 143)
 COLLECTIVE_FAILURE_WORDS = ("connection closed", "connection reset", "timed out", "timeout", "gloo", "nccl",
@@ -122,10 +121,10 @@ def world_from_env() -> Optional[tuple[int, int, int]]:
 
 
 def check_distributed_config(config, world_size: int) -> list[str]:
-    """Raise ConfigError unless ``config`` can run on ``world_size`` processes; return the member names."""
-    if config.recipe not in DISTRIBUTED_RECIPES:
-        raise ConfigError(f"Invalid config: recipe {config.recipe!r} cannot run distributed ({world_size} "
-                          f"processes); allowed recipes: {', '.join(DISTRIBUTED_RECIPES)}.")
+    """Raise ConfigError unless ``config`` can run on ``world_size`` processes; return the member names.
+
+    Whether the recipe runs distributed at all is its declared capability (``Recipe.check_capabilities``,
+    called by the api and the local launcher before this)."""
     if config.recipe == "mutual" and config.mutual.update != "simultaneous":
         raise ConfigError("Invalid config: key 'mutual.update' has the value 'sequential', but a distributed run "
                           "updates all members at once; allowed: simultaneous.")

@@ -1,15 +1,18 @@
-"""Recipes declare members, loss terms and stages; the trainer runs them.
+"""Recipes declare members, loss terms, stages, their rules and capabilities; the trainer runs them.
 
-Each recipe is loaded lazily from ``module:class`` so that the config can list the names cheaply.
+The registry maps a recipe name (the config's ``recipe`` key) to its class, given as ``module:Class``
+so that the config can list the names without importing any recipe. Adding a recipe is one module (a
+``Recipe`` subclass, see ``recipes.base``) and one ``register_recipe`` line, here or from user code.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Union
 
 from peerlearn.errors import ConfigError
 
-_RECIPES = {
+_RECIPES: dict[str, Union[str, type]] = {
     "independent": "peerlearn.recipes.mutual:IndependentRecipe",
     "mutual": "peerlearn.recipes.mutual:MutualRecipe",
     "distill": "peerlearn.recipes.distill:DistillRecipe",
@@ -17,7 +20,16 @@ _RECIPES = {
     "greedy": "peerlearn.recipes.greedy:GreedyRecipe",
 }
 
-RECIPE_NAMES = tuple(_RECIPES)
+
+def register_recipe(name: str, recipe: Union[str, type]) -> None:
+    """Make ``recipe`` (a ``Recipe`` subclass, or ``"package.module:Class"``) the recipe called ``name``."""
+    _RECIPES[name] = recipe
+
+
+def __getattr__(attribute: str):
+    if attribute == "RECIPE_NAMES":  # the registered names, registrations included
+        return tuple(_RECIPES)
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def get_recipe(name: str):
@@ -27,6 +39,14 @@ def get_recipe(name: str):
     ``api.prepare_run`` looks the recipe up before it reads any data."""
     if name not in _RECIPES:
         raise ConfigError(f"Invalid config: key 'recipe' has the value {name!r}: unknown recipe; allowed: "
-                          f"{', '.join(RECIPE_NAMES)}.")
-    module, cls = _RECIPES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+                          f"{', '.join(_RECIPES)}.")
+    target = _RECIPES[name]
+    if isinstance(target, str):
+        module, cls = target.split(":")
+        return getattr(importlib.import_module(module), cls)
+    return target
+
+
+def recipes_with(capability: str) -> list[str]:
+    """The registered recipes that declare ``capability`` (e.g. ``supports_fused``) true."""
+    return [name for name in _RECIPES if getattr(get_recipe(name), capability, False)]

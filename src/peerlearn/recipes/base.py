@@ -33,12 +33,49 @@ def member_seed(seed: int, index: int) -> int:
 
 
 class Recipe:
-    """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``."""
+    """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``.
+
+    A recipe owns its rules. It declares, as class attributes, the ``RunConfig`` field of its settings
+    (``section``: a module of ``peerlearn.config.sections``, or None), what it can run on
+    (``supports_fused``: a ``vmap``-ed cohort, ``supports_distributed``: one member per process; both
+    through ``engine.executors``) and which after-training commands apply to its runs (``commands``);
+    ``validate`` checks the config and the data before anything is built. Adding a recipe is one module
+    and one ``peerlearn.recipes.register_recipe`` line.
+    """
 
     name = "base"
+    section: str | None = None
+    supports_fused = False
+    supports_distributed = False
+    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
+
+    @classmethod
+    def validate(cls, config: RunConfig, data: DataBundle) -> None:
+        """Raise ConfigError unless ``config`` (on ``data``) is a run this recipe can train.
+
+        Subclasses extend it with their own rules (``super().validate(config, data)`` first)."""
+        cls.check_capabilities(config)
+
+    @classmethod
+    def check_capabilities(cls, config: RunConfig, world_size: int = 1) -> None:
+        """The execution modes asked for (``engine.fused``, ``world_size`` processes) against the declared ones."""
+        from peerlearn.recipes import recipes_with
+
+        if config.engine.fused and not cls.supports_fused:
+            raise ConfigError(f"Invalid config: key 'engine.fused' is true, but recipe {config.recipe!r} has no "
+                              f"fused step; allowed with recipes: {', '.join(recipes_with('supports_fused'))}.")
+        if config.engine.fused:
+            frozen = [m.name for m in config.members if not m.trainable]
+            if frozen:
+                raise ConfigError(f"Invalid config: key 'engine.fused' is true, but members {', '.join(frozen)} are "
+                                  "frozen; a fused cohort trains every member.")
+        if world_size > 1 and not cls.supports_distributed:
+            raise ConfigError(f"Invalid config: recipe {config.recipe!r} cannot run distributed ({world_size} "
+                              f"processes); allowed recipes: {', '.join(recipes_with('supports_distributed'))}.")
 
     def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None,
                  user_members=None):
+        self.validate(config, data)
         self.config = config
         self.data = data
         self.device = device

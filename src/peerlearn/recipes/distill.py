@@ -44,12 +44,19 @@ DEFAULT_BIAS_GRID = [0.25 * i for i in range(41)]  # 0, 0.25, ..., 10
 
 class DistillRecipe(Recipe):
     name = "distill"
+    section = "distill"
+
+    @classmethod
+    def validate(cls, config, data) -> None:
+        """Teachers and students that make sense, and distill settings that fit the data's classes."""
+        super().validate(config, data)
+        cls.roles(config)
+        cls.check_settings(config, data)
 
     def __init__(self, config, data, device, distributed=None, user_members=None):
         super().__init__(config, data, device, distributed, user_members)
         self.settings = config.distill
-        self.teacher_names, self.student_names = self._roles()
-        self._check_settings()
+        self.teacher_names, self.student_names = self.roles(config)
         teacher_augment = self.settings.teacher_augment or config.data.augment
         self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
                                           seed=config.seed, augment=self.batch_augment(teacher_augment),
@@ -64,10 +71,12 @@ class DistillRecipe(Recipe):
         self.bias_report: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ checks
-    def _roles(self) -> tuple[list[str], list[str]]:
-        members = self.config.members
+    @staticmethod
+    def roles(config) -> tuple[list[str], list[str]]:
+        """(teacher names, student names): ``distill.teachers``, else the members with trainable: false."""
+        members = config.members
         names = [m.name for m in members]
-        teachers = self.settings.teachers
+        teachers = config.distill.teachers
         if teachers is None:
             teachers = [m.name for m in members if not m.trainable]
         unknown = [t for t in teachers if t not in names]
@@ -98,8 +107,9 @@ class DistillRecipe(Recipe):
                                   "or a .safetensors file), pass the trained module from Python, or train it "
                                   "first with distill.teacher_epochs > 0.")
 
-    def _check_settings(self) -> None:
-        s, classes = self.settings, self.data.num_classes
+    @staticmethod
+    def check_settings(config, data) -> None:
+        s, classes = config.distill, data.num_classes
         if s.transfer in ("unlabelled", "data") and s.alpha > 0:
             raise ConfigError(f"Invalid config: key 'distill.alpha' has the value {s.alpha}, but the transfer set "
                               f"'{s.transfer}' has no labels; use distill.alpha=0 (soft targets only).")
@@ -117,7 +127,7 @@ class DistillRecipe(Recipe):
         if s.fit_class_bias and not s.omit_classes:
             raise ConfigError("Invalid config: key 'distill.fit_class_bias' is true but 'distill.omit_classes' is "
                               "empty; the bias is searched for omitted classes.")
-        if s.fit_class_bias and len(self.data.val) == 0:
+        if s.fit_class_bias and len(data.val) == 0:
             raise ConfigError("Invalid config: key 'distill.fit_class_bias' needs a validation split, but "
                               "'data.val_fraction' is 0.")
         if s.fit_class_bias and s.bias_grid is not None and not s.bias_grid:

@@ -43,12 +43,19 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 class GreedyRecipe(Recipe):
     name = "greedy"
+    section = "greedy"
+    commands = Recipe.commands + ("probe",)  # the separability probe reads a network of blocks
 
-    def __init__(self, config, data, device, distributed=None, user_members=None):
-        super().__init__(config, data, device, distributed, user_members)
+    @classmethod
+    def validate(cls, config, data) -> None:
+        """One member (a layerwise_cnn; its model and stages are checked when it is built)."""
+        super().validate(config, data)
         if len(config.members) != 1:
             raise ConfigError(f"Invalid config: key 'members' lists {len(config.members)} members; the greedy recipe "
                               "trains exactly one (a layerwise_cnn).")
+
+    def __init__(self, config, data, device, distributed=None, user_members=None):
+        super().__init__(config, data, device, distributed, user_members)
         self.settings = config.greedy
         if self.settings.cache == "on" and self.train_stream.augment is not None and self.train_stream.augment.active:
             raise ConfigError("Invalid config: key 'greedy.cache' has the value 'on', but data.augment is active: the "

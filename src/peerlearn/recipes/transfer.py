@@ -45,9 +45,12 @@ from peerlearn.transfer.streams import (WeightedBatchStream, concat_splits, doma
 
 class TransferRecipe(Recipe):
     name = "transfer"
+    section = "transfer"
 
-    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None,
-                 user_members=None):
+    @classmethod
+    def validate(cls, config: RunConfig, data: DataBundle) -> None:
+        """Backbones given, one member, unfreeze epochs inside the run, no augmentation of cached features."""
+        super().validate(config, data)
         settings = config.transfer
         if not settings.backbones:
             raise ConfigError("Invalid config: recipe 'transfer' needs key 'transfer.backbones' (at least one "
@@ -61,8 +64,11 @@ class TransferRecipe(Recipe):
         if settings.mode == "features" and any(v for v in config.data.augment.model_dump().values()):
             raise ConfigError("Invalid config: key 'data.augment' is set, but transfer.mode=features trains on "
                               "cached features of the unaugmented images; use mode finetune or staged.")
+
+    def __init__(self, config: RunConfig, data: DataBundle, device: torch.device, distributed=None,
+                 user_members=None):
         super().__init__(config, data, device, distributed, user_members)
-        self.settings = settings
+        self.settings = settings = config.transfer
         self.n_target: Optional[int] = None
         self.source_weights: Optional[torch.Tensor] = None
         self.cache_info: dict[str, Any] = {}
