@@ -92,15 +92,15 @@ def test_nan_inputs_stop_the_run_naming_step_items_and_checkpoint(tmp_path, monk
 
 
 def test_non_finite_loss_names_member_step_and_last_checkpoint(tmp_path, monkeypatch, capsys):
-    original = MutualRecipe._forward
+    original = MutualRecipe.forward
 
-    def blows_up(self, member, x):
-        logits, features = original(self, member, x)
+    def blows_up(self, member, x, with_features=False):
+        logits, features = original(self, member, x, with_features)
         if member.name == "b" and self.trainer.position.global_step == 9:
             logits = logits * float("inf")
         return logits, features
 
-    monkeypatch.setattr(MutualRecipe, "_forward", blows_up)
+    monkeypatch.setattr(MutualRecipe, "forward", blows_up)
     code, err = _cli_train(tmp_path, tiny_config(recipe="independent", train={"epochs": 2, "checkpoint_every_steps": 3}),
                            capsys=capsys)
     assert code == 3

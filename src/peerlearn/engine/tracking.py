@@ -14,7 +14,6 @@ from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.engine.run_dir import open_append
-from peerlearn.engine.tb_events import EventWriter, truncate_events
 from peerlearn.errors import ConfigError
 
 MLFLOW_DB = "mlflow.db"
@@ -48,6 +47,8 @@ class MetricsLog:
         self.handle = open_append(self.path)  # never through a planted link
         self.writer = None
         if tensorboard:
+            from peerlearn.engine.tb_events import EventWriter, truncate_events  # tensorboardX only when used
+
             log_dir = Path(run_dir) / "tensorboard"
             if resume_step is not None:
                 truncate_events(log_dir, resume_step)
