@@ -47,11 +47,11 @@ def test_bf16_autocast_path_runs_forward_in_bf16_and_losses_in_fp32(tiny):
     recipe.cohort.train()
     batch = next(b for _, b in recipe.train_stream.epoch(0))
     member = recipe.cohort["a"]
-    full, _ = recipe._forward(member, batch.x)
+    full, _ = recipe.forward(member, batch.x)
     recipe.autocast_dtype = torch.bfloat16
     with recipe.autocast():
         inner = member.model(batch.x)
-    half, _ = recipe._forward(member, batch.x)
+    half, _ = recipe.forward(member, batch.x)
     assert inner.dtype == torch.bfloat16 and half.dtype == torch.float32
     assert 0 < (half - full).abs().max() < 0.1  # bf16 rounding, same function
     log = recipe.step(batch)
