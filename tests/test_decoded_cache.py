@@ -1,0 +1,88 @@
+"""The decoded-image cache of a streamed image folder: built once, read by later epochs and runs with identical
+batches, rebuilt when a file changes, and never used with ``cache: false``."""
+
+import os
+
+import numpy as np
+import torch
+
+from conftest import tiny_config
+from peerlearn.config import load_config
+from peerlearn.data import BatchAugment, BatchStream, Normalizer, load_data
+from peerlearn.data import decoded_cache
+from peerlearn.data.decoded_cache import DecodedArray
+from peerlearn.data.image_folder import ImageFiles
+from test_streaming import write_folder
+
+
+def streamed(root, cache_dir, **options):
+    config = tiny_config(data={"source": "image_folder", "path": str(root), "batch_size": 8, "val_fraction": 0.2,
+                               "stream": True, "stream_workers": 2,
+                               "options": {"cache_dir": str(cache_dir), **options}})
+    return load_data(load_config(config).data, seed=0)
+
+
+def epochs(data, count=2):
+    normalizer = Normalizer(data.mean, data.std, torch.device("cpu"), image=True)
+    stream = BatchStream(data.train, 8, normalizer, torch.device("cpu"), seed=3,
+                         augment=BatchAugment(crop_padding=2, flip=True), drop_last=True)
+    return [[(s, b.index, b.y, b.x) for s, b in stream.epoch(e)] for e in range(count)]
+
+
+def assert_same(ours, theirs):
+    assert len(ours) == len(theirs) and len(ours[0]) > 0
+    for epoch_a, epoch_b in zip(ours, theirs):
+        for (s, i, y, x), (t, j, z, w) in zip(epoch_a, epoch_b, strict=True):
+            assert s == t and torch.equal(i, j) and torch.equal(y, z) and torch.equal(x, w)
+
+
+def test_cache_is_reused_across_runs_and_gives_the_batches_of_the_files(tmp_path, monkeypatch):
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    first = streamed(root, cache)
+    assert isinstance(first.train.x.dataset, DecodedArray)
+    built = sorted(cache.glob("*.u8"))
+    assert len(built) == 1 and not list(cache.glob("*.part"))  # one array (class layout), no temp file left
+    assert built[0].stat().st_size == 75 * int(np.prod(first.train.x.item_shape))
+    uncached = streamed(root, cache, cache=False)
+    assert isinstance(uncached.train.x.dataset, ImageFiles)
+
+    # a second run must read the array, not decode a single file
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded although the cache is valid")
+
+    monkeypatch.setattr(decoded_cache, "build_array", no_decoding)
+    second = streamed(root, cache)
+    reference = epochs(uncached)
+    assert_same(epochs(first), reference)
+    assert_same(epochs(second), reference)
+    for split in ("val", "test"):
+        assert torch.equal(getattr(second, split).x.materialize(), getattr(uncached, split).x.materialize())
+
+
+def test_a_changed_file_invalidates_the_cache(tmp_path):
+    from PIL import Image
+
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    before = streamed(root, cache).train.x
+    changed = root / "class1" / "004.png"
+    Image.fromarray(np.full((10, 10, 3), 7, dtype=np.uint8)).save(changed)
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later mtime even on coarse clocks
+    after = streamed(root, cache).train.x
+    assert len(list(cache.glob("*.u8"))) == 2  # a new key, a new array
+    uncached = streamed(root, cache, cache=False).train.x
+    assert torch.equal(after.materialize(), uncached.materialize())
+    assert not torch.equal(before.materialize(), after.materialize())
+    position = after.dataset.labels.index(1) + 4  # the changed image, decoded anew
+    assert torch.equal(after.dataset[position][0],
+                       torch.full(after.item_shape, 7, dtype=torch.uint8))
+
+
+def test_a_wrong_length_array_is_rebuilt(tmp_path):
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    reference = streamed(root, cache).train.x.materialize()
+    array = next(cache.glob("*.u8"))
+    array.write_bytes(array.read_bytes()[:100])  # truncated, e.g. by a full disk
+    rebuilt = streamed(root, cache).train.x
+    assert torch.equal(rebuilt.materialize(), reference)
+    assert array.stat().st_size == 75 * int(np.prod(rebuilt.item_shape))
