@@ -81,6 +81,8 @@ class DecodedArray(Dataset):
     The memmap is opened lazily in each process (a worker opens its own; pickling sends only the path).
     """
 
+    draws_random = False  # the streaming workers need not seed anything before reading
+
     def __init__(self, path: Path, labels: list[int], shape: tuple[int, int, int]):
         self.path, self.labels, self.shape = Path(path), labels, tuple(shape)
         self._array: Optional[np.memmap] = None

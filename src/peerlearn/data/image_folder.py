@@ -111,6 +111,8 @@ def read_images(files: list[Path], mode: str, size: int | tuple[int, int], worke
 class ImageFiles(Dataset):
     """Image files decoded on demand: item i is (uint8 [C, H, W] tensor, label)."""
 
+    draws_random = False  # decoding draws no random numbers: the streaming workers need not seed
+
     def __init__(self, files: list[Path], labels: list[int], mode: str, size: int | tuple[int, int]):
         self.files, self.labels, self.mode, self.size = files, labels, mode, size
 

@@ -8,7 +8,13 @@ the workers decode the batch's items (``LazyItems.read``) while the model trains
 A user's Dataset may augment each item at random (e.g. random crops in ``__getitem__``). Before reading
 the items of step s of epoch e, the worker seeds torch, numpy and Python's ``random`` with
 hash(seed, e, s), so those draws depend on the step, not on which worker ran it or whether the run was
-resumed: a run resumed mid-epoch reads exactly the batches the uninterrupted run read.
+resumed: a run resumed mid-epoch reads exactly the batches the uninterrupted run read. A dataset that draws
+no randomness says so with ``draws_random = False`` (image files, the decoded-image cache) and skips it.
+
+Traffic between the processes is kept small, since on small images it costs more than reading the batch: a
+step's indices go to the worker as a numpy array, and a batch up to ``PIPE_BATCH_BYTES`` comes back as a
+numpy array through the worker's pipe rather than as a tensor in a new shared-memory segment (larger
+batches still travel as shared-memory tensors).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from peerlearn.data.lazy import LazyItems
 
 ITEM_SEED_SALT = 11
+PIPE_BATCH_BYTES = 4 * 2**20
 
 
 def mix_seed(*parts: int) -> int:
@@ -34,17 +41,25 @@ def mix_seed(*parts: int) -> int:
 
 
 class _StepReader(Dataset):
-    """Reads the items of one step: key (epoch, step, indices) -> (step, indices, inputs)."""
+    """Reads the items of one step: key (epoch, step, numpy indices) -> inputs (a numpy array when small)."""
 
     def __init__(self, items: LazyItems, seed: int):
         self.items = items
         self.seed = seed
+        self.seeded = getattr(items.dataset, "draws_random", True)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: tuple[int, int, torch.Tensor]) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int, np.ndarray]) -> torch.Tensor | np.ndarray:
         epoch, step, indices = key
+        indices = torch.from_numpy(indices)
+        inputs = self._read(epoch, step, indices) if self.seeded else self.items.read(indices)
+        small = inputs.numel() * inputs.element_size() <= PIPE_BATCH_BYTES
+        return inputs.numpy() if small and inputs.dtype != torch.bfloat16 else inputs
+
+    def _read(self, epoch: int, step: int, indices: torch.Tensor) -> torch.Tensor:
+        """``items.read(indices)`` with torch, numpy and ``random`` seeded by (seed, epoch, step), then restored."""
         item_seed = mix_seed(self.seed, epoch, step, ITEM_SEED_SALT)
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):  # in the main process (0 workers) its RNG is left as it was
@@ -52,24 +67,33 @@ class _StepReader(Dataset):
             random.seed(item_seed)
             np.random.seed(item_seed % 2**32)
             try:
-                inputs = self.items.read(indices)
+                return self.items.read(indices)
             finally:
                 random.setstate(python_state)
                 np.random.set_state(numpy_state)
-        return step, indices, inputs
+
+
+def _as_is(batch):
+    """The DataLoader's collate function: a worker's batch needs no conversion."""
+    return batch
 
 
 def streamed_batches(items: LazyItems, order: torch.Tensor, batch_size: int, epoch: int, steps: range,
                      seed: int, pin_memory: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (step, indices, decoded inputs) for ``steps`` of ``epoch``; step s holds ``order[s*B:(s+1)*B]``."""
-    keys = [(epoch, step, order[step * batch_size : (step + 1) * batch_size]) for step in steps]
+    keys = [(epoch, step, order[step * batch_size : (step + 1) * batch_size].numpy()) for step in steps]
     if not keys:
         return
     workers = min(items.workers, len(keys))
     loader = DataLoader(_StepReader(items, seed), sampler=keys, batch_size=None, num_workers=workers,
-                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)),
+                        collate_fn=_as_is, pin_memory=pin_memory,
+                        generator=torch.Generator().manual_seed(mix_seed(seed, epoch)),
                         prefetch_factor=4 if workers else None)
-    yield from loader
+    for (_, step, indices), inputs in zip(keys, loader):  # the loader keeps the sampler's order
+        if isinstance(inputs, np.ndarray):
+            inputs = torch.from_numpy(inputs)
+            inputs = inputs.pin_memory() if pin_memory else inputs
+        yield step, torch.from_numpy(indices), inputs
 
 
 DEFAULT_THRESHOLD_MB = 2048.0
