@@ -12,6 +12,7 @@ from peerlearn.data import BatchAugment, BatchStream, Normalizer, load_data
 from peerlearn.data import decoded_cache
 from peerlearn.data.decoded_cache import DecodedArray
 from peerlearn.data.image_folder import ImageFiles
+from peerlearn.data.lazy import LazyItems
 from test_streaming import write_folder
 
 
@@ -86,3 +87,31 @@ def test_a_wrong_length_array_is_rebuilt(tmp_path):
     rebuilt = streamed(root, cache).train.x
     assert torch.equal(rebuilt.materialize(), reference)
     assert array.stat().st_size == 75 * int(np.prod(rebuilt.item_shape))
+
+
+class Noisy(torch.utils.data.Dataset):
+    """Items drawing torch randomness in __getitem__ (so their values depend on the per-step seeding)."""
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return torch.full((2,), float(i)) + torch.randn(2), 0
+
+
+def test_steps_read_in_groups_do_not_depend_on_the_grouping_or_the_worker_count():
+    from peerlearn.data.streaming import steps_per_call, streamed_batches
+
+    items = LazyItems(Noisy(), workers=2)
+    assert steps_per_call(items, 4) == 8  # 32-byte batches: the most steps a call may read
+    assert steps_per_call(LazyItems(torch.utils.data.TensorDataset(torch.zeros(2, 3, 512, 512)), workers=0), 4) == 1
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    whole = list(streamed_batches(items, order, 4, epoch=1, steps=range(16), seed=5))
+    tail = list(streamed_batches(items, order, 4, epoch=1, steps=range(5, 16), seed=5))  # groups start at 5
+    here = list(streamed_batches(LazyItems(Noisy(), workers=0), order, 4, epoch=1, steps=range(16), seed=5))
+    assert [s for s, _, _ in whole] == list(range(16)) and [s for s, _, _ in tail] == list(range(5, 16))
+    for (s, i, x), (t, j, w) in zip(whole[5:], tail, strict=True):
+        assert s == t and torch.equal(i, j) and torch.equal(x, w)
+    for (_, i, x), (_, j, w) in zip(whole, here, strict=True):
+        assert torch.equal(i, j) and torch.equal(x, w)
+    assert not torch.equal(whole[0][2][:, 0], whole[0][1].float())
