@@ -115,3 +115,17 @@ def test_steps_read_in_groups_do_not_depend_on_the_grouping_or_the_worker_count(
     for (_, i, x), (_, j, w) in zip(whole, here, strict=True):
         assert torch.equal(i, j) and torch.equal(x, w)
     assert not torch.equal(whole[0][2][:, 0], whole[0][1].float())
+
+
+def test_a_bad_cache_option_or_an_unwritable_cache_folder_is_a_data_error(tmp_path):
+    import pytest
+
+    from peerlearn.errors import DataError
+
+    root = write_folder(tmp_path / "images", classes=2, per_class=3)
+    with pytest.raises(DataError, match="data.options.cache' is 'no'"):
+        streamed(root, tmp_path / "cache", cache="no")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match="Cannot write the decoded-image cache"):
+        streamed(root, blocker / "decoded")
