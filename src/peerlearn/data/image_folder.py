@@ -10,8 +10,10 @@ Images are decoded with Pillow, converted to ``data.options.mode`` (RGB or L), r
 Options: ``mode``, ``size``, ``test_fraction`` (0.2), ``split_seed`` (1234), ``workers`` (decoding threads).
 
 With ``data.stream`` (true, or auto for folders whose decoded size exceeds ``data.stream_threshold_mb``)
-only the file list is read here: the images stay on disk as ``LazyItems`` over ``ImageFiles`` and are
-decoded batch by batch by DataLoader workers. The splits are the same in both cases.
+the images stay on disk as ``LazyItems``: decoded once into an on-disk uint8 array (``decoded_cache``;
+options ``cache`` (true) and ``cache_dir``) that DataLoader workers read batch by batch, or with
+``cache: false`` decoded again from the files in every epoch (``ImageFiles``). The splits are the same in
+every case.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from torch.utils.data import Dataset
 
+from peerlearn.data.decoded_cache import cached_images
 from peerlearn.data.lazy import LazyItems
 from peerlearn.data.memory import check_images_fit
 from peerlearn.data.raw import RawDataset
@@ -108,6 +111,8 @@ def read_images(files: list[Path], mode: str, size: int | tuple[int, int], worke
 class ImageFiles(Dataset):
     """Image files decoded on demand: item i is (uint8 [C, H, W] tensor, label)."""
 
+    draws_random = False  # decoding draws no random numbers: the streaming workers need not seed
+
     def __init__(self, files: list[Path], labels: list[int], mode: str, size: int | tuple[int, int]):
         self.files, self.labels, self.mode, self.size = files, labels, mode, size
 
@@ -118,12 +123,30 @@ class ImageFiles(Dataset):
         return torch.from_numpy(read_image(self.files[index], self.mode, self.size).copy()), self.labels[index]
 
 
-def image_items(files: list[Path], labels: list[int], mode: str, size: int, workers: int, stream: bool):
-    """The images of ``files``: decoded now into a uint8 tensor, or (``stream``) left on disk as ``LazyItems``."""
+def image_items(files: list[Path], labels: list[int], mode: str, size: int, workers: int, stream: bool,
+                cache: str | bool | None = None, threads: int = 1):
+    """The images of ``files``: decoded now into a uint8 tensor (``threads`` threads), or (``stream``) left on
+    disk as ``LazyItems`` read by ``workers`` processes: out of the decoded-image cache (``cache``: its folder,
+    None for the default one, False for none; built now with ``threads`` threads when missing or stale), or
+    decoded from the files in every epoch."""
     if not stream:
-        return read_images(files, mode, size, workers)
-    return LazyItems(ImageFiles(files, labels, mode, size), item_shape=(MODES[mode], size, size),
-                     dtype=torch.uint8, workers=workers)
+        return read_images(files, mode, size, threads)
+    shape = (MODES[mode], size, size)
+    if cache is False:
+        dataset = ImageFiles(files, labels, mode, size)
+    else:
+        dataset = cached_images(files, labels, mode, shape, lambda path: read_image(path, mode, size), threads,
+                                cache or None)
+    return LazyItems(dataset, item_shape=shape, dtype=torch.uint8, workers=workers)
+
+
+def _cache_option(config) -> str | bool | None:
+    """``data.options.cache`` / ``cache_dir``: False (no cache), a folder, or None (the default folder)."""
+    options = getattr(config, "options", None) or {}
+    enabled = options.get("cache", True)
+    if not isinstance(enabled, bool):
+        raise DataError(f"Invalid config: key 'data.options.cache' is {enabled!r}; it must be true or false.")
+    return options.get("cache_dir") if enabled else False
 
 
 def _options(config) -> tuple[str, int, float, int, int]:
@@ -161,12 +184,12 @@ def _split_layout(root: Path, mode: str, size: int, workers: int, config=None) -
     for part, (files, _) in listed.items():
         _require_images(files, root / part)
     stream = wants_stream(config, len(listed["train"][0]) * MODES[mode] * size * size)
-    loaders = stream_workers(config) if stream else workers
+    loaders, cache = (stream_workers(config), _cache_option(config)) if stream else (0, None)
     parts = []
     for part in ("train", "test"):
         files, labels = listed[part]
-        parts.append((image_items(files, labels, mode, size, loaders, stream), torch.tensor(labels, dtype=torch.int64),
-                      files))
+        images = image_items(files, labels, mode, size, loaders, stream, cache, threads=workers)
+        parts.append((images, torch.tensor(labels, dtype=torch.int64), files))
     (train_x, train_y, train_files), (test_x, test_y, test_files) = parts
     extras = {"train_files": [str(f) for f in train_files], "test_files": [str(f) for f in test_files]}
     return RawDataset(train_x, train_y, test_x, test_y, class_names=class_names, extras=extras)
@@ -179,7 +202,8 @@ def _class_layout(root: Path, mode: str, size: int, fraction: float, seed: int, 
     files, labels = list_images(root, class_names, every_class=True)
     _require_images(files, root)
     stream = wants_stream(config, len(files) * MODES[mode] * size * size)
-    images = image_items(files, labels, mode, size, stream_workers(config) if stream else workers, stream)
+    loaders, cache = (stream_workers(config), _cache_option(config)) if stream else (0, None)
+    images = image_items(files, labels, mode, size, loaders, stream, cache, threads=workers)
     labels = torch.tensor(labels, dtype=torch.int64)
     order = stratified_permutation(labels, seed)
     n_test = min(len(order) - 1, max(1, int(round(len(order) * fraction))))

@@ -83,7 +83,10 @@ class LazyItems:
         return self._view(self.positions[index])
 
     def read(self, indices: torch.Tensor) -> torch.Tensor:
-        """Decode the items at ``indices`` (positions in this view) in this process, stacked."""
+        """Decode the items at ``indices`` (positions in this view) in this process, stacked. A dataset with
+        ``read_batch(positions)`` (e.g. the decoded-image cache) reads them in one call."""
+        if hasattr(self.dataset, "read_batch"):
+            return self.dataset.read_batch(self.positions[indices])
         items = [self.read_one(int(i)) for i in indices]
         if not items:
             return torch.empty((0, *self.item_shape), dtype=self.dtype)

@@ -60,7 +60,7 @@ SOURCES: dict[str, SourceSpec] = {
         "peerlearn.data.image_folder:load_image_folder",
         "a folder with one subfolder per class (data.path; optional train/ and test/ subfolders)",
         needs_path=True,
-        options=("mode", "size", "test_fraction", "split_seed", "workers"),
+        options=("mode", "size", "test_fraction", "split_seed", "workers", "cache", "cache_dir"),
     ),
     "market1501": SourceSpec(
         "peerlearn.data.market1501:load_market1501",
