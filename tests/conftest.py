@@ -20,6 +20,18 @@ def real_data_root() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _caches_in_a_temporary_folder(tmp_path_factory):
+    """Feature and decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache."""
+    previous = os.environ.get("PEERLEARN_CACHE")
+    os.environ["PEERLEARN_CACHE"] = str(tmp_path_factory.mktemp("peerlearn-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PEERLEARN_CACHE", None)
+    else:
+        os.environ["PEERLEARN_CACHE"] = previous
+
+
 @pytest.fixture
 def data_root() -> Path:
     root = real_data_root()
