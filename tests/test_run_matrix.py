@@ -33,9 +33,6 @@ MLP = {"model": "mlp", "model_args": {"widths": [16]}}
 LAYERWISE = {"model": "layerwise_cnn", "model_args": {"blocks": 2, "width": 4, "downsample_at": [1]}}
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 REGISTERED_MODULE = "matrix_registered_models"
-# the legacy ONNX exporter cannot follow the layerwise net's pooling after its space-to-depth step and the dynamo
-# exporter takes ~40 s on it: greedy ONNX is checked by the slow test below
-GREEDY_FAST_FORMATS = ("torchscript", "safetensors")
 
 
 def config(name: str, recipe: str, members: list[dict], **sections) -> dict:
@@ -148,9 +145,9 @@ CASES: dict[str, Case] = {
                                                    {"name": "t2", **MLP, "trainable": False},
                                                    {"name": "s1", **MLP}, {"name": "s2", **CNN}],
                                                   distill={"teacher_epochs": 1})),
-    "greedy-k1-cache": Case(greedy(1, "auto"), probe=True, formats=GREEDY_FAST_FORMATS),
-    "greedy-k2-nocache": Case(greedy(2, "off"), probe=True, formats=GREEDY_FAST_FORMATS),
-    "greedy-k3-cache": Case(greedy(3, "on"), probe=True, formats=GREEDY_FAST_FORMATS),
+    "greedy-k1-cache": Case(greedy(1, "auto"), probe=True),
+    "greedy-k2-nocache": Case(greedy(2, "off"), probe=True),
+    "greedy-k3-cache": Case(greedy(3, "on"), probe=True),
     "transfer-features": Case(transfer("features")),
     "transfer-finetune": Case(transfer("finetune")),
     "transfer-staged": Case(transfer("staged", unfreeze_at=[1])),
@@ -273,11 +270,6 @@ def check_exports(case: str, result, formats, exporter: str, capsys, tmp_path) -
 @pytest.mark.parametrize("case", CASES)
 def test_every_export_format_gives_the_run_logits(case, trained, capsys, tmp_path):
     check_exports(case, trained(case), CASES[case].formats, "legacy", capsys, tmp_path)
-
-
-@pytest.mark.slow
-def test_greedy_onnx_export_gives_the_run_logits(trained, capsys, tmp_path):
-    check_exports("greedy-k2-nocache", trained("greedy-k2-nocache"), ("onnx",), "auto", capsys, tmp_path)
 
 
 @pytest.mark.parametrize("case", [name for name, case in CASES.items() if case.probe])

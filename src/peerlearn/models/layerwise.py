@@ -64,6 +64,19 @@ def conv_block(cin: int, cout: int, batchnorm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class AveragePoolTo(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(pool)`` (average a map to ``pool``×``pool`` cells) that, when the map's size divides
+    evenly, computes it as a plain average pooling with a (H/pool)×(W/pool) window: the same values, and an
+    operator every ONNX exporter writes (the adaptive one is refused where the traced size is not a constant)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = self.output_size
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        if isinstance(pool, int) and height % pool == 0 and width % pool == 0:
+            return F.avg_pool2d(x, (height // pool, width // pool))
+        return super().forward(x)
+
+
 class AuxiliaryHead(nn.Module):
     """C_j: (k − 1) × [3×3 conv (+BN) + ReLU], average to ``pool``×``pool``, linear."""
 
@@ -73,7 +86,7 @@ class AuxiliaryHead(nn.Module):
         for index in range(extra_convs):
             convs.append(conv_block(channels if index == 0 else width, width, batchnorm))
         out = width if extra_convs else channels
-        self.body = nn.Sequential(*convs, nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.body = nn.Sequential(*convs, AveragePoolTo(pool), nn.Flatten())
         self.feature_dim = out * pool * pool
         self.linear = nn.Linear(self.feature_dim, num_classes)
 
