@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+from pydantic import Field
 
 import peerlearn
 import peerlearn.recipes as recipes
@@ -141,3 +142,47 @@ def test_a_toy_recipes_validation_refuses_its_mistakes(pair_registered, tiny, tm
     config["members"] = config["members"] + [{"name": "c", "model": "mlp"}]
     with pytest.raises(ConfigError, match="recipe 'pair' trains two members; key 'members' has 3"):
         peerlearn.train(config, out=tmp_path)
+
+
+# ------------------------------------------------------------------ a new recipe with settings of its own
+class ScaledPairSettings(Section):
+    """The toy recipe's own config section."""
+
+    loss_scale: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
+class ScaledPairRecipe(PairRecipe):
+    """The toy pair, each member's CE multiplied by ``scaled_pair.loss_scale``: settings owned by the recipe."""
+
+    name = "scaled_pair"
+    section = "scaled_pair"
+    section_model = ScaledPairSettings
+
+    def member_loss(self, name, logits, features, probs, feats, batch):
+        loss, terms = super().member_loss(name, logits, features, probs, feats, batch)
+        return loss * self.config.scaled_pair.loss_scale, terms
+
+
+def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(monkeypatch, tiny, tmp_path):
+    from peerlearn.config import EXTRA_SECTIONS, load_config
+
+    monkeypatch.setattr(recipes, "_RECIPES", dict(recipes._RECIPES))
+    monkeypatch.setattr("peerlearn.config.schema.EXTRA_SECTIONS", dict(EXTRA_SECTIONS))
+    members = [{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in "ab"]
+    config = tiny(recipe="scaled_pair", members=members, train={"epochs": 1, "progress": "off", "threads": 1},
+                  scaled_pair={"loss_scale": 2.0})
+    with pytest.raises(ConfigError, match="key 'scaled_pair' is not a known key"):
+        load_config(config)  # before registration the key is unknown, as any typo
+    register_recipe("scaled_pair", ScaledPairRecipe)  # the one line: the recipe and its section
+    assert load_config(config).scaled_pair.loss_scale == 2.0
+    assert load_config(config, ["scaled_pair.loss_scale=3"]).scaled_pair.loss_scale == 3.0
+    with pytest.raises(ConfigError, match="scaled_pair.loss_scale"):
+        load_config(config, ["scaled_pair.loss_scale=-1"])
+    with pytest.raises(ConfigError, match="scaled_pair.bogus"):
+        load_config(config, ["scaled_pair.bogus=1"])
+    with pytest.raises(ConfigError, match="key 'nonsense' is not a known key"):
+        load_config({**config, "nonsense": {}})
+    run = peerlearn.train(config, out=tmp_path)
+    assert run.summary["recipe"] == "scaled_pair" and min(run.member_accuracy("test").values()) > 0.5
+    saved = load_config(run.run_dir / "config.yaml")  # the run's own config keeps the section
+    assert saved.scaled_pair.loss_scale == 2.0

@@ -34,4 +34,6 @@ from peerlearn.config.schema import (
     DomainDataConfig,
     TransferConfig,
     RunConfig,
+    EXTRA_SECTIONS,
+    register_section,
 )

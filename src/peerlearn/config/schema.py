@@ -322,8 +322,26 @@ def check_engine(config: "RunConfig") -> None:
                              f"{first.model_args}) and {member.name!r} ({member.model} {member.model_args}) "
                              "differ in architecture; a fused cohort needs one model with the same model_args")
 # --------------------------------------------------------------------------- root
+# Sections of recipes registered from outside the package (``peerlearn.recipes.register_recipe`` of a recipe
+# class with ``section`` and ``section_model``): their YAML key, validated like a built-in section.
+EXTRA_SECTIONS: dict[str, type[Section]] = {}
+
+
+def register_section(name: str, section: type[Section]) -> None:
+    """Accept the top-level key ``name``, validated by ``section`` (a ``Section`` subclass)."""
+    if not (isinstance(section, type) and issubclass(section, Section)):
+        raise TypeError(f"the section of {name!r} must be a peerlearn.config.Section subclass, got {section!r}")
+    if name in RunConfig.model_fields:
+        raise ValueError(f"{name!r} is a built-in config section; choose another name for the recipe's section")
+    EXTRA_SECTIONS[name] = section
+
+
 class RunConfig(Section):
-    """A whole run: what to train (members), on what (data), how (recipe, optim, train)."""
+    """A whole run: what to train (members), on what (data), how (recipe, optim, train).
+
+    Unknown top-level keys are refused unless a registered recipe owns them (``register_section``)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in the run directory")
     recipe: str = Field("independent", description="recipe name")
@@ -370,6 +388,21 @@ class RunConfig(Section):
                 if partial is None:
                     continue
                 check_partial_section(f"members.{index}.{key}", section, partial, base)
+        return self
+
+    @model_validator(mode="after")
+    def _extra_sections_registered(self) -> "RunConfig":
+        """Top-level keys beyond the built-in ones must be sections of registered recipes (``EXTRA_SECTIONS``)."""
+        for key, value in list((self.model_extra or {}).items()):
+            section = EXTRA_SECTIONS.get(key)
+            if section is None:
+                allowed = ", ".join([*type(self).model_fields, *EXTRA_SECTIONS])
+                raise ValueError(f"key '{key}' is not a known key; allowed here: {allowed}")
+            if not isinstance(value, section):
+                if not isinstance(value, dict):
+                    raise ValueError(f"key '{key}' has the value {value!r}: the section must be a mapping of keys")
+                check_partial_section(key, section, value)
+                self.__pydantic_extra__[key] = section(**value)
         return self
 
     @model_validator(mode="after")

@@ -22,7 +22,19 @@ _RECIPES: dict[str, Union[str, type]] = {
 
 
 def register_recipe(name: str, recipe: Union[str, type]) -> None:
-    """Make ``recipe`` (a ``Recipe`` subclass, or ``"package.module:Class"``) the recipe called ``name``."""
+    """Make ``recipe`` (a ``Recipe`` subclass, or ``"package.module:Class"``) the recipe called ``name``.
+
+    A recipe class with settings of its own declares them as ``section = "key"`` and ``section_model`` (a
+    ``peerlearn.config.Section`` subclass): the top-level config key ``key`` is then accepted and validated.
+    Given as a string, the class is imported here so that its section is known before any config is read."""
+    if isinstance(recipe, str):
+        module, cls = recipe.split(":")
+        recipe = getattr(importlib.import_module(module), cls)
+    model = getattr(recipe, "section_model", None)
+    if model is not None:
+        from peerlearn.config import register_section
+
+        register_section(recipe.section, model)
     _RECIPES[name] = recipe
 
 

@@ -35,8 +35,10 @@ def member_seed(seed: int, index: int) -> int:
 class Recipe:
     """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``.
 
-    A recipe owns its rules. It declares, as class attributes, the ``RunConfig`` field of its settings
-    (``section``: a module of ``peerlearn.config.sections``, or None), what it can run on
+    A recipe owns its rules. It declares, as class attributes, the config key of its settings (``section``: a
+    ``RunConfig`` field with its class in ``peerlearn.config.sections`` for a shipped recipe; for a recipe of
+    your own, ``section`` plus ``section_model``, a ``peerlearn.config.Section`` subclass that
+    ``register_recipe`` makes the config accept), what it can run on
     (``supports_fused``: a ``vmap``-ed cohort, ``supports_distributed``: one member per process; both
     through ``engine.executors``) and which after-training commands apply to its runs (``commands``);
     ``validate`` checks the config and the data before anything is built. Adding a recipe is one module
@@ -45,6 +47,7 @@ class Recipe:
 
     name = "base"
     section: str | None = None
+    section_model: type | None = None  # the settings' schema, for a recipe registered from outside the package
     supports_fused = False
     supports_distributed = False
     commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
