@@ -15,6 +15,7 @@ from conftest import REPO, run_cli
 from peerlearn.engine.distributed import check_distributed_config, world_from_env
 from peerlearn.config import load_config
 from peerlearn.errors import ConfigError
+from peerlearn.recipes import get_recipe
 
 
 def _write(config, path):
@@ -89,7 +90,6 @@ def test_data_parallel_replicas_equal_the_single_process_run(tiny, tmp_path):
 
 @pytest.mark.parametrize("change, world, hint", [
     ({}, 3, "multiple of the number of members"),
-    ({"mutual": {"update": "sequential"}}, 2, "simultaneous"),
     ({"data": {"source": "digits", "batch_size": 63}}, 4, "batch_size"),
     ({"engine": {"fused": True}}, 2, "fused"),
 ])
@@ -97,6 +97,16 @@ def test_distributed_config_errors(tiny, change, world, hint):
     config = load_config(tiny(recipe="mutual", **change))
     with pytest.raises(ConfigError, match=hint):
         check_distributed_config(config, world)
+
+
+def test_the_sequential_update_cannot_run_distributed_by_the_mutual_recipes_rule(tiny, tmp_path):
+    config = load_config(tiny(recipe="mutual", mutual={"update": "sequential"}))
+    get_recipe("mutual").check_capabilities(config)  # one process: fine
+    with pytest.raises(ConfigError, match="'mutual.update' has the value 'sequential'.*simultaneous"):
+        get_recipe("mutual").check_capabilities(config, world_size=2)
+    done = run_cli("train", str(_write(config.model_dump(mode="json"), tmp_path / "c.yaml")), "--out",
+                   str(tmp_path / "runs"), "--launcher", "local", "--nproc", "2")
+    assert done.returncode == 2 and "simultaneous" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_bad_process_count_exits_2_before_starting_processes(tiny, tmp_path):

@@ -8,7 +8,8 @@ import torch
 import peerlearn
 from peerlearn.api import prepare_run
 from peerlearn.cli import main
-from peerlearn.config import load_config
+from peerlearn.config import config_yaml, load_config
+from peerlearn.recipes import get_recipe
 from peerlearn.errors import ConfigError
 from peerlearn.losses import feature_l2, mutual_mimicry, soft_probs, stacked_feature_l2, stacked_mutual_mimicry
 
@@ -60,13 +61,24 @@ def test_fused_needs_one_architecture_and_names_the_members(tiny, capsys):
     assert "engine.fused" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra, hint", [({"recipe": "mutual", "mutual": {"update": "sequential"}}, "sequential"),
-                                         ({"engine": {"fused": True, "compile": True}}, "choose one")])
-def test_fused_refuses_what_it_cannot_run(tiny, extra, hint):
-    config = tiny(engine={"fused": True})
-    config.update(extra)
-    with pytest.raises(ConfigError, match=hint):
-        load_config(config)
+def test_fused_refuses_compile_at_config_load(tiny):
+    with pytest.raises(ConfigError, match="choose one"):
+        load_config(tiny(engine={"fused": True, "compile": True}))
+
+
+def test_fused_refuses_the_sequential_update_by_the_mutual_recipes_rule(tiny, tmp_path, capsys):
+    """The update order is the mutual recipe's setting, so the rule is its own (``check_capabilities``);
+    ``peerlearn train`` stops on it with exit 2 before reading data or creating a run directory."""
+    config = load_config(tiny(recipe="mutual", engine={"fused": True}, mutual={"update": "sequential"}))
+    with pytest.raises(ConfigError, match="'mutual.update' is 'sequential'.*fused cohort updates all members"):
+        get_recipe("mutual").check_capabilities(config)
+    get_recipe("mutual").check_capabilities(config.model_copy(update={"engine": config.engine.model_copy(
+        update={"fused": False})}))
+    path = tmp_path / "c.yaml"
+    path.write_text(config_yaml(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "runs")]) == 2
+    assert "mutual.update" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
 def test_fused_refuses_dropout(tiny):

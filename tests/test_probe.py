@@ -11,7 +11,7 @@ import torch
 import peerlearn
 from peerlearn.api import prepare_run
 from peerlearn.config import load_config
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.evaluate.probe import depth_features, fit_linear_probe, probe_run
 
 from conftest import run_cli
@@ -56,9 +56,18 @@ def test_separability_rises_with_depth_after_greedy_training(tiny, tmp_path):
     assert "block2" in done.stdout and "test acc %" in done.stdout
 
 
-def test_probe_refuses_networks_without_blocks(tiny, tmp_path):
+def test_probe_is_refused_on_runs_whose_recipe_does_not_list_it(tiny, tmp_path):
+    """``probe`` is among the greedy recipe's ``commands`` only: another recipe's run is refused with exit 2,
+    naming the recipe that has it, before any data is read."""
     result = peerlearn.train(tiny(train={"epochs": 1}), out=tmp_path)
-    with pytest.raises(PeerlearnError, match="layerwise_cnn"):
+    with pytest.raises(ConfigError, match="recipe 'independent'; it applies to runs of greedy.*layerwise_cnn"):
         probe_run(result.run_dir)
     done = run_cli("probe", str(result.run_dir))
-    assert done.returncode != 0 and "layerwise_cnn" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "applies to runs of greedy" in done.stderr and "Traceback" not in done.stderr
+    assert not (result.run_dir / "probe.json").exists()
+
+
+def test_depth_features_refuse_a_network_without_blocks(tiny):
+    _, _, recipe = prepare_run(load_config(tiny()))
+    with pytest.raises(PeerlearnError, match="layerwise_cnn"):
+        depth_features(recipe.cohort["a"].model, recipe.eval_streams["val"])

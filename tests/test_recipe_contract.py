@@ -2,6 +2,8 @@
 recipe joins with one registry call and runs on the shared executors."""
 
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from pydantic import Field
 
 import peerlearn
 import peerlearn.recipes as recipes
+from conftest import run_cli
 from peerlearn.config import RunConfig, Section, load_config
 from peerlearn.engine.executors import FusedExecutor, SimultaneousLoop, select_executor
 from peerlearn.errors import ConfigError
@@ -35,7 +38,8 @@ def test_every_registered_recipe_declares_section_validation_and_capabilities(na
     if section is not None:
         settings = getattr(RunConfig(), section)
         assert isinstance(settings, Section)
-        assert type(settings).__module__ == f"peerlearn.config.sections.{section}"  # its own small module
+        assert type(settings) is cls.section_model  # declared by the recipe ...
+        assert type(settings).__module__ == cls.__module__  # ... in the recipe's own module
     assert (cls.supports_fused, cls.supports_distributed) == (fused, distributed)
     assert set(cls.commands) == BASE_COMMANDS | extra
     assert inspect.ismethod(cls.validate) and cls.validate.__self__ is cls  # a classmethod: runs before building
@@ -163,11 +167,22 @@ class ScaledPairRecipe(PairRecipe):
         return loss * self.config.scaled_pair.loss_scale, terms
 
 
-def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(monkeypatch, tiny, tmp_path):
-    from peerlearn.config import EXTRA_SECTIONS, load_config
+@pytest.fixture
+def registry_restored(monkeypatch):
+    """Registrations made by the test are undone after it (recipes and their sections)."""
+    from peerlearn.config import RECIPE_SECTIONS
 
     monkeypatch.setattr(recipes, "_RECIPES", dict(recipes._RECIPES))
-    monkeypatch.setattr("peerlearn.config.schema.EXTRA_SECTIONS", dict(EXTRA_SECTIONS))
+    sections = dict(RECIPE_SECTIONS)
+    yield
+    RECIPE_SECTIONS.clear()
+    RECIPE_SECTIONS.update(sections)
+
+
+def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(registry_restored, tiny, tmp_path,
+                                                                            monkeypatch):
+    from peerlearn.config import load_config
+
     members = [{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in "ab"]
     config = tiny(recipe="scaled_pair", members=members, train={"epochs": 1, "progress": "off", "threads": 1},
                   scaled_pair={"loss_scale": 2.0})
@@ -186,3 +201,29 @@ def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(monk
     assert run.summary["recipe"] == "scaled_pair" and min(run.member_accuracy("test").values()) > 0.5
     saved = load_config(run.run_dir / "config.yaml")  # the run's own config keeps the section
     assert saved.scaled_pair.loss_scale == 2.0
+    # the run records its recipe class: a new process evaluates it (the CLI imports and registers the recipe)
+    record = json.loads((run.run_dir / "run.json").read_text())
+    assert record["recipe_class"] == f"{__name__}:ScaledPairRecipe"
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    done = run_cli("evaluate", str(run.run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["classification"]
+    assert scores["a"]["top1"] == pytest.approx(run.summary["members"]["a"]["test"]["top1"], abs=1e-6)
+    # where the recipe cannot be imported, its section is left out: reading a run needs none of its settings
+    monkeypatch.setenv("PYTHONPATH", "")
+    done = run_cli("evaluate", str(run.run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["classification"]["a"]["top1"] == scores["a"]["top1"]
+    done = run_cli("probe", str(run.run_dir))  # the base commands apply; probe does not
+    assert done.returncode == 2 and "recipe 'scaled_pair'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_shipped_recipe_sections_are_registered_like_any_other():
+    """The config layer holds no recipe's section: each comes from its recipe class through the registry."""
+    from peerlearn.config import RECIPE_SECTIONS
+
+    assert not {"mutual", "distill", "transfer", "greedy"} & set(RunConfig.model_fields)
+    for name in recipes.RECIPE_NAMES:
+        cls = get_recipe(name)
+        if cls.section is not None:
+            assert RECIPE_SECTIONS[cls.section] is cls.section_model

@@ -1,9 +1,9 @@
 """Every malformed config ends in exit code 2 with a one-line message naming the offending key, never a
 traceback and never a run directory.
 
-The cases are derived from the schema itself: ``schema_fields`` walks ``RunConfig.model_fields``
-recursively (sections, optional sections, lists and dicts of sections) and ``bad_values`` gives, for
-each field's type, values that type must refuse: booleans and strings where numbers are expected,
+The cases are derived from the schema itself: ``schema_fields`` walks ``RunConfig.model_fields`` and the
+recipes' sections recursively (sections, optional sections, lists and dicts of sections) and ``bad_values``
+gives, for each field's type, values that type must refuse: booleans and strings where numbers are expected,
 non-finite and overflowing numbers, numbers where flags or names are expected, non-mappings where a
 section is expected. A key added to the schema is fuzzed without editing this file. File-level cases
 (non-mappings at the top, encodings, binary files, alias bombs, deep nesting, oversized files) and
@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from conftest import run_cli, tiny_config
 from peerlearn.cli import main
-from peerlearn.config import RunConfig, load_config
+from peerlearn.config import RECIPE_SECTIONS, RunConfig, load_config
 from peerlearn.errors import ConfigError
 
 BASE = tiny_config(train={"epochs": 1})
@@ -61,10 +61,13 @@ def schema_fields(model: type[BaseModel] = RunConfig, prefix: str = "", scaffold
     """(dotted key, annotation, scaffold) for every field of the schema, depth first. ``scaffold`` lists
     the (key, value) pairs that must exist before the field can be set (e.g. a list item of a section)."""
     found = []
-    for name, field in model.model_fields.items():
+    fields = [(name, field.annotation) for name, field in model.model_fields.items()]
+    if model is RunConfig:  # the recipes' sections, declared in their modules
+        fields += list(RECIPE_SECTIONS.items())
+    for name, declared in fields:
         key = f"{prefix}{name}"
-        annotation = _unwrap(field.annotation)
-        found.append((key, field.annotation, scaffold))
+        annotation = _unwrap(declared)
+        found.append((key, declared, scaffold))
         if _is_section(annotation):
             found += schema_fields(annotation, f"{key}.", scaffold)
         elif get_origin(annotation) is list and _is_section(_unwrap(get_args(annotation)[0])):

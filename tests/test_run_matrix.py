@@ -4,8 +4,10 @@ Each entry of ``CASES`` is a tiny run (digits or a small CSV, a few hundred item
 The runs are trained once per session, on first use, and every after-training command is run on them
 in-process through the CLI's ``main``: ``evaluate`` must give each member's (and the ensemble's) top-1
 of summary.json, ``analyze`` and ``report`` must finish, each export format must give the logits of
-the trained module (|Δ| < 1e-4), ``probe`` must read greedy runs, ``--resume`` of a finished run must
-leave its scores alone. A new recipe or mode joins by adding one entry to ``CASES``.
+the trained module (|Δ| < 1e-4), ``probe`` must read the runs whose recipe lists it in ``Recipe.commands``
+(greedy) and refuse the others with exit 2, ``--resume`` of a finished run must leave its scores alone.
+A new recipe or mode joins by adding one entry to ``CASES``; a command a recipe declares must be one this
+file runs.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ class Case:
     """One kind of run: how to configure it (given the session's shared folders) and what applies to it."""
 
     build: Callable[["Shared"], dict]
-    probe: bool = False  # greedy runs: the separability probe applies
     formats: tuple[str, ...] = EXPORT_FORMATS  # export formats checked in the fast matrix
 
 
@@ -145,9 +146,9 @@ CASES: dict[str, Case] = {
                                                    {"name": "t2", **MLP, "trainable": False},
                                                    {"name": "s1", **MLP}, {"name": "s2", **CNN}],
                                                   distill={"teacher_epochs": 1})),
-    "greedy-k1-cache": Case(greedy(1, "auto"), probe=True),
-    "greedy-k2-nocache": Case(greedy(2, "off"), probe=True),
-    "greedy-k3-cache": Case(greedy(3, "on"), probe=True),
+    "greedy-k1-cache": Case(greedy(1, "auto")),
+    "greedy-k2-nocache": Case(greedy(2, "off")),
+    "greedy-k3-cache": Case(greedy(3, "on")),
     "transfer-features": Case(transfer("features")),
     "transfer-finetune": Case(transfer("finetune")),
     "transfer-staged": Case(transfer("staged", unfreeze_at=[1])),
@@ -272,11 +273,30 @@ def test_every_export_format_gives_the_run_logits(case, trained, capsys, tmp_pat
     check_exports(case, trained(case), CASES[case].formats, "legacy", capsys, tmp_path)
 
 
-@pytest.mark.parametrize("case", [name for name, case in CASES.items() if case.probe])
-def test_probe_reads_greedy_runs(case, trained, capsys):
+# the after-training commands this file runs on every case (evaluate, analyze, report, export above)
+MATRIX_COMMANDS = {"evaluate", "analyze", "report", "export", "probe"}
+
+
+def test_every_command_a_recipe_declares_is_run_by_the_matrix():
+    from peerlearn.recipes import RECIPE_NAMES, get_recipe
+
+    for name in RECIPE_NAMES:
+        assert set(get_recipe(name).commands) <= MATRIX_COMMANDS, name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_probe_reads_the_runs_of_recipes_that_list_it_and_refuses_the_others(case, trained, capsys):
+    from peerlearn.recipes import get_recipe
+
     result = trained(case)
-    probe = json.loads(run_main(capsys, "probe", str(result.run_dir), "--limit", "200", "--json"))
-    assert [row["depth"] for row in probe["depths"]] == [0, 1, 2]
+    if "probe" in get_recipe(result.config.recipe).commands:
+        probe = json.loads(run_main(capsys, "probe", str(result.run_dir), "--limit", "200", "--json"))
+        assert [row["depth"] for row in probe["depths"]] == [0, 1, 2]
+        return
+    assert main(["probe", str(result.run_dir), "--limit", "200"]) == 2
+    error = capsys.readouterr().err
+    assert f"a run of recipe {result.config.recipe!r}; it applies to runs of greedy" in error, error
+    assert "Traceback" not in error and not (result.run_dir / "probe.json").exists()
 
 
 @pytest.mark.parametrize("case", ["mutual-simultaneous", "distill-teacher-stage", "greedy-k2-nocache",

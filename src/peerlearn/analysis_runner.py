@@ -38,7 +38,7 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
                 tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0) -> dict[str, Any]:
     """Posterior entropy, rank-1..5 mass, the flatness curve of every member, linear CKA between members'
     features and a t-SNE map of two members' features; saved as analysis.json (the map as tsne.json)."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, command="analyze")
     names = run.select(members)
     stream = analysis_stream(run, split, limit)
     cka, embedding = feature_analyses(run, stream, names, tsne_items, perplexity, seed=run.config.seed)

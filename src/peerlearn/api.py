@@ -255,10 +255,11 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
     }
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu"):
+def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None):
     """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
     the dataset, the eval-mode members with their final weights and roles, and streams over the splits
-    (``peerlearn.run_reader``). It unpacks as ``config, data, run``."""
+    (``peerlearn.run_reader``). It unpacks as ``config, data, run``. With ``command`` (an after-training
+    command's name), a run whose recipe does not list it in ``Recipe.commands`` is refused (ConfigError)."""
     from peerlearn.run_reader import read_run
 
-    return read_run(run_dir, device=device)
+    return read_run(run_dir, device=device, command=command)

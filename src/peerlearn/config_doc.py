@@ -10,11 +10,13 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from peerlearn.config import RunConfig
+from peerlearn.config import RECIPE_SECTIONS, RunConfig
+from peerlearn.recipes import RECIPE_NAMES, get_recipe
 
 INTRO = """# Config reference
 
-Generated from the schema in `src/peerlearn/config/schema.py` by `python -m peerlearn.config_doc > docs/config.md`
+Generated from the schema (`src/peerlearn/config/schema.py`, and each recipe's section in its module under
+`src/peerlearn/recipes/`) by `python -m peerlearn.config_doc > docs/config.md`
 (a test fails when this file is out of date). Every key can be set in the YAML file or overridden on the
 command line with a dotted path, e.g. `peerlearn train cfg.yaml optim.lr=0.05 members.0.model=resnet32`.
 Unknown keys, wrong types and impossible values stop the run before training (exit code 2).
@@ -60,6 +62,18 @@ def _constraints(field) -> str:
     return ", ".join(parts)
 
 
+def _recipe_section_rows() -> tuple[list[str], list[tuple[type[BaseModel], str]]]:
+    """The top-level rows of the recipes' sections (``RECIPE_SECTIONS``), naming the recipes that read each."""
+    readers: dict[str, list[str]] = {}
+    for name in RECIPE_NAMES:
+        section = getattr(get_recipe(name), "section", None)
+        if section:
+            readers.setdefault(section, []).append(name)
+    rows = [f"| `{key}` | section | (section) | | settings of recipe {', '.join(readers.get(key, ['?']))}; see below |"
+            for key in RECIPE_SECTIONS]
+    return rows, [(section, f"{key}.") for key, section in RECIPE_SECTIONS.items()]
+
+
 def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     rows, children = [], []
     for name, field in model.model_fields.items():
@@ -73,6 +87,10 @@ def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
             continue
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {_constraints(field)} | {description} |")
+    if model is RunConfig:
+        recipe_rows, recipe_children = _recipe_section_rows()
+        rows += recipe_rows
+        children += recipe_children
     title = prefix.rstrip(".") or "top level"
     doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
     out.append(f"\n## `{title}`\n\n{doc}\n\n| key | type | default | limits | meaning |\n|---|---|---|---|---|")

@@ -69,6 +69,41 @@ def ensure_registered(network: dict[str, Any]) -> None:
     register_model(name)(builder)
 
 
+def recipe_of(record: dict[str, Any]):
+    """The recipe class of a run: the registered one of its name, else the recorded ``module:Class`` imported
+    and registered (a recipe of your own in an importable module); None when neither is found here."""
+    from peerlearn.recipes import RECIPE_NAMES, get_recipe, register_recipe
+
+    name, location = record.get("recipe"), record.get("recipe_class")
+    if name in RECIPE_NAMES:
+        return get_recipe(name)
+    if not location or location.split(":", 1)[0] == "__main__":
+        return None
+    try:
+        recipe = _import_factory(location, name)
+    except PeerlearnError:
+        return None
+    if name not in RECIPE_NAMES and isinstance(recipe, type):
+        register_recipe(name, recipe)
+    return get_recipe(name) if name in RECIPE_NAMES else None
+
+
+def check_command(record: dict[str, Any], command: str, run_dir: Path) -> None:
+    """Refuse (exit 2) ``command`` on a run whose recipe does not list it in ``Recipe.commands``."""
+    from peerlearn.recipes import RECIPE_NAMES, get_recipe
+    from peerlearn.recipes.base import Recipe
+
+    recipe = recipe_of(record)
+    commands = recipe.commands if recipe is not None else Recipe.commands
+    if command in commands:
+        return
+    owners = [name for name in RECIPE_NAMES if command in get_recipe(name).commands]
+    hint = {"probe": " (it reads a network of blocks, layerwise_cnn, as greedy layerwise training builds it)"}
+    raise ConfigError(f"`peerlearn {command}` does not apply to {str(run_dir)!r}, a run of recipe "
+                      f"{record.get('recipe')!r}; it applies to runs of {', '.join(owners) or 'no recipe'}"
+                      f"{hint.get(command, '')}. This run's commands: {', '.join(commands)}.")
+
+
 def build_network(network: dict[str, Any]) -> nn.Module:
     """A fresh module of the recorded architecture (untrained weights), in eval mode."""
     kind = network.get("kind")
@@ -210,14 +245,23 @@ class RunReader:
         return {name: members[name]["model"] for name in names}, checkpoint
 
     def config(self, record: dict[str, Any]):
-        from peerlearn.config import load_config
+        """config.yaml, validated. A model registered from Python is found again first (its recorded factory);
+        so is a recipe of your own (its recorded class), whose section the config holds. When that recipe
+        cannot be imported here, its section is left out: reading a run needs none of the recipe's settings."""
+        from peerlearn.config import RECIPE_SECTIONS, RunConfig, load_config
+        from peerlearn.config.loading import read_config_file
 
         for member in record["members"]:  # a model registered from Python must be known to validate the config
             network = member["network"]
             for part in [network, *network.get("backbones", [])]:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
-        return load_config(self.run_dir / CONFIG_NAME, [f"train.device={self.device}"])
+        overrides = [f"train.device={self.device}"]
+        if recipe_of(record) is not None:
+            return load_config(self.run_dir / CONFIG_NAME, overrides)
+        tree = read_config_file(self.run_dir / CONFIG_NAME)
+        known = {**RunConfig.model_fields, **RECIPE_SECTIONS}
+        return load_config({key: value for key, value in tree.items() if key in known}, overrides)
 
     def data(self, record: dict[str, Any], config) -> DataBundle:
         """The dataset read from its source with the recorded settings; the recorded statistics and classes."""
@@ -251,8 +295,12 @@ class RunReader:
                                   info={"role": entry["role"], "network": entry["network"]}))
         return Cohort(members), source
 
-    def read(self) -> LoadedRun:
+    def read(self, command: Optional[str] = None) -> LoadedRun:
+        """The run, read for ``command`` (e.g. "probe": refused unless the run's recipe lists it in
+        ``Recipe.commands``; None: any use)."""
         record = self.record()
+        if command is not None:
+            check_command(record, command, self.run_dir)
         config = self.config(record)
         data = self.data(record, config)
         cohort, source = self.cohort(record)
@@ -261,6 +309,6 @@ class RunReader:
                          roles={m["name"]: m["role"] for m in record["members"]})
 
 
-def read_run(run_dir: Union[str, Path], device: str = "cpu") -> LoadedRun:
-    """``RunReader(run_dir, device).read()``."""
-    return RunReader(run_dir, device).read()
+def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None) -> LoadedRun:
+    """``RunReader(run_dir, device).read(command)``."""
+    return RunReader(run_dir, device).read(command)

@@ -1,5 +1,8 @@
 """The run configuration: the schema (``schema``) and how a config is read (``loading``).
 
+The recipes' own sections (``mutual``, ``distill``, ...) are defined in their recipe modules and entered
+into ``RECIPE_SECTIONS`` by ``peerlearn.recipes.register_recipe``.
+
 Everything public is importable from ``peerlearn.config``.
 """
 
@@ -20,20 +23,15 @@ from peerlearn.config.schema import (
     OptimConfig,
     ScheduleConfig,
     MemberConfig,
-    MutualConfig,
-    DistillConfig,
-    GreedyStageConfig,
-    GreedyConfig,
     TrainConfig,
     TrackingConfig,
     EarlyStoppingConfig,
     RegularizeConfig,
     EngineConfig,
     check_engine,
-    BackboneConfig,
-    DomainDataConfig,
-    TransferConfig,
     RunConfig,
-    EXTRA_SECTIONS,
+    RECIPE_SECTIONS,
+    default_section,
+    top_level_sections,
     register_section,
 )

@@ -85,8 +85,12 @@ def check_partial_section(where: str, section: type["Section"], partial: dict[st
     except ValidationError as error:
         first = error.errors()[0]
         sub = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"key '{where}.{sub}' has the value {first.get('input')!r}: "
-                         f"{first['msg'].removeprefix('Value error, ')}") from None
+        key = f"{where}.{sub}" if sub else where
+        if first["type"] == "missing":
+            raise ValueError(f"key '{key}' is required (missing)") from None
+        value = first.get("input")
+        shown = "{...}" if isinstance(value, dict) else repr(value)
+        raise ValueError(f"key '{key}' has the value {shown}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 class Section(BaseModel):
@@ -221,15 +225,6 @@ class MemberConfig(Section):
         return value
 
 
-# --------------------------------------------------------------------------- recipes
-# Each recipe's section lives in a module of its own (config.sections), next to nothing but the shared
-# sections above, so that a new recipe's keys are one new module and one field of RunConfig below.
-from peerlearn.config.sections.distill import DistillConfig  # noqa: E402
-from peerlearn.config.sections.greedy import GreedyConfig, GreedyStageConfig  # noqa: E402
-from peerlearn.config.sections.mutual import MutualConfig  # noqa: E402
-from peerlearn.config.sections.transfer import BackboneConfig, DomainDataConfig, TransferConfig  # noqa: E402
-
-
 class TrainConfig(Section):
     epochs: int = Field(10, gt=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", description="auto, cpu, cuda, cuda:N, mps")
@@ -304,15 +299,12 @@ class EngineConfig(Section):
 def check_engine(config: "RunConfig") -> None:
     """Cross-section rules of ``engine`` that need no recipe: a fused cohort needs members of one architecture.
 
-    Whether the recipe runs fused at all, and on frozen members, is the recipe's rule (``Recipe.validate``).
-    The update-order rule stays here so that ``load_config`` reports it (the config layer imports no recipe).
+    Whether the recipe runs fused or distributed at all, on frozen members or with its own settings (e.g.
+    ``mutual.update``), is the recipe's rule (``Recipe.check_capabilities``).
     """
     engine = config.engine
     if not engine.fused:
         return
-    if config.recipe == "mutual" and config.mutual.update != "simultaneous":
-        raise ValueError("key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a fused cohort "
-                         "updates all members at once: use mutual.update=simultaneous or engine.fused=false")
     if engine.compile:
         raise ValueError("keys 'engine.fused' and 'engine.compile' are both true; choose one")
     first = config.members[0]
@@ -321,10 +313,13 @@ def check_engine(config: "RunConfig") -> None:
             raise ValueError(f"key 'engine.fused' is true, but members {first.name!r} ({first.model} "
                              f"{first.model_args}) and {member.name!r} ({member.model} {member.model_args}) "
                              "differ in architecture; a fused cohort needs one model with the same model_args")
+
+
 # --------------------------------------------------------------------------- root
-# Sections of recipes registered from outside the package (``peerlearn.recipes.register_recipe`` of a recipe
-# class with ``section`` and ``section_model``): their YAML key, validated like a built-in section.
-EXTRA_SECTIONS: dict[str, type[Section]] = {}
+# The recipes' sections, by their top-level YAML key. Each recipe declares its own (``section`` and
+# ``section_model`` on its class, in its module); ``peerlearn.recipes.register_recipe`` enters it here,
+# for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe.
+RECIPE_SECTIONS: dict[str, type[Section]] = {}
 
 
 def register_section(name: str, section: type[Section]) -> None:
@@ -333,13 +328,33 @@ def register_section(name: str, section: type[Section]) -> None:
         raise TypeError(f"the section of {name!r} must be a peerlearn.config.Section subclass, got {section!r}")
     if name in RunConfig.model_fields:
         raise ValueError(f"{name!r} is a built-in config section; choose another name for the recipe's section")
-    EXTRA_SECTIONS[name] = section
+    RECIPE_SECTIONS[name] = section
+
+
+def top_level_sections() -> dict[str, type[BaseModel]]:
+    """Every section a config's top level can hold, by key: the built-in ones (``RunConfig``'s fields typed
+    as a section), then the recipes' (``RECIPE_SECTIONS``)."""
+    found: dict[str, type[BaseModel]] = {}
+    for name, field in RunConfig.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found[name] = field.annotation
+    return {**found, **RECIPE_SECTIONS}
+
+
+def default_section(section: type[BaseModel]) -> Optional[BaseModel]:
+    """The section with every key at its default, or None when it has required keys."""
+    try:
+        return section()
+    except ValidationError:
+        return None
 
 
 class RunConfig(Section):
     """A whole run: what to train (members), on what (data), how (recipe, optim, train).
 
-    Unknown top-level keys are refused unless a registered recipe owns them (``register_section``)."""
+    Besides these keys, each registered recipe's section (``mutual``, ``distill``, ``greedy``, ``transfer``,
+    and any of your own recipes) is accepted under its key and read as ``config.<key>``; other top-level keys
+    are refused."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
@@ -352,11 +367,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    mutual: MutualConfig = Field(default_factory=MutualConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    transfer: TransferConfig = Field(default_factory=TransferConfig)
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
-    greedy: GreedyConfig = Field(default_factory=GreedyConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
@@ -391,18 +402,25 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _extra_sections_registered(self) -> "RunConfig":
-        """Top-level keys beyond the built-in ones must be sections of registered recipes (``EXTRA_SECTIONS``)."""
-        for key, value in list((self.model_extra or {}).items()):
-            section = EXTRA_SECTIONS.get(key)
+    def _recipe_sections(self) -> "RunConfig":
+        """Top-level keys beyond the built-in ones must be the sections of registered recipes
+        (``RECIPE_SECTIONS``), each validated by its schema; a recipe section left out takes its defaults."""
+        extra = self.__pydantic_extra__
+        for key, value in list(extra.items()):
+            section = RECIPE_SECTIONS.get(key)
             if section is None:
-                allowed = ", ".join([*type(self).model_fields, *EXTRA_SECTIONS])
+                allowed = ", ".join([*type(self).model_fields, *RECIPE_SECTIONS])
                 raise ValueError(f"key '{key}' is not a known key; allowed here: {allowed}")
             if not isinstance(value, section):
                 if not isinstance(value, dict):
                     raise ValueError(f"key '{key}' has the value {value!r}: the section must be a mapping of keys")
                 check_partial_section(key, section, value)
-                self.__pydantic_extra__[key] = section(**value)
+                extra[key] = section(**value)
+        for key, section in RECIPE_SECTIONS.items():
+            if key not in extra:
+                default = default_section(section)
+                if default is not None:
+                    extra[key] = default
         return self
 
     @model_validator(mode="after")

@@ -123,11 +123,8 @@ def world_from_env() -> Optional[tuple[int, int, int]]:
 def check_distributed_config(config, world_size: int) -> list[str]:
     """Raise ConfigError unless ``config`` can run on ``world_size`` processes; return the member names.
 
-    Whether the recipe runs distributed at all is its declared capability (``Recipe.check_capabilities``,
-    called by the api and the local launcher before this)."""
-    if config.recipe == "mutual" and config.mutual.update != "simultaneous":
-        raise ConfigError("Invalid config: key 'mutual.update' has the value 'sequential', but a distributed run "
-                          "updates all members at once; allowed: simultaneous.")
+    Whether the recipe runs distributed at all, and with which of its settings, is the recipe's rule
+    (``Recipe.check_capabilities``, called by the api and the local launcher before this)."""
     if config.engine.fused:
         raise ConfigError("Invalid config: key 'engine.fused' is true in a distributed run; each process trains "
                           "one member, so there is nothing to fuse. Set engine.fused=false.")

@@ -4,7 +4,7 @@ The trainer writes it (atomically) with every checkpoint and once more when trai
 record is stored inside the checkpoint. It holds everything ``peerlearn.run_reader.RunReader`` needs
 to rebuild the members and their evaluation inputs::
 
-    {"format": 1, "recipe": "distill", "finished": true,
+    {"format": 1, "recipe": "distill", "recipe_class": "peerlearn.recipes.distill:DistillRecipe", "finished": true,
      "stage": {"index": 1, "name": "distill", "epoch": 3, "names": ["teacher", "distill"]},
      "members": [{"name": "t", "role": "teacher", "network": NETWORK}, ...],
      "ensemble": ["s"],                      # members whose mean probability is the cohort's ensemble

@@ -78,7 +78,7 @@ def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "t
     """
     from peerlearn.api import load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, command="probe")
     names = run.cohort.names
     name = member or names[0]
     if name not in names:

@@ -107,7 +107,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
 
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, command="evaluate")
     data = run.data
     names = select_members(run, members)
     result = {

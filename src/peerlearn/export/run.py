@@ -101,7 +101,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         raise ExportUsageError("--raw-input puts the preprocessing into a graph: use --format onnx or torchscript "
                                "(safetensors holds the weights only).")
     run_dir = Path(run_dir)
-    run = load_run(run_dir, device="cpu")
+    run = load_run(run_dir, device="cpu", command="export")
     name = choose_member(run.cohort, member)
     model = run.cohort[name].model.eval().cpu()
     if raw_input is not None:

@@ -1,8 +1,9 @@
 """Recipes declare members, loss terms, stages, their rules and capabilities; the trainer runs them.
 
-The registry maps a recipe name (the config's ``recipe`` key) to its class, given as ``module:Class``
-so that the config can list the names without importing any recipe. Adding a recipe is one module (a
-``Recipe`` subclass, see ``recipes.base``) and one ``register_recipe`` line, here or from user code.
+The registry maps a recipe name (the config's ``recipe`` key) to its class, and enters the recipe's config
+section (declared on the class) into ``peerlearn.config.RECIPE_SECTIONS``, so that a config can hold it.
+Adding a recipe is one module (a ``Recipe`` subclass with its section, rules and capabilities, see
+``recipes.base``) and one ``register_recipe`` line, at the end of this file or from user code.
 """
 
 from __future__ import annotations
@@ -12,29 +13,23 @@ from typing import Union
 
 from peerlearn.errors import ConfigError
 
-_RECIPES: dict[str, Union[str, type]] = {
-    "independent": "peerlearn.recipes.mutual:IndependentRecipe",
-    "mutual": "peerlearn.recipes.mutual:MutualRecipe",
-    "distill": "peerlearn.recipes.distill:DistillRecipe",
-    "transfer": "peerlearn.recipes.transfer:TransferRecipe",
-    "greedy": "peerlearn.recipes.greedy:GreedyRecipe",
-}
+_RECIPES: dict[str, type] = {}
 
 
 def register_recipe(name: str, recipe: Union[str, type]) -> None:
     """Make ``recipe`` (a ``Recipe`` subclass, or ``"package.module:Class"``) the recipe called ``name``.
 
-    A recipe class with settings of its own declares them as ``section = "key"`` and ``section_model`` (a
-    ``peerlearn.config.Section`` subclass): the top-level config key ``key`` is then accepted and validated.
-    Given as a string, the class is imported here so that its section is known before any config is read."""
+    A recipe with settings declares them on its class as ``section = "key"`` and ``section_model`` (a
+    ``peerlearn.config.Section`` subclass, defined in the recipe's module): the top-level config key ``key``
+    is then accepted, validated and read as ``config.key``. Given as a string, the class is imported here so
+    that its section is known before any config is read."""
     if isinstance(recipe, str):
         module, cls = recipe.split(":")
         recipe = getattr(importlib.import_module(module), cls)
-    model = getattr(recipe, "section_model", None)
-    if model is not None:
+    if getattr(recipe, "section", None) and getattr(recipe, "section_model", None) is not None:
         from peerlearn.config import register_section
 
-        register_section(recipe.section, model)
+        register_section(recipe.section, recipe.section_model)
     _RECIPES[name] = recipe
 
 
@@ -52,13 +47,18 @@ def get_recipe(name: str):
     if name not in _RECIPES:
         raise ConfigError(f"Invalid config: key 'recipe' has the value {name!r}: unknown recipe; allowed: "
                           f"{', '.join(_RECIPES)}.")
-    target = _RECIPES[name]
-    if isinstance(target, str):
-        module, cls = target.split(":")
-        return getattr(importlib.import_module(module), cls)
-    return target
+    return _RECIPES[name]
 
 
 def recipes_with(capability: str) -> list[str]:
     """The registered recipes that declare ``capability`` (e.g. ``supports_fused``) true."""
     return [name for name in _RECIPES if getattr(get_recipe(name), capability, False)]
+
+
+# The shipped recipes, registered like any other: each module holds its recipe class and its section.
+for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentRecipe"),
+                       ("mutual", "peerlearn.recipes.mutual:MutualRecipe"),
+                       ("distill", "peerlearn.recipes.distill:DistillRecipe"),
+                       ("transfer", "peerlearn.recipes.transfer:TransferRecipe"),
+                       ("greedy", "peerlearn.recipes.greedy:GreedyRecipe")):
+    register_recipe(_name, _target)

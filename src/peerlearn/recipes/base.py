@@ -35,19 +35,18 @@ def member_seed(seed: int, index: int) -> int:
 class Recipe:
     """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``.
 
-    A recipe owns its rules. It declares, as class attributes, the config key of its settings (``section``: a
-    ``RunConfig`` field with its class in ``peerlearn.config.sections`` for a shipped recipe; for a recipe of
-    your own, ``section`` plus ``section_model``, a ``peerlearn.config.Section`` subclass that
-    ``register_recipe`` makes the config accept), what it can run on
-    (``supports_fused``: a ``vmap``-ed cohort, ``supports_distributed``: one member per process; both
-    through ``engine.executors``) and which after-training commands apply to its runs (``commands``);
-    ``validate`` checks the config and the data before anything is built. Adding a recipe is one module
-    and one ``peerlearn.recipes.register_recipe`` line.
+    A recipe owns its rules. It declares, as class attributes, its settings (``section``, the config key, and
+    ``section_model``, a ``peerlearn.config.Section`` subclass in the recipe's module, which
+    ``register_recipe`` makes the config accept), what it can run on (``supports_fused``: a ``vmap``-ed
+    cohort, ``supports_distributed``: one member per process; both through ``engine.executors``; rules that
+    depend on its settings in ``check_capabilities``) and which after-training commands apply to its runs
+    (``commands``, checked by ``run_reader``); ``validate`` checks the config and the data before anything
+    is built. Adding a recipe is one module and one ``peerlearn.recipes.register_recipe`` line.
     """
 
     name = "base"
     section: str | None = None
-    section_model: type | None = None  # the settings' schema, for a recipe registered from outside the package
+    section_model: type | None = None  # the settings' schema (a peerlearn.config.Section subclass)
     supports_fused = False
     supports_distributed = False
     commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
@@ -308,6 +307,7 @@ class Recipe:
     def describe_run(self) -> dict[str, Any]:
         """The recipe's part of run.json: members (role, network) and the data pipeline."""
         return {"format": RECORD_FORMAT, "recipe": self.name,
+                "recipe_class": f"{type(self).__module__}:{type(self).__qualname__}",
                 "members": [{"name": m.name, "role": self.role(m.name), "network": self.network_record(m)}
                             for m in self.cohort],
                 "data": data_pipeline(self.config.data, self.config.seed, self.data)}

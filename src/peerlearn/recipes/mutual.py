@@ -17,10 +17,12 @@ per process, probabilities all-gathered). All give the loop's weights within flo
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
+from pydantic import Field
 
+from peerlearn.config import Section
 from peerlearn.data.batches import Batch
 from peerlearn.engine.executors import Executor, FusedExecutor, select_executor
 from peerlearn.engine.fused import FusedCohort
@@ -30,13 +32,45 @@ from peerlearn.losses import (feature_l2, mutual_mimicry, soft_probs, stacked_fe
 from peerlearn.recipes.base import Recipe
 
 
+class MutualConfig(Section):
+    """Deep Mutual Learning: L_k = CE(p_k, y) + weight · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)."""
+
+    weight: float = Field(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling when ≠ 1)")
+    divergence: Literal["kl", "js"] = "kl"
+    teacher: Literal["peers", "ensemble"] = Field("peers", description="ensemble = DML_e (mean of the other members)")
+    feature_l2: float = Field(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
+    update: Literal["simultaneous", "sequential"] = "simultaneous"
+    mimic_on: Literal["all", "labelled"] = Field(
+        "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"
+    )
+
+
 class MutualRecipe(Recipe):
     name = "mutual"
     section = "mutual"
+    section_model = MutualConfig
     supports_fused = True  # engine.executors.FusedExecutor (simultaneous update)
     supports_distributed = True  # engine.executors.DistributedExecutor (simultaneous update)
 
     executor: Optional[Executor] = None
+
+    @classmethod
+    def check_capabilities(cls, config, world_size: int = 1) -> None:
+        """Fused and distributed runs make the simultaneous update: every member steps on one forward of all.
+
+        ``mutual.update: sequential`` (Algorithm 1) steps each member on its peers' latest predictions, which
+        neither a vmapped cohort nor one member per process can do."""
+        super().check_capabilities(config, world_size)
+        if cls.section is None or config.mutual.update == "simultaneous":
+            return
+        if config.engine.fused:
+            raise ConfigError("Invalid config: key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a "
+                              "fused cohort updates all members at once: use mutual.update=simultaneous or "
+                              "engine.fused=false.")
+        if world_size > 1:
+            raise ConfigError(f"Invalid config: key 'mutual.update' has the value 'sequential', but a distributed "
+                              f"run ({world_size} processes) updates all members at once; allowed: simultaneous.")
 
     @property
     def settings(self):
@@ -129,6 +163,7 @@ class IndependentRecipe(MutualRecipe):
 
     name = "independent"
     section = None  # λ = 0: the mutual section's settings do not apply
+    section_model = None
 
     @property
     def mimicry_weight(self) -> float:

@@ -97,7 +97,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     """Read and compute what the report shows about the run in ``run_dir``."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
-    run = load_run(run_dir)
+    run = load_run(run_dir, command="report")
     config, data, cohort = run.config, run.data, run.cohort
     names = cohort.names
     trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names

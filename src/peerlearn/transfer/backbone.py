@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from peerlearn.config import BackboneConfig, MemberConfig
+from peerlearn.config import MemberConfig, Section
 from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.run_record import registry_network
 from peerlearn.errors import ConfigError
@@ -21,6 +22,24 @@ from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
 
 TIMM_PREFIX = "timm:"
+
+
+class BackboneConfig(Section):
+    """One pretrained feature extractor of the transfer recipe."""
+
+    source: str = Field(..., description="a peerlearn run directory, a .safetensors file, a .pt state dict "
+                                         "(loaded weights-only) or timm:<model name> (needs the timm extra)")
+    member: Optional[str] = Field(None, description="run directory / multi-member file: which member "
+                                                     "(default: the first)")
+    model: Optional[str] = Field(None, description="architecture of a weights file (default: the run's, "
+                                                    "else members.0.model)")
+    model_args: Optional[dict[str, Any]] = Field(None, description="its options (default: the run's, "
+                                                                   "else members.0.model_args)")
+    input_size: Optional[int] = Field(None, gt=0, description="resize inputs to this size for this backbone "
+                                                              "(e.g. two backbones at two resolutions)")
+    input_pad: int = Field(0, ge=0, description="after the resize, pad this many background pixels on each side "
+                                                "(digits: input_size 20 + input_pad 4 = MNIST's 28x28 layout)")
+    pretrained: bool = Field(True, description="timm only: download the pretrained weights")
 
 
 class TimmBackbone(PeerModel):
