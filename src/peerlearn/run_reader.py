@@ -83,17 +83,19 @@ def recipe_of(record: dict[str, Any]):
         recipe = _import_factory(location, name)
     except PeerlearnError:
         return None
-    if name not in RECIPE_NAMES and isinstance(recipe, type):
+    if not isinstance(recipe, type):
+        return None
+    if name not in RECIPE_NAMES:  # importing its module may have registered it already
         register_recipe(name, recipe)
-    return get_recipe(name) if name in RECIPE_NAMES else None
+    return get_recipe(name)
 
 
-def check_command(record: dict[str, Any], command: str, run_dir: Path) -> None:
-    """Refuse (exit 2) ``command`` on a run whose recipe does not list it in ``Recipe.commands``."""
+def check_command(record: dict[str, Any], recipe, command: str, run_dir: Path) -> None:
+    """Refuse (exit 2) ``command`` on a run whose recipe (``recipe_of``; None: not found here, the base
+    commands apply) does not list it in ``Recipe.commands``."""
     from peerlearn.recipes import RECIPE_NAMES, get_recipe
     from peerlearn.recipes.base import Recipe
 
-    recipe = recipe_of(record)
     commands = recipe.commands if recipe is not None else Recipe.commands
     if command in commands:
         return
@@ -244,7 +246,7 @@ class RunReader:
         members = load_state(checkpoint)["members"]
         return {name: members[name]["model"] for name in names}, checkpoint
 
-    def config(self, record: dict[str, Any]):
+    def config(self, record: dict[str, Any], recipe):
         """config.yaml, validated. A model registered from Python is found again first (its recorded factory);
         so is a recipe of your own (its recorded class), whose section the config holds. When that recipe
         cannot be imported here, its section is left out: reading a run needs none of the recipe's settings."""
@@ -257,7 +259,7 @@ class RunReader:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
         overrides = [f"train.device={self.device}"]
-        if recipe_of(record) is not None:
+        if recipe is not None:
             return load_config(self.run_dir / CONFIG_NAME, overrides)
         tree = read_config_file(self.run_dir / CONFIG_NAME)
         known = {**RunConfig.model_fields, **RECIPE_SECTIONS}
@@ -299,9 +301,10 @@ class RunReader:
         """The run, read for ``command`` (e.g. "probe": refused unless the run's recipe lists it in
         ``Recipe.commands``; None: any use)."""
         record = self.record()
+        recipe = recipe_of(record)
         if command is not None:
-            check_command(record, command, self.run_dir)
-        config = self.config(record)
+            check_command(record, recipe, command, self.run_dir)
+        config = self.config(record, recipe)
         data = self.data(record, config)
         cohort, source = self.cohort(record)
         normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)

@@ -32,6 +32,5 @@ from peerlearn.config.schema import (
     RunConfig,
     RECIPE_SECTIONS,
     default_section,
-    top_level_sections,
     register_section,
 )

@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peerlearn.config.schema import RECIPE_SECTIONS, RunConfig
+from peerlearn.config.schema import RunConfig
 from peerlearn.errors import ConfigError
 
 
@@ -240,8 +240,6 @@ def _format_validation_error(error: ValidationError, tree: dict[str, Any]) -> st
 
 def _section_at(model: type[BaseModel], loc: list[str]) -> Optional[type[BaseModel]]:
     current: Any = model
-    if model is RunConfig and loc and loc[0] in RECIPE_SECTIONS:  # a recipe's section, not a field
-        current, loc = RECIPE_SECTIONS[loc[0]], loc[1:]
     for part in loc:
         if part.isdigit():
             continue

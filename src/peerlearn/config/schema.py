@@ -331,16 +331,6 @@ def register_section(name: str, section: type[Section]) -> None:
     RECIPE_SECTIONS[name] = section
 
 
-def top_level_sections() -> dict[str, type[BaseModel]]:
-    """Every section a config's top level can hold, by key: the built-in ones (``RunConfig``'s fields typed
-    as a section), then the recipes' (``RECIPE_SECTIONS``)."""
-    found: dict[str, type[BaseModel]] = {}
-    for name, field in RunConfig.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            found[name] = field.annotation
-    return {**found, **RECIPE_SECTIONS}
-
-
 def default_section(section: type[BaseModel]) -> Optional[BaseModel]:
     """The section with every key at its default, or None when it has required keys."""
     try:
