@@ -143,3 +143,44 @@ def test_one_pass_peer_kl_equals_the_sum_of_pairwise_kls_in_value_and_gradient()
     (plain_grad,) = torch.autograd.grad(plain, logits)
     assert torch.allclose(fast, plain, atol=1e-6)
     assert torch.allclose(fast_grad, plain_grad, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_one_peer_kl_is_the_pairwise_kl_in_value_and_gradient(temperature):
+    """K = 2 takes F.kl_div directly; it equals KL(p_l ‖ p_k) by hand and the several-peer formula."""
+    from peerlearn.losses import mean_kl_from_peers
+
+    torch.manual_seed(4)
+    peer = torch.softmax(torch.randn(6, 5) * 2, 1)
+    peer[0] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])  # a zero probability contributes 0
+    logits = torch.randn(6, 5, requires_grad=True)
+    fast = mean_kl_from_peers([peer], logits, temperature)
+    (fast_grad,) = torch.autograd.grad(fast, logits)
+    log_p = torch.log_softmax(logits / temperature, 1)
+    by_hand = (torch.xlogy(peer, peer) - peer * log_p).sum(1).mean()
+    (hand_grad,) = torch.autograd.grad(by_hand, logits)
+    two_copies = mean_kl_from_peers([peer, peer], logits, temperature)  # the stacked formula, same peer twice
+    torch.testing.assert_close(fast, by_hand)
+    torch.testing.assert_close(fast, two_copies)
+    torch.testing.assert_close(fast_grad, hand_grad)
+    torch.testing.assert_close(fast_grad, (torch.softmax(logits / temperature, 1) - peer).detach() / 6 / temperature)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_of_a_fully_labelled_batch_equals_the_masked_one(smoothing):
+    """Every label ≥ 0 skips the masking; the value and gradient are those of the masked computation."""
+    torch.manual_seed(5)
+    z = torch.randn(7, 4, requires_grad=True)
+    y = torch.randint(0, 4, (7,))
+    full = cross_entropy(z, y, smoothing)
+    (full_grad,) = torch.autograd.grad(full, z)
+    rows = torch.arange(7)  # the masked path's indexing, on all rows
+    masked = torch.nn.functional.cross_entropy(z[rows], y[rows], label_smoothing=smoothing)
+    (masked_grad,) = torch.autograd.grad(masked, z)
+    assert full.item() == masked.item()
+    assert torch.equal(full_grad, masked_grad)
+    # and a batch with an unlabelled item still averages over the labelled ones only
+    y_part = y.clone()
+    y_part[0] = -1
+    expected = torch.nn.functional.cross_entropy(z[1:], y[1:], label_smoothing=smoothing)
+    torch.testing.assert_close(cross_entropy(z, y_part, smoothing), expected)

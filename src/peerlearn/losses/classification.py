@@ -14,6 +14,8 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
     one-hot target with the uniform distribution: (1 − ε)·onehot + ε/C.
     """
     labelled = labels >= 0
+    if bool(labelled.all()):  # every item labelled (the usual batch): no masking, the same value
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if not bool(labelled.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[labelled], labels[labelled], label_smoothing=label_smoothing)

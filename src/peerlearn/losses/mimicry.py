@@ -23,9 +23,14 @@ DIVERGENCES = ("kl", "js")
 TEACHERS = ("peers", "ensemble")
 
 
+def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z / T; at T = 1 the logits themselves (dividing by 1 is exact: one operation fewer per step)."""
+    return logits if temperature == 1 else logits / temperature
+
+
 def soft_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """q_i = exp(z_i / T) / Σ_j exp(z_j / T), detached (a target). [N, C] → [N, C]."""
-    return F.softmax(logits.detach() / temperature, dim=-1)
+    return F.softmax(at_temperature(logits.detach(), temperature), dim=-1)
 
 
 def _kl_rows(target: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,7 @@ def kl_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: 
 
     Shapes: ``target_probs`` q [N, C] (treated as a constant), ``logits`` z [N, C]. Terms with q = 0 give 0.
     """
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     return F.kl_div(log_p, target_probs.detach(), reduction="batchmean")
 
 
@@ -68,7 +73,7 @@ def js_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: 
     batch mean; a scalar. Symmetric mimicry: q [N, C] is constant, the gradient flows through p (also
     inside m). Finite in value and gradient for any finite logits.
     """
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     return _js_rows(target_probs.detach(), log_p).mean()
 
 
@@ -80,12 +85,15 @@ def mean_kl_from_peers(peer_probs: Sequence[torch.Tensor], logits: torch.Tensor,
 
     (batch mean). The first part is a constant of the peers; the second is a single cross-entropy with
     their mean, so the cost no longer grows with the number of peers. Equal to the plain sum up to rounding.
+    With one peer (K = 2) it is that peer's KL, computed by ``F.kl_div``.
     Shapes: ``peer_probs`` K−1 tensors [N, C], ``logits`` [N, C]; a scalar (without the T² of
     ``mutual_mimicry``).
     """
+    log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
+    if len(peer_probs) == 1:  # K = 2: the one KL itself, in PyTorch's fused kernel
+        return F.kl_div(log_p, peer_probs[0].detach(), reduction="batchmean")
     peers = torch.stack([p.detach() for p in peer_probs])  # [K−1, N, C]
     neg_entropy = torch.xlogy(peers, peers).sum(-1).mean()
-    log_p = F.log_softmax(logits / temperature, dim=-1)
     return neg_entropy - (peers.mean(0) * log_p).sum(-1).mean()
 
 
@@ -119,13 +127,13 @@ def mutual_mimicry(
         return logits.sum() * 0.0
     if teacher == "ensemble":
         mean_probs = torch.stack([p.detach() for p in peer_probs]).mean(0)
-        log_p = F.log_softmax(logits / temperature, dim=-1)
+        log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
         term = _divergence_rows(mean_probs, log_p, divergence).mean()
     elif divergence == "kl":
         term = mean_kl_from_peers(peer_probs, logits, temperature)
     else:
         term = sum(js_to_target(p, logits, temperature) for p in peer_probs) / len(peer_probs)
-    return term * temperature**2
+    return term if temperature == 1 else term * temperature**2
 
 
 def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, divergence: str = "kl",
@@ -143,7 +151,7 @@ def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, diver
     count = logits.shape[0]
     if count < 2 or logits.shape[1] == 0:  # one member, or no item (e.g. a batch without labels)
         return logits.sum(dim=(1, 2)) * 0.0
-    log_p = F.log_softmax(logits / temperature, dim=-1)
+    log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     target = soft_probs(logits, temperature)
     if teacher == "ensemble":
         mean_others = (target.sum(0, keepdim=True) - target) / (count - 1)
@@ -154,7 +162,7 @@ def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, diver
         term = (pairs * off_diagonal).sum(0) / (count - 1)
     else:
         raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
-    return term * temperature**2
+    return term if temperature == 1 else term * temperature**2
 
 
 def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) -> torch.Tensor:
