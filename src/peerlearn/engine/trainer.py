@@ -24,6 +24,7 @@ from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.epoch_log import log_epoch
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters
+from peerlearn.engine.last_evaluation import LastEvaluation
 from peerlearn.engine.preemption import StopSignals, preempted, requested_signal
 from peerlearn.engine.run_record import stage_record, write_run_record
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
@@ -67,7 +68,13 @@ class Callback:
 
     Callbacks know the stage: ``on_stage_start`` runs when a stage begins or is resumed (after its
     ``start``), ``on_stage_end`` when it ends (its last epoch, or ``trainer.stage_done`` set by a callback).
+
+    ``may_change_members``: set it to False in a callback that never changes a member's weights, modules or
+    predictions; when every callback says so, the final summary may reuse the last epoch's evaluation
+    (``engine.last_evaluation``) instead of scoring the same members again.
     """
+
+    may_change_members: bool = True
 
     def on_stage_start(self, trainer: "Trainer", index: int, stage: Stage) -> None: ...
 
@@ -117,6 +124,7 @@ class Trainer:
         self.load_extra_state = load_extra_state
         self.log: Optional[MetricsLog] = None
         self.last_results: dict[str, Any] = {}
+        self._last_evaluation: Optional[LastEvaluation] = None  # reused by the final summary when still valid
         self.elapsed = 0.0
         self.changes: list[dict[str, Any]] = []  # settings changed by `--resume --change` (engine.resume)
         self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
@@ -380,6 +388,8 @@ class Trainer:
             if last_epoch or self.position.epoch % self.config.train.eval_every == 0:
                 results = self.evaluate(stage)
                 self.last_results = results
+                self._last_evaluation = LastEvaluation.take(stage_index, stage, self.position.global_step, results,
+                                                            self.cohort)
                 record = {"stage": stage.name, "epoch": self.position.global_epoch, "train": train_means, **results}
                 self.history.append(record)
                 self.log.log("eval", self.position.global_step, self.position.global_epoch,
@@ -413,8 +423,14 @@ class Trainer:
                 if len(self.eval_streams[split].split) > 0}
 
     def _final_summary(self) -> dict[str, Any]:
-        stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
-        final = self.evaluate(stage, [s for s in ("val", "test") if s in self.eval_streams])
+        index = min(self.position.stage, len(self.stages) - 1)
+        stage = self.stages[index]
+        splits = [s for s in ("val", "test") if s in self.eval_streams]
+        known = {} if self._last_evaluation is None else self._last_evaluation.reusable(
+            index, stage, self.position.global_step, self.callbacks, self.cohort)
+        missing = [s for s in splits if s not in known]
+        scored = {**known, **(self.evaluate(stage, missing) if missing else {})}
+        final = {s: scored[s] for s in splits if s in scored}
         check_weights_finite(self)
         if self.is_main:
             try:

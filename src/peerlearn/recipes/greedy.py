@@ -306,6 +306,8 @@ class GreedyRecipe(Recipe):
 class StageClock(Callback):
     """Stops the recipe's stage clock when a stage ends (before the final evaluation of the run)."""
 
+    may_change_members = False
+
     def __init__(self, recipe: GreedyRecipe):
         self.recipe = recipe
 
