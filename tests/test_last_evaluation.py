@@ -29,11 +29,11 @@ class Quiet(Callback):
 
 
 def snapshot(members, stage="stage", step=10) -> LastEvaluation:
-    return LastEvaluation.take(0, stage, step, RESULTS, members)
+    return LastEvaluation.take(stage, step, RESULTS, members)
 
 
 def reuse(memo, members, stage="stage", step=10, callbacks=(Quiet(),)):
-    return memo.reusable(0, stage, step, callbacks, members)
+    return memo.reusable(stage, step, callbacks, members)
 
 
 @pytest.fixture

@@ -388,8 +388,7 @@ class Trainer:
             if last_epoch or self.position.epoch % self.config.train.eval_every == 0:
                 results = self.evaluate(stage)
                 self.last_results = results
-                self._last_evaluation = LastEvaluation.take(stage_index, stage, self.position.global_step, results,
-                                                            self.cohort)
+                self._last_evaluation = LastEvaluation.take(stage, self.position.global_step, results, self.cohort)
                 record = {"stage": stage.name, "epoch": self.position.global_epoch, "train": train_means, **results}
                 self.history.append(record)
                 self.log.log("eval", self.position.global_step, self.position.global_epoch,
@@ -423,11 +422,10 @@ class Trainer:
                 if len(self.eval_streams[split].split) > 0}
 
     def _final_summary(self) -> dict[str, Any]:
-        index = min(self.position.stage, len(self.stages) - 1)
-        stage = self.stages[index]
+        stage = self.stages[min(self.position.stage, len(self.stages) - 1)]
         splits = [s for s in ("val", "test") if s in self.eval_streams]
         known = {} if self._last_evaluation is None else self._last_evaluation.reusable(
-            index, stage, self.position.global_step, self.callbacks, self.cohort)
+            stage, self.position.global_step, self.callbacks, self.cohort)
         missing = [s for s in splits if s not in known]
         scored = {**known, **(self.evaluate(stage, missing) if missing else {})}
         final = {s: scored[s] for s in splits if s in scored}
