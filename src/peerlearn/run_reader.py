@@ -140,6 +140,10 @@ def build_network(network: dict[str, Any]) -> nn.Module:
         return TransferModel(backbones, network["num_classes"], network["input_sizes"],
                              dropout=network.get("dropout", 0.0), input_pads=network["input_pads"],
                              background=network["background"]).eval()
+    if kind == "view":  # one branch of a shared-trunk network (an exported view)
+        from peerlearn.recipes.base import Recipe
+
+        return Recipe.build_view(build_network(network["owner"]), network["view"]).eval()
     raise PeerlearnError(f"Unknown network kind {kind!r} in the run record; this peerlearn cannot rebuild it.")
 
 
@@ -254,7 +258,7 @@ class RunReader:
         from peerlearn.config.loading import read_config_file
 
         for member in record["members"]:  # a model registered from Python must be known to validate the config
-            network = member["network"]
+            network = member.get("network") or {}
             for part in [network, *network.get("backbones", [])]:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
@@ -281,20 +285,56 @@ class RunReader:
         data.class_names = list(recorded["class_names"])
         return data
 
-    def cohort(self, record: dict[str, Any]) -> tuple[Cohort, Path]:
-        names = [m["name"] for m in record["members"]]
-        states, source = self.weights(names)
-        members = []
-        for entry in record["members"]:
-            model = build_network(entry["network"])
+    def cohort(self, record: dict[str, Any], recipe=None) -> tuple[Cohort, Path]:
+        """The run's participants with their final weights, in eval mode: member networks (rebuilt from their
+        recorded networks), auxiliary modules (rebuilt by the run's recipe from their recorded spec, with their
+        predictors when they give logits) and views (a shared-trunk branch, taken from its owner)."""
+        from peerlearn.recipes.base import Recipe
+
+        rows = record["members"]
+        saved = [m["name"] for m in rows if "view" not in m]
+        states, source = self.weights(saved)
+        owner_class = recipe or Recipe
+        members, modules = [], {}
+        for entry in rows:
+            if "view" in entry:
+                continue
+            if entry.get("role") == "auxiliary":
+                if recipe is None:
+                    raise PeerlearnError(f"The run's auxiliary module {entry['name']!r} is rebuilt by its recipe "
+                                         f"{record.get('recipe')!r}, which cannot be found here.")
+                model = recipe.build_auxiliary(entry["name"], entry.get("module", {}))
+            else:
+                model = build_network(entry["network"])
             try:
                 model.load_state_dict(states[entry["name"]])
             except RuntimeError as error:
                 raise PeerlearnError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
                                      f"recorded network: {str(error).strip().splitlines()[0]}") from None
             model.to(self.device).eval()
-            members.append(Member(entry["name"], model, trainable=entry["role"] == "student",
-                                  info={"role": entry["role"], "network": entry["network"]}))
+            modules[entry["name"]] = model
+            kind = "auxiliary" if entry.get("role") == "auxiliary" else "network"
+            members.append(Member(entry["name"], model, trainable=entry["role"] == "student", kind=kind,
+                                  info={"role": entry["role"], "network": entry.get("network")
+                                        or {"kind": "auxiliary", "module": entry.get("module", {})}}))
+        for member, entry in zip([m for m in members if m.kind == "auxiliary"],
+                                 [e for e in rows if e.get("role") == "auxiliary"]):
+            if entry.get("predicts"):
+                member.predictor = owner_class.build_predictor(entry["name"], entry.get("module", {}), modules)
+                member.predictor.to(self.device).eval()
+        for entry in rows:
+            if "view" not in entry:
+                continue
+            spec = {k: v for k, v in entry["view"].items() if k != "of"}
+            owner = entry["view"]["of"]
+            view = owner_class.build_view(modules[owner], spec).to(self.device).eval()
+            owner_network = next(m.info["network"] for m in members if m.name == owner)
+            members.append(Member(entry["name"], view, trainable=entry["role"] == "student", kind="view",
+                                  view_of=owner, info={"role": entry["role"], "view": entry["view"],
+                                                       "network": {"kind": "view", "owner": owner_network,
+                                                                   "view": spec}}))
+        order = [m["name"] for m in rows]
+        members.sort(key=lambda m: order.index(m.name))
         return Cohort(members), source
 
     def read(self, command: Optional[str] = None) -> LoadedRun:
@@ -306,7 +346,7 @@ class RunReader:
             check_command(record, recipe, command, self.run_dir)
         config = self.config(record, recipe)
         data = self.data(record, config)
-        cohort, source = self.cohort(record)
+        cohort, source = self.cohort(record, recipe)
         normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)
         return LoadedRun(self.run_dir, record, config, data, cohort, normalizer, self.device, source,
                          roles={m["name"]: m["role"] for m in record["members"]})

@@ -225,6 +225,13 @@ class MemberConfig(Section):
         return value
 
 
+class AuxiliaryConfig(Section):
+    """Settings of one auxiliary trainable module of a recipe (a gate, a connector, a projection head)."""
+
+    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this module")
+    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this module")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, gt=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", description="auto, cpu, cuda, cuda:N, mps")
@@ -360,6 +367,9 @@ class RunConfig(Section):
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    auxiliary: dict[str, AuxiliaryConfig] = Field(
+        default_factory=dict, description="per auxiliary module of the recipe (gate, connector, head; by name): "
+                                          "optim / schedule overrides (default: the members' optim and schedule)")
 
     @field_validator("members", mode="after")
     @classmethod
@@ -424,3 +434,12 @@ class RunConfig(Section):
 
     def member_schedule(self, member: MemberConfig) -> ScheduleConfig:
         return ScheduleConfig(**{**self.schedule.model_dump(), **(member.schedule or {})})
+
+    def auxiliary_optim(self, name: str) -> OptimConfig:
+        """The optimizer settings of auxiliary module ``name``: the top-level optim with its overrides."""
+        settings = self.auxiliary.get(name)
+        return OptimConfig(**{**self.optim.model_dump(), **((settings.optim if settings else None) or {})})
+
+    def auxiliary_schedule(self, name: str) -> ScheduleConfig:
+        settings = self.auxiliary.get(name)
+        return ScheduleConfig(**{**self.schedule.model_dump(), **((settings.schedule if settings else None) or {})})

@@ -25,7 +25,7 @@ SCHEDULE_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_get_lr_called_wi
 
 def check_weights_finite(trainer) -> None:
     """Raise ``TrainingError`` (exit 3) naming member and tensor when a weight or buffer is NaN/inf."""
-    for member in trainer.cohort:
+    for member in trainer.cohort.saved:
         buffers = {name for name, _ in member.model.named_buffers()}
         for name, tensor in member.model.state_dict().items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

@@ -165,7 +165,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         members = {}
-        for member in self.cohort:
+        for member in self.cohort.saved:
             entry: dict[str, Any] = {"model": member.model.state_dict()}
             if member.optimizer is not None:
                 entry["optimizer"] = member.optimizer.state_dict()
@@ -196,7 +196,7 @@ class Trainer:
         return {**self.describe_run(), "finished": finished,
                 "stage": stage_record(index, stage.name, self.position.epoch, [s.name for s in self.stages]),
                 "ensemble": list(stage.ensemble_members or [m.name for m in self.cohort.trainable]),
-                "evaluated": list(stage.eval_members or self.cohort.names)}
+                "evaluated": list(stage.eval_members or self.cohort.evaluable)}
 
     def write_run_record(self, finished: bool) -> None:
         record = self.run_record(finished)
@@ -377,7 +377,7 @@ class Trainer:
             self.cohort.step_schedules("epoch")
             self.elapsed += time.perf_counter() - started
             train_means = {k: v / max(self._epoch_count, 1) for k, v in sums.items()}
-            lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.trainable if m.optimizer}
+            lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.updating}
             self.log.log("train", self.position.global_step, self.position.global_epoch + 1,
                          {"stage": stage.name, **train_means, "lr": lrs})
             self.position.epoch += 1
@@ -413,7 +413,7 @@ class Trainer:
             )
 
     def evaluate(self, stage: Stage, splits: Optional[list[str]] = None) -> dict[str, Any]:
-        names = stage.eval_members or [m.name for m in self.cohort]
+        names = stage.eval_members or self.cohort.evaluable
         ensemble = stage.ensemble_members or [m.name for m in self.cohort.trainable]
         splits = splits or [s for s in ("val", "test") if s in self.eval_streams
                             and (s != "test" or self.config.train.eval_test)]
@@ -432,7 +432,7 @@ class Trainer:
         check_weights_finite(self)
         if self.is_main:
             try:
-                save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort})
+                save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort.saved})
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "

@@ -66,8 +66,8 @@ def run_exported_safetensors(info_path: Path, inputs: torch.Tensor):
 
 def choose_member(cohort, member: Optional[str]) -> str:
     if member is None:
-        if len(cohort) == 1:
-            return cohort.names[0]
+        if len(cohort.evaluable) == 1:
+            return cohort.evaluable[0]
         raise ExportUsageError(f"The run has {len(cohort)} members; choose one with --member "
                                f"({', '.join(cohort.names)}).")
     if member not in cohort.names:
@@ -103,7 +103,14 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     run_dir = Path(run_dir)
     run = load_run(run_dir, device="cpu", command="export")
     name = choose_member(run.cohort, member)
-    model = run.cohort[name].model.eval().cpu()
+    participant = run.cohort[name]
+    if participant.predictor is None:
+        raise ExportUsageError(f"{name!r} is an auxiliary module of the run that gives no logits of its own; export "
+                               f"a member or a predicting module ({', '.join(run.cohort.evaluable)}).")
+    if participant.kind == "auxiliary" and fmt == "safetensors":
+        raise ExportUsageError(f"{name!r} is an auxiliary module whose predictions combine several of the run's "
+                               "modules; export it as onnx or torchscript (one self-contained graph).")
+    model = participant.predictor.eval().cpu()
     if raw_input is not None:
         if not run.data.is_image:
             raise ExportUsageError("--raw-input is for image data; this run's inputs are feature vectors.")

@@ -104,6 +104,7 @@ class DistillRecipe(Recipe):
         self.train_stream = BatchStream(self.transfer, config.data.batch_size, self.normalizer, device,
                                         seed=config.seed, augment=self.batch_augment(config.data.augment),
                                         shuffle=True, drop_last=True)
+        self.teaching = False  # in the teacher stage (distill.teacher_epochs > 0)
         self.target_cache: Optional[torch.Tensor] = None
         self.cache_seconds = 0.0
         self.bias_report: dict[str, Any] = {}
@@ -220,7 +221,7 @@ class DistillRecipe(Recipe):
     def stages(self) -> list[Stage]:
         stages = []
         if self.settings.teacher_epochs > 0:
-            stages.append(Stage("teacher", self.settings.teacher_epochs, self.teacher_step,
+            stages.append(Stage("teacher", self.settings.teacher_epochs, self.step, start=self.start_teacher_stage,
                                 eval_members=self.teacher_names, ensemble_members=self.teacher_names,
                                 train_stream=self.teacher_stream))
         stages.append(Stage("distill", self.config.train.epochs, self.step, start=self.start_distillation,
@@ -228,19 +229,13 @@ class DistillRecipe(Recipe):
                             ensemble_members=self.student_names))
         return stages
 
-    def teacher_step(self, batch: Batch) -> dict[str, Any]:
-        """Stage 1: each teacher takes one CE step on the (augmented) training batch."""
-        log: dict[str, Any] = {}
-        teachers, losses = [self.cohort[name] for name in self.teacher_names], []
-        for member in teachers:
-            logits, features = self._forward(member, batch.x)
-            losses.append(self.supervised_loss(member.name, logits, batch.y, features))
-            log[f"{member.name}/ce"] = losses[-1].detach()
-        log["loss"] = self.update(teachers, losses)
-        return log
+    def start_teacher_stage(self) -> None:
+        """Stage 1: the teachers train (CE on the augmented training batches), the students wait."""
+        self.teaching = True
 
     def start_distillation(self) -> None:
         """Freeze the teachers, wake the students, and cache the teachers' targets when possible."""
+        self.teaching = False
         for name in self.teacher_names:
             member = self.cohort[name]
             member.trainable, member.optimizer, member.schedule = False, None, None
@@ -260,20 +255,15 @@ class DistillRecipe(Recipe):
 
     # ------------------------------------------------------------------ loss
     def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
-        """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse."""
-        logits = [self.cohort[name].model(x) for name in self.teacher_names]
+        """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse; the teachers
+        run through the engine's inference forward (``Recipe.infer``: inference mode, the run's autocast)."""
+        logits = [self.infer(self.cohort[name], x) for name in self.teacher_names]
         return soft_targets(logits, self.settings.temperature, self.settings.loss)
 
     def targets_for(self, batch: Batch) -> torch.Tensor:
         if self.target_cache is not None:
             return self.target_cache[batch.index]
-        with torch.inference_mode():
-            targets = self.teacher_targets(batch.x)
-        return targets.clone()  # out of inference mode, so the loss may keep it for backward
-
-    def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Logits, and the penultimate features when a shared regulariser (centre loss) needs them."""
-        return self.forward(member, x, self.regularizer.needs_features)
+        return self.teacher_targets(batch.x)
 
     def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, batch: Batch,
                      features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -287,17 +277,19 @@ class DistillRecipe(Recipe):
             parts["ce"] = terms.hard.detach()
         return terms.loss, parts
 
-    def step(self, batch: Batch) -> dict[str, Any]:
+    def step_members(self) -> list[Member]:
+        """The teachers in the teacher stage, the students in the distillation stage."""
+        names = self.teacher_names if self.teaching else self.student_names
+        return [self.cohort[name] for name in names]
+
+    def losses(self, out, batch: Batch, names: list[str]):
+        """Teacher stage: CE of each teacher. Distillation stage: each student's ``student_loss`` against the
+        teachers' targets for the batch (computed once, shared by the students)."""
+        if self.teaching:
+            return super().losses(out, batch, names)
         targets = self.targets_for(batch)
-        students = [self.cohort[n] for n in self.student_names]
-        losses, log = [], {}
-        for member in students:
-            logits, features = self._forward(member, batch.x)
-            loss, parts = self.student_loss(member.name, logits, targets, batch, features)
-            losses.append(loss)
-            log.update({f"{member.name}/{k}": v for k, v in parts.items()})
-        log["loss"] = self.update(students, losses)
-        return log
+        return {name: self.student_loss(name, out.logits[name], targets, batch, out.features.get(name))
+                for name in names}
 
     # ------------------------------------------------------------------ class bias
     def callbacks(self) -> list[Callback]:
