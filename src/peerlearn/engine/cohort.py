@@ -44,6 +44,11 @@ class Member:
             self.predictor = self.model
 
     @property
+    def network(self) -> nn.Module:
+        """The member's own network: the user's module itself when peerlearn wraps it (``HookedModel``)."""
+        return unwrap(self.model)
+
+    @property
     def saved(self) -> bool:
         """Whether the weights are this participant's own (checkpointed, in model.safetensors)."""
         return self.kind != "view"
@@ -139,6 +144,11 @@ class Cohort:
         for member in self.updating:
             if member.schedule is not None:
                 member.schedule.step(unit)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """A user's module inside peerlearn's feature-reading wrapper, else the model itself."""
+    return model.network if getattr(model, "wraps_network", False) else model
 
 
 @contextmanager

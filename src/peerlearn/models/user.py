@@ -83,6 +83,8 @@ class HookedModel(PeerModel):
     returns the hooked value too. Weights live under ``network.``.
     """
 
+    wraps_network = True  # ``engine.cohort.Member.network`` unwraps it: recipes reach the user's own module
+
     def __init__(self, network: nn.Module, features_from: Optional[str] = None):
         super().__init__()
         self.network = network

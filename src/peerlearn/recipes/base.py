@@ -371,6 +371,9 @@ class Recipe:
         """Rebuild a view recorded as ``spec`` from its owner's module (``engine.run_record``): the shipped
         kind is ``{"branch": k}``, trunk + branch k of a shared-trunk network (``owner.branch(k)``). A recipe
         with views of its own overrides this."""
+        from peerlearn.engine.cohort import unwrap
+
+        owner = unwrap(owner)
         if "branch" in spec and callable(getattr(owner, "branch", None)):
             return owner.branch(int(spec["branch"]))
         raise PeerlearnError(f"Cannot rebuild the view {spec} of a {type(owner).__name__}: recipe {cls.name!r} "
