@@ -282,9 +282,18 @@ class Recipe:
         """A member's logits (fp32) and, when the losses read them (``needs_features``), its penultimate
         features, under the recipe's autocast: the one training forward of every executor."""
         with_features = self.needs_features() if with_features is None else with_features
+        network_forward = getattr(self, "_compiled_network_forward", None) or self.network_forward
         with self.autocast():
-            logits, features = self.network_forward(member, x, with_features)
+            logits, features = network_forward(member, x, with_features)
         return logits.float(), None if features is None else features.float()
+
+    def compile(self, backend: str) -> None:
+        """``engine.compile``: the training forward (``network_forward``, whatever parts of a network it calls:
+        ``forward_with_features``, greedy's active block) compiled as a function, and ``nn.Module.compile`` on
+        every participant with weights of its own for evaluation (the state-dict keys do not change)."""
+        for member in self.cohort.saved:
+            member.model.compile(backend=backend)
+        self._compiled_network_forward = torch.compile(self.network_forward, backend=backend)
 
     def infer(self, member: Member, x: torch.Tensor) -> torch.Tensor:
         """A frozen participant's logits (fp32) under ``torch.inference_mode`` and the recipe's autocast; the

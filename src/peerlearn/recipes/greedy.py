@@ -210,14 +210,16 @@ class GreedyRecipe(Recipe):
         model.eval()  # the prefix is frozen: eval mode, whatever the cohort's mode
         try:
             with torch.no_grad():
-                probe = model.prefix(stream.normalizer(stream.x[:1]), block)
+                with self.autocast():
+                    probe = model.prefix(stream.normalizer(stream.x[:1]), block).float()
                 size = probe[0].numel() * probe.element_size() * len(self.data.train)
                 report["bytes"] = size
                 if size > self.settings.cache_max_mb * MIB:
                     report["reason"] = (f"{size / MIB:.1f} MiB is above greedy.cache_max_mb="
                                         f"{self.settings.cache_max_mb:g}")
                     return None
-                parts = [model.prefix(batch.x, block) for _, batch in stream.epoch(0)]
+                with self.autocast():  # the frozen prefix runs as the training forward would (bf16 on CUDA)
+                    parts = [model.prefix(batch.x, block).float() for _, batch in stream.epoch(0)]
         finally:
             model.train(was_training)
         report["cached"] = True
