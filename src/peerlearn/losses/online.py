@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from peerlearn.losses.classification import cross_entropy
 from peerlearn.losses.online_base import (Logits, OnlineLoss, check_temperature, check_weight, kl_between_logits,
                                           kl_to_probs, stack_logits, summed_cross_entropy)
+from peerlearn.models.online_parts import peer_attention  # noqa: F401  (exported here: OKDDip's weights)
 
 CL_ILR_AVERAGES = ("logits", "probs")
 OKDDIP_DETACH = ("none", "logits", "all")
@@ -113,27 +114,6 @@ def cl_ilr_loss(head_logits: Logits, labels: torch.Tensor, temperature: float, b
 
 
 # -------------------------------------------------------------------------------------------- OKDDip
-
-
-def peer_attention(queries: torch.Tensor, keys: torch.Tensor, include_self: bool = False) -> torch.Tensor:
-    """OKDDip's aggregation weights: a[b, i, j] = exp(q_i·k_j) / Σ_l exp(q_i·k_l); [K, B, d] twice → [B, K, K].
-
-    q_i = L(h_i) and k_j = E(h_j) are two learned linear projections of peer i's and peer j's features
-    (``peerlearn.models.online_parts.PeerAttention``). Each row sums to 1. ``include_self=False`` leaves
-    l = i out of the softmax (a[b, i, i] = 0: a peer's target comes from the *other* peers, as the paper's
-    text says); ``True`` keeps it, as the authors' code does.
-    """
-    if queries.dim() != 3 or queries.shape != keys.shape:
-        raise ValueError(f"queries and keys must both be [K, B, d], got {tuple(queries.shape)} and "
-                         f"{tuple(keys.shape)}")
-    count = queries.shape[0]
-    if count < 2 and not include_self:
-        raise ValueError("peer_attention without self needs at least 2 peers")
-    energy = torch.einsum("ibd,jbd->bij", queries, keys)
-    if not include_self:
-        eye = torch.eye(count, dtype=torch.bool, device=energy.device)
-        energy = energy.masked_fill(eye, float("-inf"))
-    return F.softmax(energy, dim=-1)
 
 
 def okddip_targets(peer_logits: Logits, attention: torch.Tensor) -> torch.Tensor:
