@@ -409,3 +409,13 @@ def test_unlabelled_items_are_left_out_of_the_cross_entropies():
     result = kdcl_loss(tensor(LOGITS), tensor(ENSEMBLE), labels, 1.0)
     expected_ce = sum(ce(LOGITS[k][kept], np.array([0, 1])) for k in range(K))
     assert result.parts["ce"].item() == pytest.approx(expected_ce, rel=1e-10)
+
+
+def test_cl_ilr_targets_with_a_graph_keep_the_value_and_change_the_gradient():
+    detached, attached = tensor(LOGITS, grad=True), tensor(LOGITS, grad=True)
+    a = cl_ilr_loss(detached, LABELS_T, 2.0, 0.5)
+    b = cl_ilr_loss(attached, LABELS_T, 2.0, 0.5, detach_targets=False)
+    assert a.loss.item() == pytest.approx(b.loss.item(), rel=1e-12)
+    a.loss.backward()
+    b.loss.backward()
+    assert not torch.allclose(detached.grad, attached.grad)

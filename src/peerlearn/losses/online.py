@@ -47,7 +47,7 @@ def gated_ensemble(branch_logits: Logits, gate: torch.Tensor) -> torch.Tensor:
 
 def one_loss(branch_logits: Logits, gate: torch.Tensor, labels: torch.Tensor, temperature: float = 3.0,
              kl_weight: float = 1.0) -> OnlineLoss:
-    """ONE (Lan et al. 2018, eq. 5): L = Σ_k CE(z_k, y) + CE(z_e, y) + λ · T² · Σ_k KL(p_e ‖ p_k),
+    """ONE (Lan et al. 2018): L = Σ_k CE(z_k, y) + CE(z_e, y) + λ · T² · Σ_k KL(p_e ‖ p_k),
 
     with z_e = Σ_k g_k z_k (``gated_ensemble``), p_e = softmax(z_e / T) a constant target and
     p_k = softmax(z_k / T). Shapes: ``branch_logits`` [K, B, C] (or K tensors [B, C]), ``gate`` [B, K],
@@ -72,8 +72,10 @@ def one_loss(branch_logits: Logits, gate: torch.Tensor, labels: torch.Tensor, te
 # -------------------------------------------------------------------------------------------- CL-ILR
 
 
-def cl_ilr_targets(head_logits: Logits, temperature: float, average: str = "logits") -> torch.Tensor:
-    """The soft target of each head from the H − 1 others, detached; [H, B, C] → [H, B, C] probabilities.
+def cl_ilr_targets(head_logits: Logits, temperature: float, average: str = "logits",
+                   detach: bool = True) -> torch.Tensor:
+    """The soft target of each head from the H − 1 others; [H, B, C] → [H, B, C] probabilities, detached
+    unless ``detach=False``.
 
         average="logits" : q_h = softmax( (1/(H−1)) Σ_{j≠h} z_j / T )     (Song & Chai, the consensus of
                                                                            the other heads' logits)
@@ -82,7 +84,8 @@ def cl_ilr_targets(head_logits: Logits, temperature: float, average: str = "logi
     check_temperature(temperature)
     if average not in CL_ILR_AVERAGES:
         raise ValueError(f"average must be one of {CL_ILR_AVERAGES}, got {average!r}")
-    logits = stack_logits(head_logits, "head_logits", min_count=2).detach()
+    logits = stack_logits(head_logits, "head_logits", min_count=2)
+    logits = logits.detach() if detach else logits
     others = logits.shape[0] - 1
     if average == "logits":
         mean_others = (logits.sum(0, keepdim=True) - logits) / others
@@ -92,24 +95,30 @@ def cl_ilr_targets(head_logits: Logits, temperature: float, average: str = "logi
 
 
 def cl_ilr_loss(head_logits: Logits, labels: torch.Tensor, temperature: float, beta: float = 0.5,
-                average: str = "logits") -> OnlineLoss:
+                average: str = "logits", detach_targets: bool = True) -> OnlineLoss:
     """Collaborative learning (Song & Chai 2018): L = Σ_h [ (1 − β) · CE(z_h, y) + β · T² · KL(q_h ‖ p_h) ],
 
     q_h the consensus of the other heads (``cl_ilr_targets``, a constant), p_h = softmax(z_h / T).
     Shapes: ``head_logits`` [H, B, C] (H ≥ 2), ``labels`` [B]. Parts: ``ce`` = Σ_h CE and ``kl`` =
-    T² Σ_h KL (before the weights). β weights the soft term; β = 0.5 weights both terms equally. The targets are constants: each head's gradient comes from its own loss only, the property
-    the paper's backpropagation rescaling relies on. The intermediate-level representation sharing itself
+    T² Σ_h KL (before the weights). β weights the soft term; β = 0.5 weights both terms equally.
+    The targets are constants: each head's gradient comes from its own loss only, the property the
+    paper's backpropagation rescaling relies on. The intermediate-level representation sharing itself
     is not a loss: apply ``peerlearn.models.multibranch.scale_gradient(trunk_output, 1 / H)`` (or build the
     ``MultiBranchNet`` with ``trunk_grad_scale=1 / H``) so the shared layers receive the mean, not the sum,
     of the heads' gradients. The reimplementation in the OKDDip repository averages logits as here but lets
-    the gradient flow into the targets; this function keeps them constant as the paper describes.
+    the gradient flow into the targets: ``detach_targets=False`` reproduces it (same value, and each head
+    is then also pulled through the other heads' targets).
     """
     check_temperature(temperature)
     check_weight("beta", beta, upper=1)
     logits = stack_logits(head_logits, "head_logits", min_count=2)
-    targets = cl_ilr_targets(logits, temperature, average)
+    targets = cl_ilr_targets(logits, temperature, average, detach=detach_targets)
     ce = summed_cross_entropy(logits, labels)
-    kl = kl_to_probs(targets, logits, temperature) * temperature**2
+    if detach_targets:
+        kl = kl_to_probs(targets, logits, temperature) * temperature**2
+    else:
+        log_p = F.log_softmax(logits / temperature, dim=-1)
+        kl = (torch.xlogy(targets, targets) - targets * log_p).sum(-1).mean(-1).sum() * temperature**2
     return OnlineLoss((1 - beta) * ce + beta * kl, {"ce": ce, "kl": kl})
 
 
@@ -132,7 +141,8 @@ def okddip_loss(peer_logits: Logits, leader_logits: torch.Tensor, attention: tor
     """OKDDip (Chen et al. 2020), two-level distillation with K auxiliary peers and one group leader:
 
         L = Σ_i CE(z_i, y) + CE(z_L, y)
-            + λ · T² · [ Σ_i KL(softmax(t_i / T) ‖ softmax(z_i / T))  +  KL(softmax(t_L / T) ‖ softmax(z_L / T)) ]
+            + λ · T² · [ Σ_i KL(softmax(t_i / T) ‖ softmax(z_i / T))
+                         + KL(softmax(t_L / T) ‖ softmax(z_L / T)) ]
 
     t_i = Σ_j a_ij z_j (``okddip_targets``, first level), t_L = (1/K) Σ_j z_j the peers' mean logits (second
     level). Shapes: ``peer_logits`` [K, B, C] (the auxiliary peers only), ``leader_logits`` [B, C],
