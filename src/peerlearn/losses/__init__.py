@@ -16,6 +16,12 @@ classification             ``cross_entropy``, ``entropy``
 regularisers               ``center_loss``, ``update_centers``, ``CenterLoss`` (module with its centres),
                            ``l1_penalty``, ``l2_penalty``
 domain alignment           ``coral_loss``, ``mmd_loss``, ``covariance``, ``median_bandwidths``, ``rbf_kernel``
+online distillation        ONE ``one_loss``, ``gated_ensemble``; CL-ILR ``cl_ilr_loss``, ``cl_ilr_targets``;
+(docs/online.md)           OKDDip ``okddip_loss``, ``okddip_targets``, ``peer_attention``; KDCL ``kdcl_loss``,
+                           ``min_logit_teacher``, ``linear_teacher``, ``linear_teacher_weights``,
+                           ``generalization_weights``, ``weighted_teacher``; PCL ``pcl_loss``,
+                           ``peer_mean_kl``; ``OnlineLoss`` (loss, parts)
+temporal means             ``ema_update``, ``ema_decay``, ``sigmoid_rampup``
 =========================  ======================================================================
 """
 
@@ -27,7 +33,14 @@ from peerlearn.losses.distillation import (DistillationTerms, distillation_loss,
 from peerlearn.losses.mimicry import (feature_l2, js_to_target, kl_to_target, mean_kl_from_peers,
                                       mutual_learning_losses, mutual_mimicry, soft_probs, stacked_feature_l2,
                                       stacked_mutual_mimicry)
+from peerlearn.losses.kdcl import (generalization_weights, kdcl_loss, linear_teacher, linear_teacher_weights,
+                                   min_logit_teacher, weighted_teacher)
+from peerlearn.losses.online import (cl_ilr_loss, cl_ilr_targets, gated_ensemble, okddip_loss, okddip_targets,
+                                     one_loss, peer_attention)
+from peerlearn.losses.online_base import OnlineLoss
+from peerlearn.losses.pcl import pcl_loss, peer_mean_kl
 from peerlearn.losses.regularizers import CenterLoss, center_loss, l1_penalty, l2_penalty, update_centers
+from peerlearn.losses.temporal import ema_decay, ema_update, sigmoid_rampup
 
 __all__ = [
     # DML
@@ -42,4 +55,10 @@ __all__ = [
     "CenterLoss", "center_loss", "update_centers", "l1_penalty", "l2_penalty",
     # domain alignment
     "coral_loss", "mmd_loss", "covariance", "median_bandwidths", "rbf_kernel", "ALIGNMENT_LOSSES",
+    # online distillation
+    "OnlineLoss", "one_loss", "gated_ensemble", "cl_ilr_loss", "cl_ilr_targets", "okddip_loss", "okddip_targets",
+    "peer_attention", "kdcl_loss", "min_logit_teacher", "linear_teacher", "linear_teacher_weights",
+    "generalization_weights", "weighted_teacher", "pcl_loss", "peer_mean_kl",
+    # temporal means
+    "ema_update", "ema_decay", "sigmoid_rampup",
 ]
