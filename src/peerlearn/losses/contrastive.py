@@ -152,10 +152,13 @@ class CRDLoss(nn.Module):
     @torch.no_grad()
     def update_banks(self, indices: torch.Tensor, student_embedding: torch.Tensor,
                      teacher_embedding: torch.Tensor) -> None:
-        """m_i ← normalise(μ · m_i + (1 − μ) · v_i) in both banks, for the batch's items."""
-        for bank, v in ((self.student_bank, student_embedding), (self.teacher_bank, teacher_embedding)):
+        """m_i ← normalise(μ · m_i + (1 − μ) · v_i) in both banks, for the batch's items.
+
+        The banks are replaced, not written in place: this step's loss still needs the old ones for its backward."""
+        for name, v in (("student_bank", student_embedding), ("teacher_bank", teacher_embedding)):
+            bank = getattr(self, name)
             moved = self.momentum * bank[indices] + (1.0 - self.momentum) * v.detach().to(bank.dtype)
-            bank.index_copy_(0, indices, F.normalize(moved, dim=1))
+            setattr(self, name, bank.index_copy(0, indices, F.normalize(moved, dim=1)))
 
     def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor, indices: torch.Tensor,
                 negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
