@@ -21,6 +21,8 @@ def test_the_lightning_page_runs_as_printed(tmp_path, monkeypatch, capsys):
     assert ns["dml_trainer"].current_epoch == 2  # two epochs done
     assert min(float(metrics[f"val/{m}/top1"]) for m in ("a", "b", "ensemble")) > 0.8  # it learns (chance 0.1)
     assert float(ns["kd_trainer"].callback_metrics["val/top1"]) > 0.5
+    assert float(ns["rkd_trainer"].callback_metrics["val/top1"]) > 0.5  # the extra_loss example learns too
+    assert "train/extra" in ns["rkd_trainer"].callback_metrics
     # Lightning's checkpoint reloaded: same weights, same settings
     restored = ns["restored"]
     assert restored.hparams.weight == 1.0 and restored.hparams.temperature == 1.0
@@ -28,7 +30,7 @@ def test_the_lightning_page_runs_as_printed(tmp_path, monkeypatch, capsys):
         assert torch.equal(restored.state_dict()[key], value), key
     # the CSV logger recorded both epochs' validation
     logged = sorted((tmp_path / "lightning_runs").rglob("metrics.csv"))
-    assert len(logged) == 2 and "val/ensemble/top1" in logged[0].read_text()
+    assert len(logged) == 3 and "val/ensemble/top1" in logged[0].read_text()
     assert "student val top-1:" in capsys.readouterr().out
 
 

@@ -307,9 +307,13 @@ def test_dist_is_zero_for_the_same_predictions():
 
 def _nce_reference(pos, neg, temperature, num_data, log_z=0.0):
     k = len(neg[0])
+
+    def h(u):
+        e = math.exp(u / temperature - log_z)
+        return e / (e + k / num_data)
+
     total = 0.0
     for p, row in zip(pos, neg):
-        h = lambda u: math.exp(u / temperature - log_z) / (math.exp(u / temperature - log_z) + k / num_data)  # noqa: E731
         total += math.log(h(p)) + sum(math.log(1 - h(u)) for u in row)
     return -total / len(pos)
 

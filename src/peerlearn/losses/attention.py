@@ -46,7 +46,8 @@ def attention_transfer_loss(student_features: Layers, teacher_features: Layers, 
 
     The weight β/2 is the caller's (a recipe's ``weight``): the paper's β = 10³ gives 500.
     """
-    students, teachers = as_layers("student_features", student_features), as_layers("teacher_features", teacher_features)
+    students = as_layers("student_features", student_features)
+    teachers = as_layers("teacher_features", teacher_features)
     if len(students) != len(teachers):
         raise ValueError(f"student_features and teacher_features must list the same number of layers, "
                          f"got {len(students)} and {len(teachers)}")

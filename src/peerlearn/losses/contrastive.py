@@ -164,7 +164,8 @@ class CRDLoss(nn.Module):
                 negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
         if student_features.shape[0] != teacher_features.shape[0] or indices.shape != (student_features.shape[0],):
             raise ValueError(f"student_features, teacher_features and indices must hold the same N items, got "
-                             f"{list(student_features.shape)}, {list(teacher_features.shape)} and {list(indices.shape)}")
+                             f"{list(student_features.shape)}, {list(teacher_features.shape)} and "
+                             f"{list(indices.shape)}")
         if indices.dtype != torch.long:
             raise ValueError(f"indices must be int64 positions in the training set, got {indices.dtype}")
         if negatives is None:

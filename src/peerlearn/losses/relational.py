@@ -16,7 +16,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from peerlearn.losses._checks import as_layers, check_choice, check_non_negative, check_positive, check_same_batch
+from peerlearn.losses._checks import as_layers, check_choice, check_non_negative, check_same_batch
 
 Layers = Union[torch.Tensor, Sequence[torch.Tensor]]
 RKD_REDUCTIONS = ("mean", "sum")
@@ -45,7 +45,8 @@ def similarity_preserving_loss(student_features: Layers, teacher_features: Layer
     (Frobenius norm squared over b²). G̃ does not change when a network's activations are scaled by a
     positive constant or rotated (Q → Q·R, R orthogonal), so neither does the loss.
     """
-    students, teachers = as_layers("student_features", student_features), as_layers("teacher_features", teacher_features)
+    students = as_layers("student_features", student_features)
+    teachers = as_layers("teacher_features", teacher_features)
     if len(students) != len(teachers):
         raise ValueError(f"student_features and teacher_features must list the same number of layers, "
                          f"got {len(students)} and {len(teachers)}")
