@@ -339,7 +339,7 @@ def _unit(x):
 
 
 def test_crd_module_against_an_independent_computation():
-    crd = _crd()
+    crd = _crd(momentum=0.25)  # not 0.5, so that μ and 1 − μ cannot be swapped unnoticed
     f_s, f_t = _randn(3, 6, seed=29), _randn(3, 5, seed=30)
     idx, neg = torch.tensor([2, 7, 0]), torch.tensor([[1, 3, 4, 5], [0, 2, 11, 9], [6, 8, 10, 1]])
     banks = {name: _np(getattr(crd, name)).copy() for name in ("student_bank", "teacher_bank")}
@@ -352,10 +352,10 @@ def test_crd_module_against_an_independent_computation():
                                           for n in range(3)], 0.5, 12)
     loss = crd(f_s, f_t, idx, neg)
     assert loss.item() == pytest.approx(teacher_anchor + student_anchor, rel=1e-10)
-    # the banks moved: m ← normalise(0.5 · m + 0.5 · v) at the batch's rows, nothing else changed
+    # the banks moved: m ← normalise(μ · m + (1 − μ) · v) at the batch's rows, nothing else changed
     for name, v in (("student_bank", g_s), ("teacher_bank", g_t)):
         expected = banks[name].copy()
-        expected[idx.numpy()] = _unit(0.5 * banks[name][idx.numpy()] + 0.5 * v)
+        expected[idx.numpy()] = _unit(0.25 * banks[name][idx.numpy()] + 0.75 * v)
         np.testing.assert_allclose(_np(getattr(crd, name)), expected, rtol=1e-12)
         np.testing.assert_allclose(np.linalg.norm(_np(getattr(crd, name))[idx.numpy()], axis=1), 1.0, rtol=1e-12)
 
