@@ -12,7 +12,7 @@ positive) from pairs of different items (negatives), and the student minimises t
 The negatives' embeddings come from memory banks, one per network, holding one unit vector per training item
 (M × D floats each, so the two banks take 2 · M · D · 4 bytes in float32: 51.2 MB for CIFAR-100's 50,000
 items at D = 128), updated after each step by m_i ← normalise(μ · m_i + (1 − μ) · v_i). Paper defaults:
-D = 128, K = 16384, τ = 0.07 (the paper's text also mentions 0.1), μ = 0.5, loss weight β = 0.8.
+D = 128, K = 16384, τ = 0.07 (the released code's default), μ = 0.5, loss weight β = 0.8.
 """
 
 from __future__ import annotations
