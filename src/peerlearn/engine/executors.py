@@ -91,6 +91,9 @@ class StepRecipe(Protocol):
 
     def forward(self, member: Member, x: torch.Tensor) -> Outputs: ...
 
+    def member_input(self, member: Member, batch) -> torch.Tensor:
+        """The inputs ``member`` sees this step (``batch.x``; a recipe may give each member its own view)."""
+
     def shared_outputs(self) -> tuple[bool, bool]:
         """(logits, features): what a member's peers read from it (exchanged between processes, refreshed
         after a sequential update)."""
@@ -114,10 +117,10 @@ class Executor:
         raise NotImplementedError
 
     @staticmethod
-    def forward_all(recipe: StepRecipe, members: list[Member], x: torch.Tensor) -> StepOutputs:
+    def forward_all(recipe: StepRecipe, members: list[Member], batch) -> StepOutputs:
         out = StepOutputs()
         for member in members:
-            out.set(member.name, *recipe.forward(member, x))
+            out.set(member.name, *recipe.forward(member, recipe.member_input(member, batch)))
         return out
 
 
@@ -128,7 +131,7 @@ class SimultaneousLoop(Executor):
 
     def step(self, recipe: StepRecipe, batch) -> dict[str, Any]:
         members = recipe.step_members()
-        out = self.forward_all(recipe, members, batch.x)
+        out = self.forward_all(recipe, members, batch)
         named = recipe.losses(out, batch, [m.name for m in members])
         log: dict[str, Any] = {}
         for name, (_, parts) in named.items():
@@ -149,7 +152,7 @@ class SequentialLoop(Executor):
 
     def step(self, recipe: StepRecipe, batch) -> dict[str, Any]:
         members = recipe.step_members()
-        out = self.forward_all(recipe, members, batch.x)
+        out = self.forward_all(recipe, members, batch)
         refresh = any(recipe.shared_outputs())
         total = 0.0
         log: dict[str, Any] = {}
@@ -162,7 +165,7 @@ class SequentialLoop(Executor):
                                           with_auxiliaries=last)
             if not last and refresh:
                 with torch.no_grad(), preserved_batchnorm_stats(member.model):
-                    logits, features = recipe.forward(member, batch.x)
+                    logits, features = recipe.forward(member, recipe.member_input(member, batch))
                 out.set(member.name, logits, features)
         log["loss"] = total / len(members)
         return log

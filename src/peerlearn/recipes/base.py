@@ -265,6 +265,15 @@ class Recipe:
             result[name] = (loss, dict(self.regularizer.last_parts.get(name, {})))
         return result
 
+    def member_input(self, member: Member, batch) -> torch.Tensor:
+        """The inputs ``member`` sees this step: the batch's (a recipe may feed each member its own augmented
+        view of the same items, e.g. KDCL; ``batch.index`` names the items)."""
+        return batch.x
+
+    def after_update(self) -> None:
+        """Called once per training step after every optimizer step: state the recipe updates itself (a
+        temporal-mean / EMA copy of a member, a memory bank's momentum update)."""
+
     def shared_outputs(self) -> tuple[bool, bool]:
         """(logits, features): what members read of their peers in ``losses`` (none here)."""
         return False, False
@@ -330,6 +339,7 @@ class Recipe:
         if with_auxiliaries:
             for auxiliary in auxiliaries:
                 auxiliary.step()
+            self.after_update()
         return total.detach() / len(members)
 
     # ------------------------------------------------------------------ auxiliary modules and views
