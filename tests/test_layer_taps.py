@@ -198,6 +198,7 @@ def test_a_layer_the_forward_never_reaches_is_an_error_not_none():
     with taps.capture(strict=False) as seen:
         model(images())
     assert list(seen) == ["stage1"] and seen.missing() == ["heads.0.linear"] and seen.calls["heads.0.linear"] == 0
+    assert "stage1" in seen and "heads.0.linear" not in seen and "other" not in seen
     with pytest.raises(ConfigError, match="was not reached by the forward pass"):
         seen["heads.0.linear"]
 

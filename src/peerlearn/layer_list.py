@@ -17,8 +17,9 @@ from peerlearn.errors import ConfigError
 from peerlearn.models.taps import layer_table
 from peerlearn.user_inputs import merge_user_inputs
 
-# Building members to look at them needs neither a GPU nor compilation.
-LISTING_OVERRIDES = {"train.device": "cpu", "engine.compile": False}
+# Building members to look at them needs neither a GPU nor compilation (nor the CUDA options' warnings).
+LISTING_OVERRIDES = {"train.device": "cpu", "engine.compile": False, "engine.precision": "fp32",
+                     "engine.channels_last": False, "engine.pin_memory": False}
 
 
 def layers(config: Union[str, Path, dict, RunConfig, None] = None, overrides: Optional[list[str]] = None, *,

@@ -309,6 +309,10 @@ class Captured(Mapping):
     def __len__(self) -> int:
         return len(list(iter(self)))
 
+    def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is a tapped layer that the forward reached (it may still raise when read)."""
+        return name in list(iter(self))
+
     def check(self) -> None:
         """Raise ``ConfigError`` unless every tapped layer can be read: reached by the forward, not changed in
         place since."""
