@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("user inputs", ("user_inputs",)),  # members and data given from Python, merged into a config
     ("run reader", ("run_reader",)),  # a finished run read back from its directory
     ("api", ("api",)),  # train, prepare_run, load_run
+    ("layer listing", ("layer_list",)),  # the readable layers of a config's members
     ("evaluate", ("evaluate",)),  # after-training metrics of a run
     ("analysis", ("analysis_runner",)),
     ("outputs", ("export", "report", "demo", "sql", "lightning")),

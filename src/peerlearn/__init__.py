@@ -10,6 +10,7 @@ from peerlearn.api import RunResult, load_run, train  # noqa: E402
 from peerlearn.config import RunConfig, load_config  # noqa: E402
 from peerlearn.data.user import UserData  # noqa: E402
 from peerlearn.models import available_models, create_model  # noqa: E402
+from peerlearn.models.taps import LayerTaps  # noqa: E402
 
 
 def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True) -> dict:
@@ -26,5 +27,13 @@ def analyze_run(run_dir, **options) -> dict:
     return run(run_dir, **options)
 
 
-__all__ = ["RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model", "evaluate_run",
-           "load_config", "load_run", "train", "__version__"]
+def layers(config=None, overrides=None, **options) -> list[dict]:
+    """Every layer of a config's members that forward hooks can read, with its stage name, type and output
+    shape (see ``peerlearn.layer_list.layers``)."""
+    from peerlearn.layer_list import layers as listing
+
+    return listing(config, overrides, **options)
+
+
+__all__ = ["LayerTaps", "RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model",
+           "evaluate_run", "layers", "load_config", "load_run", "train", "__version__"]

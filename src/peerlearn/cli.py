@@ -71,6 +71,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    """`peerlearn layers [CONFIG] [key=value ...]`: every layer of each member that a forward hook can read."""
+    from peerlearn.layer_list import layers
+    from peerlearn.tables import format_table
+
+    rows = layers(args.config, args.overrides, only=args.member)
+    if args.stages:
+        rows = [row for row in rows if row["stage"]]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for index, member in enumerate(dict.fromkeys(row["member"] for row in rows)):
+        own = [row for row in rows if row["member"] == member]
+        print(f"{chr(10) if index else ''}member {member}: {own[0]['model']}, input {own[0]['input']}")
+        table = []
+        for row in own:
+            notes = [note for note, flag in (("not reached", row["shape"] is None),
+                                             (f"called {row['calls']}x: last call", row["calls"] > 1),
+                                             ("overwritten in place: clone=True", row["in_place"])) if flag]
+            table.append([row["path"], row["stage"], row["type"], row["shape"], "; ".join(notes)])
+        print(format_table(["layer", "stage", "type", "output", "note"], table))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from peerlearn.demo import run_demo
     from peerlearn.tables import format_table, summary_rows
@@ -194,6 +218,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "config": cmd_config,
+    "layers": cmd_layers,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
@@ -216,7 +241,7 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
 OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
                   "members.0.model=mlp; a list index one past the end, or +, appends an item: "
                   "members.+={name: c, model: mlp}.")
-COMMANDS_WITH_OVERRIDES = ("train", "config")
+COMMANDS_WITH_OVERRIDES = ("train", "config", "layers")
 
 
 def add_config_and_overrides(parser: argparse.ArgumentParser) -> None:
@@ -270,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Read CONFIG (or the defaults), apply the overrides, validate, and print "
                                         "the config a run would use, every default filled in. " + OVERRIDES_HELP)
     add_config_and_overrides(config)
+
+    layers = sub.add_parser("layers", help="list the layers of a config's members that hooks can read",
+                            description="Build the members of CONFIG (nothing is trained; on the CPU), pass one "
+                                        "training input through each, and print every submodule path that "
+                                        "feature and relational losses can read (path = its output, "
+                                        "path:input = its input), its stage name, type and output shape for that "
+                                        "one input. " + OVERRIDES_HELP)
+    add_config_and_overrides(layers)
+    layers.add_argument("--member", action="append", help="only this member (repeatable)")
+    layers.add_argument("--stages", action="store_true", help="only the layers with a stage name")
+    layers.add_argument("--json", action="store_true", help="print JSON rows instead of tables")
 
     demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, under a minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "
