@@ -26,6 +26,14 @@ NETWORK is one of::
 
 Roles: ``student`` (trained by the recipe), ``teacher`` (a distillation teacher, frozen when students
 learn), ``frozen`` (any other member that never trains).
+
+A recipe's other participants (``recipes.base.Recipe.participant_record``) have rows of their own::
+
+    {"name": "gate", "role": "auxiliary", "module": {...the spec it was declared with...}, "predicts": true}
+    {"name": "net0", "role": "branch", "view": {"of": "net", "branch": 0}}
+
+An auxiliary module is rebuilt by its recipe (``build_auxiliary``, ``build_predictor``); a view is taken from its
+owner (``Recipe.build_view``) and has no weights of its own.
 """
 
 from __future__ import annotations
