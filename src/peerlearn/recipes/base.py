@@ -49,7 +49,7 @@ class Recipe:
     section_model: type | None = None  # the settings' schema (a peerlearn.config.Section subclass)
     supports_fused = False
     supports_distributed = False
-    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
+    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export", "predict")
 
     @classmethod
     def validate(cls, config: RunConfig, data: DataBundle) -> None:
