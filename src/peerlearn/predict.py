@@ -164,11 +164,18 @@ def probabilities(run, names: Sequence[str], batches: Iterable[torch.Tensor], de
 
 
 def _device(run, device: Union[str, torch.device, None]) -> torch.device:
+    """The run's device, or ``device`` when it exists here (``ConfigError`` otherwise)."""
     if device is None:
         return run.device
-    from peerlearn.api import resolve_device
-
-    return resolve_device(str(device))
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"The device {str(device)!r} is not available here; use cpu.")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"The device {str(device)!r} is not available here; use cpu.")
+    return chosen
 
 
 def _batch_size(batch_size: Optional[int]) -> int:
