@@ -125,3 +125,15 @@ def test_a_good_teacher_gives_no_warning(tmp_path):
     check = result.summary["distill"]["teacher_check"]
     assert check["teachers"]["t"] == pytest.approx(good.summary["members"]["a"]["val"]["top1"])
     assert check["warnings"] == []
+
+
+def test_a_transfer_backbone_is_picked_as_run_dir_colon_member(tmp_path):
+    pair = peerlearn.train(tiny_config(train={"epochs": 1}), out=tmp_path / "pair")  # members a and b
+    config = tiny_config(recipe="transfer", train={"epochs": 1}, members=[{"name": "x", "model": "small_cnn",
+                                                                           "model_args": {"width": 8}}],
+                         transfer={"mode": "features", "groups": 1, "cache_dir": str(tmp_path / "cache"),
+                                   "backbones": [{"source": f"{pair.run_dir}:b"}]})
+    result = peerlearn.train(config, out=tmp_path / "transfer")
+    ours = result.cohort["x"].model.backbones[0].state_dict()
+    theirs = {k: v for k, v in pair.cohort["b"].model.state_dict().items() if not k.startswith("classifier.")}
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
