@@ -260,7 +260,7 @@ def is_python_data(case: str) -> bool:
     return CASES[case].python is not None
 
 
-def test_items(case: str, run) -> tuple[torch.Tensor, torch.Tensor]:
+def stored_test_items(case: str, run) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's test split, as stored (its own source, or the user's tensors for data given from Python)."""
     if is_python_data(case):
         raw = user_digits()
@@ -295,7 +295,7 @@ def test_evaluate_reports_the_summary(case, trained, capsys):
     students = [m["name"] for m in record["members"] if m["role"] == "student"]
     assert record["ensemble"] == students  # the cohort's ensemble is its students, never its teachers
     if refuses_without_its_data(case, capsys, "evaluate", str(result.run_dir), "--json"):
-        x, y = test_items(case, None)
+        x, y = stored_test_items(case, None)
         scores = peerlearn.evaluate_run(result.run_dir, data=(x, y), save=False)["classification"]
         for name, entry in summary["members"].items():
             assert scores[name]["top1"] == pytest.approx(entry["test"]["top1"], abs=1e-6), (case, name)
@@ -366,7 +366,7 @@ def check_exports(case: str, result, formats, exporter: str, capsys, tmp_path) -
 
     run = load_run(result.run_dir)
     member = next(name for name, role in run.roles.items() if role == "student")
-    inputs = run.normalizer(test_items(case, run)[0][:16]).float()
+    inputs = run.normalizer(stored_test_items(case, run)[0][:16]).float()
     reference = _trained_logits(result, member, inputs)
     for fmt in formats:
         out = tmp_path / fmt
@@ -405,7 +405,7 @@ def test_predict_gives_the_summary_scores_and_the_cli_the_same_classes(case, tra
 
     result = trained(case)
     run = load_run(result.run_dir)
-    x, y = test_items(case, run)
+    x, y = stored_test_items(case, run)
     summary = result.summary
 
     def top1(probabilities):
