@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transfer", ("transfer",)),  # backbones, feature caches, alignment: used by the transfer recipe
     ("recipes", ("recipes",)),
     ("user inputs", ("user_inputs",)),  # members and data given from Python, merged into a config
-    ("run reader", ("run_reader",)),  # a finished run read back from its directory
+    ("run reader", ("run_reader", "predict")),  # a finished run read back from its directory; its predictions
     ("api", ("api",)),  # train, prepare_run, load_run
     ("layer listing", ("layer_list",)),  # the readable layers of a config's members
     ("evaluate", ("evaluate",)),  # after-training metrics of a run

@@ -255,11 +255,16 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
     }
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None):
+def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
+             members: Optional[dict[str, Any]] = None):
     """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
-    the dataset, the eval-mode members with their final weights and roles, and streams over the splits
-    (``peerlearn.run_reader``). It unpacks as ``config, data, run``. With ``command`` (an after-training
-    command's name), a run whose recipe does not list it in ``Recipe.commands`` is refused (ConfigError)."""
+    the eval-mode members with their final weights and roles, the input pipeline and class names, the
+    dataset (read on first use; data given from Python is not stored with the run) and streams over the splits
+    (``peerlearn.run_reader``). ``run.predict(inputs)`` gives class probabilities (``peerlearn.predict``).
+    It unpacks as ``config, data, run``. With ``command`` (an after-training command's name), a run whose recipe
+    does not list it in ``Recipe.commands`` is refused (ConfigError). ``members`` gives again, by name, modules
+    from Python that the run cannot rebuild by itself (recorded as ``python-object:``); their weights come from
+    the run."""
     from peerlearn.run_reader import read_run
 
-    return read_run(run_dir, device=device, command=command)
+    return read_run(run_dir, device=device, command=command, members=members)

@@ -166,11 +166,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from peerlearn.evaluate.printing import format_evaluation
     from peerlearn.evaluate.runner import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, members=args.member)
+    if args.label is not None and args.data is None:
+        raise ConfigError("--label names the label column of --data (a CSV file); give --data too.")
+    result = evaluate_run(args.run_dir, split=args.split, members=args.member, data=args.data,
+                          label_column=args.label)
     if args.json:
         _print_json(result)
     else:
         print(format_evaluation(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`peerlearn predict RUN_DIR INPUT`: one CSV row per input (predicted class and probability)."""
+    from peerlearn.api import resolve_device
+    from peerlearn.engine.run_dir import write_text_file
+    from peerlearn.predict import predict_path, predictions_csv
+    from peerlearn.run_reader import read_run
+
+    run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict")
+    predictions = predict_path(run, args.input, member=args.member, batch_size=args.batch_size,
+                               progress=args.progress)
+    text = predictions_csv(predictions, every_class=args.probabilities)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_text_file(args.out, text)
+    except OSError as error:
+        from peerlearn.errors import ResourceError
+
+        raise ResourceError(f"Cannot write {args.out!r}: {error.strerror or error}.") from None
+    counts: dict[str, int] = {}
+    for name in predictions.predicted:
+        counts[name] = counts.get(name, 0) + 1
+    common = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    print(f"{len(predictions.names)} inputs predicted by {predictions.predicted_by} ({common}): {args.out}")
     return 0
 
 
@@ -224,6 +255,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": cmd_analyze,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
+    "predict": cmd_predict,
     "export": cmd_export,
     "probe": cmd_probe,
     "sql": cmd_sql,
@@ -344,6 +376,30 @@ def build_parser() -> argparse.ArgumentParser:
                                           "rank-1/5/10 and mAP per member and for the cohort's concatenated "
                                           "features. Saved as RUN_DIR/evaluation_<split>.json.")
     add_run_split_member_json(evaluate, split="test", json_help="print JSON instead of tables")
+    evaluate.add_argument("--data", default=None, metavar="PATH",
+                          help="score the run on other labelled data instead of a split: a folder of images with one "
+                               "subfolder per class (image runs), or a CSV file with the run's feature columns and a "
+                               "label column (tabular runs); saved as RUN_DIR/evaluation_data.json")
+    evaluate.add_argument("--label", default=None, metavar="COLUMN",
+                          help="with --data CSV: the label column (default: the one the run was trained with)")
+
+    predict = sub.add_parser("predict", help="class probabilities of new images or table rows, as CSV",
+                             description="Predict the class of each input with a run's ensemble (its students) or "
+                                         "one member, after the run's own preprocessing (decoding, resize, "
+                                         "normalisation). INPUT is an image file, a folder of images (searched "
+                                         "recursively) or, for runs on tables, a CSV file with the run's feature "
+                                         "columns. Each CSV row names the input, the predicted class and its "
+                                         "probability. A wrong input (size, channels, missing columns, unreadable "
+                                         "file) stops with exit 2, naming it.")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    predict.add_argument("input", metavar="INPUT", help="an image file, a folder of images, or a CSV file")
+    predict.add_argument("--out", default=None, help="CSV file to write (default: print the CSV)")
+    predict.add_argument("--member", default=None, help="predict with this member (default: the run's ensemble)")
+    predict.add_argument("--probabilities", action="store_true", help="add one column p_<class> per class")
+    predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    predict.add_argument("--batch-size", type=int, default=256, help="inputs per batch (default 256)")
+    predict.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                         help="a progress bar on stderr (auto: only on a terminal)")
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "

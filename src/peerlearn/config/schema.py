@@ -202,7 +202,10 @@ class MemberConfig(Section):
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
     optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this member")
     schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
-    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running code) or a peerlearn run directory")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running "
+                                                     "code; a plain state_dict of your own network needs no key "
+                                                     "prefix), a peerlearn run directory (its member of this name, "
+                                                     "or its only one) or RUN_DIR:member")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
     max_norm: Optional[float] = Field(
         None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "

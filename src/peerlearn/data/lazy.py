@@ -139,22 +139,9 @@ class _Reader(Dataset):
 
 
 def streamed_channel_stats(items: LazyItems) -> tuple[list[float], list[float]]:
-    """Per-channel (images) or per-feature mean and std of every item, in one streamed pass.
+    """Per-channel (images) or per-feature mean and std of every item, in one streamed pass: the same
+    computation as for in-memory data (``peerlearn.data.statistics.input_statistics``)."""
+    from peerlearn.data.statistics import input_statistics
 
-    Sums of x and x² are kept in float64; uint8 images are in 0..1 units (x / 255), as for in-memory data.
-    std is the unbiased estimate, floored at 1e-6.
-    """
-    image = items.dim() == 4
-    total = total_sq = None
-    count = 0
-    for chunk in items.chunks():
-        values = chunk.double()
-        if chunk.dtype == torch.uint8:
-            values = values / 255.0
-        values = values.transpose(0, 1).reshape(values.shape[1], -1) if image else values.reshape(len(values), -1).T
-        total = values.sum(1) if total is None else total + values.sum(1)
-        total_sq = (values * values).sum(1) if total_sq is None else total_sq + (values * values).sum(1)
-        count += values.shape[1]
-    mean = total / count
-    var = (total_sq - count * mean * mean) / max(count - 1, 1)
-    return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
+    stats = input_statistics(items)
+    return stats.mean, stats.std

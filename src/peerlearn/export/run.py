@@ -35,8 +35,22 @@ class ExportResult:
     info: dict[str, Any]
 
 
+def stored_random_inputs(run, items: int, native: bool = False) -> torch.Tensor:
+    """``items`` seeded random inputs in the run's stored form (uint8 pixels, or values in the recorded range)."""
+    pipeline = run.pipeline
+    generator = torch.Generator().manual_seed(0)
+    shape = (items, *pipeline.shape)
+    if pipeline.is_image and (pipeline.dtype == "uint8" or native):
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    low, high = pipeline.value_range or (-1.0, 1.0)
+    return low + (high - low) * torch.rand(shape, generator=generator)
+
+
 def check_batch(run, items: int) -> tuple[torch.Tensor, str]:
-    """The first ``items`` items of the test split (else val, else train), preprocessed as in training."""
+    """The first ``items`` items of the test split (else val, else train), preprocessed as in training; for a
+    run whose data was given from Python (not stored with it), seeded random inputs ("random")."""
+    if not run.has_data:
+        return run.normalizer(stored_random_inputs(run, items).to(run.device)).float().cpu().contiguous(), "random"
     for split in ("test", "val", "train"):
         data_split = run.split(split, items)
         if len(data_split):
@@ -111,13 +125,21 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         raise ExportUsageError(f"{name!r} is an auxiliary module whose predictions combine several of the run's "
                                "modules; export it as onnx or torchscript (one self-contained graph).")
     model = participant.predictor.eval().cpu()
+    description = run.description  # the recorded inputs; the training data is read only for the check items
     if raw_input is not None:
-        if not run.data.is_image:
+        if not description.is_image:
             raise ExportUsageError("--raw-input is for image data; this run's inputs are feature vectors.")
-        inputs, resized, split = raw_check_batch(run.config, check_items, raw_input)
+        if run.pipeline.dtype != "uint8":
+            raise ExportUsageError("--raw-input takes uint8 images, but this run was trained on float images "
+                                   "given from Python; export without --raw-input.")
+        if run.has_data:
+            inputs, resized, split = raw_check_batch(run.config, check_items, raw_input)
+        else:
+            resized, split = stored_random_inputs(run, check_items), "random"
+            inputs = resized.permute(0, 2, 3, 1).contiguous() if raw_input == "nhwc" else resized
         with torch.no_grad():
             reference = model(run.normalizer(resized).float()).cpu().numpy()
-        model = RawImageModel(model, run.data.mean, run.data.std, run.config.data.image_size, raw_input).eval()
+        model = RawImageModel(model, description.mean, description.std, run.config.data.image_size, raw_input).eval()
     else:
         inputs, split = check_batch(run, check_items)
         with torch.no_grad():
@@ -131,7 +153,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     model_path = target / f"{name}{formats.SUFFIX[fmt]}"
     info_path = target / f"{model_path.name}.json"
     network = run.cohort[name].info["network"]
-    info = export_info(run.data, name, network.get("model", network["kind"]), network.get("model_args", {}), fmt,
+    info = export_info(description, name, network.get("model", network["kind"]), network.get("model_args", {}), fmt,
                        model_path.name, str(run_dir))
     info["network"] = network  # how peerlearn.run_reader.build_network rebuilds it (safetensors)
     if raw_input is not None:

@@ -13,16 +13,16 @@ from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
 from peerlearn.data.user import WithBatchTransform
-from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
 from peerlearn.engine.trainer import Callback, Stage, Trainer, check_finite
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
 from peerlearn.models.user import HookedModel, build_from_python
+from peerlearn.engine.initial_weights import member_weights, saved_members  # noqa: F401 (saved_members: re-exported)
 from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
 
@@ -51,7 +51,7 @@ class Recipe:
     section_model: type | None = None  # the settings' schema (a peerlearn.config.Section subclass)
     supports_fused = False
     supports_distributed = False
-    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
+    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export", "predict")
 
     @classmethod
     def validate(cls, config: RunConfig, data: DataBundle) -> None:
@@ -495,43 +495,19 @@ class Recipe:
         return {"early_stopping": self.early_stopping.summary()}
 
 
-def saved_members(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> list[str]:
-    """Members of a peerlearn weights file (keys ``<member>.<parameter>``) whose tensors fit ``model_keys``;
-    empty for a plain state dict."""
-    if set(tensors) & model_keys:
-        return []
-    prefixes = dict.fromkeys(k.split(".", 1)[0] for k in tensors if "." in k)
-    return [p for p in prefixes if {k[len(p) + 1:] for k in tensors if k.startswith(p + ".")} & model_keys]
-
-
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
-    """Initial weights from a .safetensors file, or from a peerlearn run directory (member ``name``)."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
-                          "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")
-    try:
-        tensors = load_weights(path)
-    except ConfigError:
-        raise
-    except PeerlearnError as error:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
-    prefix = f"{name}."
-    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    saved = saved_members(tensors, set(model.state_dict()))
-    if not own and saved:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} holds the weights of "
-                          f"member(s) {', '.join(saved)}, none named {name!r}; name members.{index} after the saved "
-                          f"member (name: {saved[0]}).")
-    state = own or tensors
+    """Initial weights of member ``name``: a run directory (its member of that name, or its only one),
+    ``RUN_DIR:member``, a .safetensors file or a weights-only .pt file, peerlearn's or the plain state dict of
+    the network itself (``peerlearn.engine.initial_weights``)."""
+    key = f"members.{index}.weights"
+    state, path = member_weights(source, name, model, key)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches
         detail = str(error).strip().splitlines()[-1].strip()
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit the model of "
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit the model of "
                           f"member {name!r} ({detail}).") from None
     if missing:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
-                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit model "
+                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}"
+                          f"{f' (the file has e.g. {unexpected[:3]})' if unexpected else ''}.")
