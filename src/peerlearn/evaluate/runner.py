@@ -23,6 +23,8 @@ from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
+from peerlearn.command_options import member_names
+from peerlearn.safe_write import check_writable, write_file
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -107,6 +109,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
 
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
     run = load_run(run_dir, device=device, command="evaluate")
     data = run.data
     names = select_members(run, members)
@@ -120,5 +125,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "retrieval": retrieval_section(run, names),
     }
     if save:
-        (Path(run_dir) / f"evaluation_{split}.json").write_text(json.dumps(result, indent=2))
+        write_file(Path(run_dir) / f"evaluation_{split}.json", json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
     return result
