@@ -138,9 +138,16 @@ def build_array(path: Path, files: list[Path], shape: tuple[int, int, int],
 
 def write_manifest(path: Path, manifest: dict) -> None:
     """The manifest JSON, atomically (temporary file + rename)."""
-    from peerlearn.engine.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(json.dumps(manifest, indent=1))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def stale_reason(path: Path, manifest_path: Path, files: list[Path], expected_bytes: int, threads: int
