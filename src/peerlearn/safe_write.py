@@ -86,9 +86,8 @@ def _relative_parts(folder: Path, root: Path) -> tuple[str, ...]:
 
 def _open_folder(folder: Path, root: Path) -> int:
     """A descriptor of ``folder``, reached from ``root`` one component at a time without following a link
-    (created where missing). ``root`` itself is the user's choice and may be a link. Other failures stay
-    ``OSError``."""
-    Path(root).mkdir(parents=True, exist_ok=True)
+    (created where missing). ``root`` itself must exist; it is the user's choice and may be a link. Other
+    failures stay ``OSError``."""
     fd = os.open(root, _DIR_FLAGS)
     try:
         here = Path(root)
@@ -117,7 +116,6 @@ def _open_folder(folder: Path, root: Path) -> int:
 def _check_folder_by_path(folder: Path, root: Path) -> None:
     """Where descriptors cannot name folders (Windows): the same rule, checked on paths."""
     here = Path(root)
-    here.mkdir(parents=True, exist_ok=True)
     for part in _relative_parts(folder, root):
         here = here / part
         if os.path.islink(here):
@@ -125,11 +123,14 @@ def _check_folder_by_path(folder: Path, root: Path) -> None:
         here.mkdir(exist_ok=True)
 
 
-def ensure_folder(folder: Union[str, Path], root: Union[str, Path, None] = None) -> Path:
-    """Make ``folder`` (inside ``root``; itself when None) a real folder: a link on the way is refused."""
+def ensure_folder(folder: Union[str, Path], root: Union[str, Path, None] = None, create_root: bool = False) -> Path:
+    """Make ``folder`` (inside ``root``; itself when None) a real folder: a link on the way is refused.
+    ``root`` must exist, or is made (with its parents) when ``create_root``: for a folder the user named."""
     folder = Path(folder)
     root = Path(root) if root is not None else folder
     try:
+        if create_root:
+            root.mkdir(parents=True, exist_ok=True)
         if _DIR_FDS:
             os.close(_open_folder(folder, root))
         else:
@@ -141,7 +142,10 @@ def ensure_folder(folder: Union[str, Path], root: Union[str, Path, None] = None)
 
 def check_writable(folder: Union[str, Path], what: str = "run directory") -> None:
     """Fail before the work when ``folder`` cannot take a file: a real write, since permission bits say
-    nothing on a read-only mount or for root."""
+    nothing on a read-only mount or for root. A folder that does not exist is left to the reader of the
+    run, which names it better."""
+    if not Path(folder).is_dir():
+        return
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".peerlearn-probe-"):
             pass

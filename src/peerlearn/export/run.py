@@ -114,12 +114,12 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ExportUsageError(f"--out {str(out)!r} is a file; name a folder (it is made if missing).")
     run_dir = Path(run_dir)
+    run = load_run(run_dir, device="cpu", command="export")
     # the files go into RUN_DIR/export or the folder the user named, never through a link on the way
     root = Path(out) if out is not None else run_dir
     target = Path(out) if out is not None else run_dir / "export"
-    ensure_folder(target, root)
+    ensure_folder(target, root, create_root=out is not None)
     check_writable(target, "export folder")
-    run = load_run(run_dir, device="cpu", command="export")
     name = choose_member(run.cohort, member)
     model = run.cohort[name].model.eval().cpu()
     if raw_input is not None:

@@ -116,8 +116,9 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     plots.pyplot()  # fail before the slow part when matplotlib is missing
     target, root = output_and_root(paths, out)
     figure = FigureWriter(target, figures, root)
-    ensure_folder(target.parent, root)  # a link on the way is refused before the slow part
-    check_writable(target.parent, "report's folder")
+    if out is not None or root.is_dir():  # (a missing run directory is named by the run reader)
+        ensure_folder(target.parent, root, create_root=out is not None)  # a link is refused before the slow part
+        check_writable(target.parent, "report's folder")
     runs = [collect_run(path, options) for path in paths]
     groups = label_and_group(runs)
     page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
