@@ -181,13 +181,15 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
         if resume is not None and is_main:
             lock = RunLock(Path(resume)).acquire()
             remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
-            if change_records:
-                from peerlearn.engine.resume import record_changes
+        # Data, device and members are set up before a change is recorded: a change refused there (say
+        # train.device=cuda on a machine without one) must leave config.yaml and the checkpoint as they were.
+        data, device, recipe = prepare_run(run_config, distributed, user)
+        if change_records and is_main:
+            from peerlearn.engine.resume import record_changes
 
-                record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
+            record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
         if change_records and distributed is not None:
             distributed.barrier()  # every process loads the checkpoint with the changes recorded
-        data, device, recipe = prepare_run(run_config, distributed, user)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
             run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))

@@ -180,8 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """`peerlearn predict RUN_DIR INPUT`: one CSV row per input (predicted class and probability)."""
     from peerlearn.api import resolve_device
-    from peerlearn.engine.run_dir import write_text_file
     from peerlearn.predict import predict_path, predictions_csv
+    from peerlearn.safe_write import write_file
     from peerlearn.run_reader import read_run
 
     run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict")
@@ -191,12 +191,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
         return 0
-    try:
-        write_text_file(args.out, text)
-    except OSError as error:
-        from peerlearn.errors import ResourceError
-
-        raise ResourceError(f"Cannot write {args.out!r}: {error.strerror or error}.") from None
+    write_file(args.out, text, what="the predictions")  # atomic, never through a link (exit 4 on a full disk)
     counts: dict[str, int] = {}
     for name in predictions.predicted:
         counts[name] = counts.get(name, 0) + 1

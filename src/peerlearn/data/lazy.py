@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from peerlearn.data.workers import worker_options
+
 from peerlearn.errors import DataError
 
 
@@ -121,7 +123,7 @@ class LazyItems:
         batches = [torch.arange(i, min(i + size, len(self))) for i in range(0, len(self), size)]
         # an own generator: the loader's worker seed must not be drawn from (and advance) the global RNG
         loader = DataLoader(_Reader(self), sampler=batches, batch_size=None, num_workers=self.workers,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), **worker_options(self.workers))
         yield from loader
 
 

@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs
-from peerlearn.engine.run_dir import write_text_file
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
+from peerlearn.command_options import member_names
+from peerlearn.safe_write import check_writable, write_file
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -117,6 +118,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         return evaluate_on_data(run_dir, data, members, device, save, label_column)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
     run = load_run(run_dir, device=device, command="evaluate")
     data = run.data
     names = select_members(run, members)
@@ -130,7 +134,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "retrieval": retrieval_section(run, names),
     }
     if save:
-        write_text_file(Path(run_dir) / f"evaluation_{split}.json", json.dumps(result, indent=2))
+        write_file(Path(run_dir) / f"evaluation_{split}.json", json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
     return result
 
 
@@ -140,6 +145,9 @@ def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | No
     from peerlearn.api import load_run
     from peerlearn.predict import labelled_inputs
 
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
     run = load_run(run_dir, device=device, command="evaluate")
     names = select_members(run, members)
     x, y, where = labelled_inputs(run, data, label_column)
@@ -154,5 +162,6 @@ def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | No
         "retrieval": None,
     }
     if save:
-        write_text_file(Path(run_dir) / "evaluation_data.json", json.dumps(result, indent=2))
+        write_file(Path(run_dir) / "evaluation_data.json", json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
     return result

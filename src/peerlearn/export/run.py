@@ -14,6 +14,7 @@ from peerlearn.export.check import TOLERANCE, ExportError, check_outputs
 from peerlearn.export.preprocessing import export_info
 from peerlearn.export.raw_input import LAYOUTS, RawImageModel, describe_raw_input, raw_check_batch
 from peerlearn.progress import Mode, progress_bar
+from peerlearn.safe_write import check_writable, disk_error_in, ensure_folder, staged_files, write_failure
 
 
 class ExportUsageError(ExportError):
@@ -95,7 +96,9 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
                   raw_input: Optional[str] = None) -> ExportResult:
     """Write member ``member`` of the run in ``run_dir`` as ``fmt`` into ``out`` (default RUN_DIR/export),
     with ``<file>.json`` beside it; the written file is run again on ``check_items`` test items and its
-    logits must match PyTorch's to max |Δ| < ``tolerance``, else the file is removed and ExportError raised.
+    logits must match PyTorch's to max |Δ| < ``tolerance``, else ExportError is raised and nothing is written.
+    The files are written and checked in a private staging folder inside ``out`` and then renamed into place
+    (``peerlearn.safe_write``): never through a link, never outside ``out`` (or RUN_DIR), no partial file.
 
     ``raw_input`` ("nchw" or "nhwc", images only, onnx and torchscript): the exported model takes the source's
     uint8 images and does the training pipeline's resize and normalisation itself (``RawImageModel``); the
@@ -107,6 +110,10 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         raise ExportUsageError(f"Unknown export format {fmt!r}; allowed: {', '.join(formats.FORMATS)}.")
     if exporter not in formats.EXPORTERS:
         raise ExportUsageError(f"Unknown ONNX exporter {exporter!r}; allowed: {', '.join(formats.EXPORTERS)}.")
+    if isinstance(check_items, bool) or not isinstance(check_items, int):
+        raise ExportUsageError(f"--check-items must be an integer, got {check_items!r}.")
+    if progress not in ("auto", "on", "off", True, False, None):
+        raise ExportUsageError(f"--progress must be one of auto, on, off, got {progress!r}.")
     if check_items < 1:
         raise ExportUsageError(f"--check-items must be at least 1, got {check_items}.")
     if raw_input is not None and raw_input not in LAYOUTS:
@@ -114,8 +121,19 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     if raw_input is not None and fmt == "safetensors":
         raise ExportUsageError("--raw-input puts the preprocessing into a graph: use --format onnx or torchscript "
                                "(safetensors holds the weights only).")
+    if member is not None and (not isinstance(member, str) or not member.strip()):
+        raise ExportUsageError(f"--member must name a member, got {member!r}.")
+    if not isinstance(tolerance, (int, float)) or not 0 < tolerance < float("inf"):
+        raise ExportUsageError(f"the tolerance must be a finite number > 0, got {tolerance!r}.")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ExportUsageError(f"--out {str(out)!r} is a file; name a folder (it is made if missing).")
     run_dir = Path(run_dir)
     run = load_run(run_dir, device="cpu", command="export")
+    # the files go into RUN_DIR/export or the folder the user named, never through a link on the way
+    root = Path(out) if out is not None else run_dir
+    target = Path(out) if out is not None else run_dir / "export"
+    ensure_folder(target, root, create_root=out is not None)
+    check_writable(target, "export folder")
     name = choose_member(run.cohort, member)
     participant = run.cohort[name]
     if participant.predictor is None:
@@ -145,11 +163,6 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         with torch.no_grad():
             reference = model(inputs).cpu().numpy()
 
-    target = Path(out) if out is not None else run_dir / "export"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportUsageError(f"Cannot create the output folder {str(target)!r}: {error.strerror}.") from None
     model_path = target / f"{name}{formats.SUFFIX[fmt]}"
     info_path = target / f"{model_path.name}.json"
     network = run.cohort[name].info["network"]
@@ -164,32 +177,44 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
         example = example.repeat(2, *[1] * (example.dim() - 1))
 
     bar = progress_bar(total=2, desc=f"export {name} ({fmt})", mode=progress)
+    names = [model_path.name, formats.external_data_path(model_path).name, info_path.name]  # the JSON last
     try:
-        if fmt == "onnx":
-            info["onnx"] = formats.save_onnx(model, example, model_path, exporter)
-        elif fmt == "torchscript":
-            formats.save_torchscript(model, example, model_path)
-        else:
-            formats.save_safetensors(model, model_path, {"member": name, "network": json.dumps(network)})
-        bar.update(1)
-        info_path.write_text(json.dumps(info, indent=2))  # the safetensors reload reads it
-        if fmt == "onnx":
-            candidate, runtime = formats.run_onnx(model_path, inputs), "onnxruntime"
-        elif fmt == "torchscript":
-            candidate, runtime = formats.run_torchscript(model_path, inputs), "torch.jit.load"
-        else:
-            candidate, runtime = run_exported_safetensors(info_path, inputs), "peerlearn.run_reader + safetensors"
-        diff = check_outputs(reference, candidate, tolerance, what=f"{fmt} export of member {name!r}")
-        bar.update(1)
-    except BaseException:
-        model_path.unlink(missing_ok=True)
-        formats.external_data_path(model_path).unlink(missing_ok=True)
-        info_path.unlink(missing_ok=True)
+        with staged_files(target, root) as stage:  # written and checked in private, then renamed into place
+            diff, runtime = _write_and_check(model, example, inputs, reference, fmt, exporter, tolerance, name,
+                                             network, info, stage / names[0], stage / names[2], bar)
+            info["check"] = {"split": split, "items": len(inputs), "max_abs_diff": diff, "tolerance": tolerance,
+                             "runtime": runtime}
+            info["files"] = [n for n in names if (stage / n).exists()]
+            (stage / names[2]).write_text(json.dumps(info, indent=2))
+            stage.publish(names)
+    except BaseException as error:
+        disk = disk_error_in(error)
+        if disk is not None:
+            raise write_failure(disk, model_path, "the export") from None
         raise
     finally:
         bar.close()
-    info["check"] = {"split": split, "items": len(inputs), "max_abs_diff": diff, "tolerance": tolerance,
-                     "runtime": runtime}
-    info["files"] = [p.name for p in (model_path, formats.external_data_path(model_path), info_path) if p.exists()]
-    info_path.write_text(json.dumps(info, indent=2))
     return ExportResult(name, fmt, model_path, info_path, diff, tolerance, len(inputs), split, info)
+
+
+def _write_and_check(model, example, inputs, reference, fmt, exporter, tolerance, name, network, info,
+                     model_path: Path, info_path: Path, bar) -> tuple[float, str]:
+    """Write the model (and its JSON, which the safetensors reload reads) and run the written file again:
+    max |Δ logits| against ``reference`` and the runtime that computed it."""
+    if fmt == "onnx":
+        info["onnx"] = formats.save_onnx(model, example, model_path, exporter)
+    elif fmt == "torchscript":
+        formats.save_torchscript(model, example, model_path)
+    else:
+        formats.save_safetensors(model, model_path, {"member": name, "network": json.dumps(network)})
+    bar.update(1)
+    info_path.write_text(json.dumps(info, indent=2))
+    if fmt == "onnx":
+        candidate, runtime = formats.run_onnx(model_path, inputs), "onnxruntime"
+    elif fmt == "torchscript":
+        candidate, runtime = formats.run_torchscript(model_path, inputs), "torch.jit.load"
+    else:
+        candidate, runtime = run_exported_safetensors(info_path, inputs), "peerlearn.run_reader + safetensors"
+    diff = check_outputs(reference, candidate, tolerance, what=f"{fmt} export of member {name!r}")
+    bar.update(1)
+    return diff, runtime
