@@ -23,6 +23,8 @@ REQUIRED = {"export": ["--format", "safetensors"]}
 BAD_NUMBERS = ["nan", "inf", "-inf", "1e999", "-1", "abc"]
 TEXT_CASES = {  # options that take text: (command, option) -> values it must refuse
     ("evaluate", "--member"): [""],
+    ("evaluate", "--data"): ["no-such-folder-or.csv"],
+    ("evaluate", "--label"): [""],
     ("analyze", "--member"): [" "],
     ("report", "--tsne-member"): [""],
     ("report", "--title"): ["x" * 5000],

@@ -279,7 +279,7 @@ def labelled_inputs(run, data: Any, label_column: Optional[str] = None) -> tuple
     if _is_path(data):
         path = Path(data)
         if not path.exists():
-            raise DataError(f"The data {str(path)!r} does not exist.")
+            raise DataError(f"The labelled data {str(path)!r} (evaluate --data, or data= from Python) does not exist.")
         if pipeline.is_image:
             return _image_folder(pipeline, path, classes) + (str(path),)
         return _labelled_table(pipeline, path, classes, label_column) + (str(path),)
