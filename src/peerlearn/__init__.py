@@ -12,11 +12,12 @@ from peerlearn.data.user import UserData  # noqa: E402
 from peerlearn.models import available_models, create_model  # noqa: E402
 
 
-def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True) -> dict:
+def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True,
+                 trust_code: bool = False) -> dict:
     """Metrics of a finished run (see ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
-    return run(run_dir, split=split, members=members, device=device, save=save)
+    return run(run_dir, split=split, members=members, device=device, save=save, trust_code=trust_code)
 
 
 def analyze_run(run_dir, **options) -> dict:

@@ -38,7 +38,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.run_record import RUN_RECORD_NAME
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.run_checks import check_record
-from peerlearn.trust import (RunRecords, config_references, read_records, reading, require_trusted_code,
+from peerlearn.trust import (RunRecords, config_references, needs_trust, read_records, reading, require_trusted_code,
                              require_trusted_references, trusting_code)
 
 CONFIG_NAME = "config.yaml"
@@ -184,6 +184,26 @@ def record_references(record: dict[str, Any]) -> list[tuple[str, str]]:
     for index, member in enumerate(record["members"]):
         found += network_references(member["network"], f"run.json members.{index}.network")
     return found
+
+
+def code_references(run_dir: Union[str, Path]) -> list[tuple[str, str]]:
+    """The code a run names (run.json when it is well formed, and config.yaml), for ``peerlearn trust`` to show
+    what the user accepts. Nothing is imported."""
+    from peerlearn.config.loading import read_config_file
+
+    run_dir = Path(run_dir)
+    found: list[tuple[str, str]] = []
+    try:
+        record = json.loads((run_dir / RUN_RECORD_NAME).read_text(encoding="utf-8"))
+        check_record(record, run_dir / RUN_RECORD_NAME)
+        found += record_references(record)
+    except (OSError, ValueError, ConfigError):
+        pass  # no run.json, or one that a read would refuse anyway
+    try:
+        found += [(ref, f"config.yaml {key}") for ref, key in config_references(read_config_file(run_dir / CONFIG_NAME))]
+    except ConfigError:
+        pass
+    return [item for item in dict.fromkeys(found) if needs_trust(item[0])]
 
 
 # --------------------------------------------------------------------------- the loaded run

@@ -71,14 +71,21 @@ def separability_by_depth(model: torch.nn.Module, train_stream: BatchStream, tes
 
 
 def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "test", limit: Optional[int] = 5000,
-              pool: int = 2, C: float = 1.0, max_iter: int = 500) -> dict[str, Any]:
+              pool: int = 2, C: float = 1.0, max_iter: int = 500, trust_code: bool = False) -> dict[str, Any]:
     """The separability table of a finished run's member (first by default); saved as probe.json.
 
     The probe is fitted on the first ``limit`` training items and scored on ``split`` ('val' or 'test').
+    ``trust_code``: see ``peerlearn.load_run``.
     """
     from peerlearn.api import load_run
+    from peerlearn.evaluate.options import check_count, check_positive, check_split
 
-    run = load_run(run_dir, command="probe")
+    check_split("--split", split, ("val", "test"))
+    check_count("--limit", limit, optional=True)
+    check_count("--pool", pool)
+    check_positive("--C", C)
+    check_count("max_iter", max_iter)
+    run = load_run(run_dir, command="probe", trust_code=trust_code)
     names = run.cohort.names
     name = member or names[0]
     if name not in names:

@@ -92,7 +92,7 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
-                 device: str = "cpu", save: bool = True) -> dict[str, Any]:
+                 device: str = "cpu", save: bool = True, trust_code: bool = False) -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
 
     Returns (and saves as ``RUN_DIR/evaluation_<split>.json``)::
@@ -102,12 +102,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
                                                    per_class: [...], confusion: [[...]]}} or None,
          "retrieval": {"query_items", "gallery_items",
                        "scores": {member or "cohort": {cmc: {rank1, rank5, rank10}, map, queries, skipped}}} or None}
+
+    ``trust_code``: see ``peerlearn.load_run``.
     """
     from peerlearn.api import load_run
+    from peerlearn.evaluate.options import check_members
 
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    run = load_run(run_dir, device=device, command="evaluate")
+    check_members("--member", members)
+    run = load_run(run_dir, device=device, command="evaluate", trust_code=trust_code)
     data = run.data
     names = select_members(run, members)
     result = {

@@ -25,6 +25,7 @@ from peerlearn.models.registry import accepts_option
 from peerlearn.models.user import HookedModel, build_from_python
 from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
+from peerlearn.trust import read_records
 
 
 def member_seed(seed: int, index: int) -> int:
@@ -333,6 +334,11 @@ def load_member_weights(model: torch.nn.Module, source: str, name: str, index: i
     path = Path(source)
     if path.is_dir():
         path = path / "model.safetensors"
+        if path.is_file():  # a run's weights are the ones it wrote (peerlearn.trust)
+            try:
+                read_records(path.parent).check(path.name)
+            except ConfigError as error:
+                raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
     if not path.is_file():
         raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
                           "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")

@@ -89,9 +89,10 @@ def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: F
 
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
                  options: Optional[ReportOptions] = None, title: str = "peerlearn report",
-                 figures: str = "png") -> Path:
+                 figures: str = "png", trust_code: bool = False) -> Path:
     """Analyse every run in ``run_dirs`` and write the HTML report; return its path. ``figures`` svg or pdf
-    also writes every figure as a file in ``<report stem>_figures/`` beside the page."""
+    also writes every figure as a file in ``<report stem>_figures/`` beside the page. ``trust_code``: see
+    ``peerlearn.load_run``."""
     options = options or ReportOptions()
     options.check()
     paths = [Path(d) for d in run_dirs]
@@ -102,7 +103,7 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     if target.is_dir():
         target = target / REPORT_NAME
     figure = FigureWriter(target, figures)
-    runs = [collect_run(path, options) for path in paths]
+    runs = [collect_run(path, options, trust_code) for path in paths]
     groups = label_and_group(runs)
     page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
     try:

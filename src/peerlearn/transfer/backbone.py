@@ -7,6 +7,7 @@ only, so a downloaded file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +21,7 @@ from peerlearn.engine.run_record import registry_network
 from peerlearn.errors import ConfigError
 from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
+from peerlearn.trust import read_records, reading, require_trusted_code, run_is_trusted
 
 TIMM_PREFIX = "timm:"
 
@@ -126,6 +128,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         return load_timm(spec, index, data_kwargs["in_channels"])
     path = Path(spec.source)
     model_name, model_args, member = spec.model, spec.model_args, spec.member
+    source_run = None  # the run directory the architecture is read from, when it is one
     if path.is_dir():
         run_config = path / "config.yaml"
         weights = path / "model.safetensors"
@@ -134,6 +137,12 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
                               "must be a finished peerlearn run (config.yaml and model.safetensors).")
         from peerlearn.config import load_config
 
+        try:  # the source run's files are the ones it wrote (peerlearn.trust)
+            records = read_records(path)
+            records.check("config.yaml")
+            records.check("model.safetensors")
+        except ConfigError as error:
+            raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
         source_config = load_config(run_config)
         members = {m.name: m for m in source_config.members}
         chosen = members.get(member) if member else source_config.members[0]
@@ -141,6 +150,10 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
             raise ConfigError(f"Invalid config: key '{_where(index)}.member' has the value {member!r}; the run "
                               f"{spec.source!r} has members: {', '.join(members)}.")
         member = chosen.name
+        if model_name is None:  # the architecture is read from the source run: code it names needs trust
+            source_run = path
+            require_trusted_code(chosen.model, f"its config.yaml members.{source_config.members.index(chosen)}.model, "
+                                 f"used by {_where(index)}.source", run_is_trusted(path), run_dir=path)
         model_name = model_name or chosen.model
         model_args = chosen.model_args if model_args is None else model_args
         path = weights
@@ -156,8 +169,11 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         classifier = tensors_try.get("classifier.weight")
         tensors = tensors_try
     source_classes = int(classifier.shape[0]) if classifier is not None else data_kwargs["num_classes"]
+    scope = (reading(run_is_trusted(source_run), f"the transfer source run {str(source_run)!r}", source_run)
+             if source_run is not None else contextlib.nullcontext())
     try:
-        model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
+        with scope:
+            model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"Invalid config: key '{_where(index)}.model': {error}.") from None
     tensors = _strip_member(tensors, set(model.state_dict()))
