@@ -36,7 +36,7 @@ from peerlearn.data.bundle import DataBundle, Split
 from peerlearn.engine.checkpoint import load_state, load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.run_record import RUN_RECORD_NAME
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError, DataError, PeerlearnError
 from peerlearn.run_checks import check_record
 from peerlearn.trust import (RunRecords, config_references, needs_trust, read_records, reading, require_trusted_code,
                              require_trusted_references, trusting_code)
@@ -306,7 +306,7 @@ class RunReader:
             checkpoint = self.run_dir / CHECKPOINT_NAME
             if checkpoint.is_file():
                 self._check(CHECKPOINT_NAME)
-                state = load_state(checkpoint)
+                state = _damaged_as_config_error(load_state, checkpoint)
                 record = state.get("run") if isinstance(state, dict) else None
                 path = checkpoint
         if not record:
@@ -320,7 +320,7 @@ class RunReader:
         final = self.run_dir / WEIGHTS_NAME
         if final.is_file():
             self._check(WEIGHTS_NAME)
-            return {name: load_weights(final, name) for name in names}, final
+            return {name: _damaged_as_config_error(load_weights, final, name) for name in names}, final
         if self.records is not None and self.records.recorded(WEIGHTS_NAME):
             raise ConfigError(f"The run {str(self.run_dir)!r} recorded its final weights {WEIGHTS_NAME}, which are "
                               "gone; restore them (the last checkpoint may hold other weights).")
@@ -329,7 +329,7 @@ class RunReader:
             raise PeerlearnError(f"The run {str(self.run_dir)!r} has neither {WEIGHTS_NAME} nor a checkpoint: "
                                  "nothing was trained yet.")
         self._check(CHECKPOINT_NAME)
-        state = load_state(checkpoint)
+        state = _damaged_as_config_error(load_state, checkpoint)
         members = state.get("members") if isinstance(state, dict) else None
         if not isinstance(members, dict) or not all(isinstance(members.get(n), dict)
                                                     and isinstance(members[n].get("model"), dict) for n in names):
@@ -377,7 +377,7 @@ class RunReader:
         data = load_data(data_config, seed=recorded["seed"])
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
         if recorded.get("sizes", sizes) != sizes:
-            raise PeerlearnError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
+            raise DataError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
                                  f"{str(self.run_dir)!r} was trained and scored on {recorded['sizes']}: its files "
                                  "changed since; evaluate with the dataset the run was trained on.")
         normalization = recorded["normalization"]
@@ -406,8 +406,9 @@ class RunReader:
             try:
                 model.load_state_dict(states[entry["name"]])
             except RuntimeError as error:
-                raise PeerlearnError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
-                                     f"recorded network: {str(error).strip().splitlines()[0]}") from None
+                raise ConfigError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
+                                  f"recorded network: {str(error).strip().splitlines()[0]}. Restore a good copy of "
+                                  "the run.") from None
             model.to(self.device).eval()
             members.append(Member(entry["name"], model, trainable=entry["role"] == "student",
                                   info={"role": entry["role"], "network": entry["network"]}))
@@ -445,6 +446,17 @@ class RunReader:
         normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)
         return LoadedRun(self.run_dir, record, config, data, cohort, normalizer, self.device, source,
                          roles={m["name"]: m["role"] for m in record["members"]})
+
+
+def _damaged_as_config_error(read, *args):
+    """``read(*args)`` of a run's weights file; a file that cannot be read (damaged, though it matches its
+    recorded hash: accepted with ``peerlearn trust``) is exit 2, like any damaged run file."""
+    try:
+        return read(*args)
+    except ConfigError:
+        raise
+    except PeerlearnError as error:
+        raise ConfigError(f"{error} Restore a good copy of the run.") from None
 
 
 def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
