@@ -294,7 +294,7 @@ class RunReader:
     def record(self) -> dict[str, Any]:
         """run.json (checked: hash, format and shape), or the copy inside the checkpoint when run.json is missing."""
         path = self.run_dir / RUN_RECORD_NAME
-        record = None
+        record: Any = None
         if path.is_file():
             self._check(RUN_RECORD_NAME)
             try:
@@ -302,6 +302,8 @@ class RunReader:
             except (OSError, ValueError) as error:
                 raise ConfigError(f"Cannot read {str(path)!r}: {error}; it is damaged. Restore a good copy of "
                                   "the run.") from None
+            check_record(record, path)
+            return record
         else:
             checkpoint = self.run_dir / CHECKPOINT_NAME
             if checkpoint.is_file():
@@ -309,7 +311,7 @@ class RunReader:
                 state = _damaged_as_config_error(load_state, checkpoint)
                 record = state.get("run") if isinstance(state, dict) else None
                 path = checkpoint
-        if not record:
+        if record is None:
             raise PeerlearnError(f"The run {str(self.run_dir)!r} has no {RUN_RECORD_NAME} (it was made by an older "
                                  "peerlearn, or stopped before its first checkpoint); train it again to read it.")
         check_record(record, path)
@@ -414,6 +416,16 @@ class RunReader:
                                   info={"role": entry["role"], "network": entry["network"]}))
         return Cohort(members), source
 
+    def _check_agreement(self, record: dict[str, Any], config) -> None:
+        """config.yaml and run.json describe the same run: the same recipe and member names."""
+        recorded = [m["name"] for m in record["members"]]
+        configured = [m.name for m in config.members]
+        if config.recipe != record["recipe"] or not set(recorded) <= set(configured):
+            raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} and {str(self.run_dir / RUN_RECORD_NAME)!r} "
+                              f"describe different runs (recipe {config.recipe!r} with members "
+                              f"{', '.join(configured)} against recipe {record['recipe']!r} with members "
+                              f"{', '.join(recorded)}); one of them was replaced. Restore a good copy of the run.")
+
     def trusted(self) -> bool:
         """Whether the run's code may be imported: ``trust_code``/``--trust-code``, or signed with this user's key."""
         if self.records is None:
@@ -441,6 +453,7 @@ class RunReader:
             if command is not None:
                 check_command(record, recipe, command, self.run_dir)
             config = self.config(record, recipe)
+            self._check_agreement(record, config)
             data = self.data(record, config)
             cohort, source = self.cohort(record)
         normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)
