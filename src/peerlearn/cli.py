@@ -59,7 +59,8 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         check_distributed_config(config, nproc)
     timeout = (load_config(args.config, args.overrides) if args.resume is None
                else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
-    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change,
+                                         args.trust_code), nproc,
                         grace_seconds=min(timeout, 30.0))
 
 
