@@ -62,7 +62,8 @@ def damaged_versions(name: str, data: bytes) -> Iterator[tuple[str, bytes]]:
                             ("a number", "7")):
             yield f"holding {label}", text.encode()
     elif name.endswith(".jsonl"):
-        yield "holding wrong types", b'{"kind": "train", "epoch": "x", "loss": [1]}\n[]\n"x"\n{"kind": "eval", "epoch": 1, "val": 5}\n'
+        yield "holding wrong types", (b'{"kind": "train", "epoch": "x", "loss": [1]}\n[]\n"x"\n'
+                                      b'{"kind": "eval", "epoch": 1, "val": 5}\n')
     else:
         yield "holding text", b'{"not": "safetensors"}'
 

@@ -200,7 +200,8 @@ def code_references(run_dir: Union[str, Path]) -> list[tuple[str, str]]:
     except (OSError, ValueError, ConfigError):
         pass  # no run.json, or one that a read would refuse anyway
     try:
-        found += [(ref, f"config.yaml {key}") for ref, key in config_references(read_config_file(run_dir / CONFIG_NAME))]
+        tree = read_config_file(run_dir / CONFIG_NAME)
+        found += [(ref, f"config.yaml {key}") for ref, key in config_references(tree)]
     except ConfigError:
         pass
     return [item for item in dict.fromkeys(found) if needs_trust(item[0])]
@@ -421,8 +422,8 @@ class RunReader:
         recorded = [m["name"] for m in record["members"]]
         configured = [m.name for m in config.members]
         if config.recipe != record["recipe"] or not set(recorded) <= set(configured):
-            raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} and {str(self.run_dir / RUN_RECORD_NAME)!r} "
-                              f"describe different runs (recipe {config.recipe!r} with members "
+            raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} and "
+                              f"{str(self.run_dir / RUN_RECORD_NAME)!r} describe different runs (recipe {config.recipe!r} with members "
                               f"{', '.join(configured)} against recipe {record['recipe']!r} with members "
                               f"{', '.join(recorded)}); one of them was replaced. Restore a good copy of the run.")
 

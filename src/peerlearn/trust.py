@@ -92,8 +92,9 @@ def _read_key(path: Path) -> bytes:
         info = path.stat()
         text = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"Cannot read your peerlearn signing key {str(path)!r} ({error}). Fix it, or delete it to "
-                          f"make a new one (runs signed with the old key then need `peerlearn trust RUN_DIR`).") from None
+        raise ConfigError(f"Cannot read your peerlearn signing key {str(path)!r} ({error}). Fix it, or delete it "
+                          "to make a new one (runs signed with the old key then need `peerlearn trust RUN_DIR`).") \
+            from None
     if os.name == "posix" and (info.st_mode & 0o077 or info.st_uid != os.geteuid()):
         raise ConfigError(f"Your peerlearn signing key {str(path)!r} is readable or writable by other users (mode "
                           f"{oct(info.st_mode & 0o777)}) or owned by another user: anyone who can read it can make "
