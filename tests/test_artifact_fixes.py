@@ -94,7 +94,11 @@ def test_reading_a_run_whose_dataset_changed_or_that_has_no_record_is_a_clear_er
     record = json.loads((changed / "run.json").read_text())
     record["data"]["sizes"]["test"] += 1
     (changed / "run.json").write_text(json.dumps(record))
-    assert main(["evaluate", str(changed)]) == 1
+    assert main(["evaluate", str(changed)]) == 2  # the edit is caught by run.json's recorded hash
+    assert "does not match the SHA-256 recorded" in capsys.readouterr().err
+    assert main(["trust", str(changed)]) == 0  # accepted as deliberate: the dataset check then speaks
+    capsys.readouterr()
+    assert main(["evaluate", str(changed)]) == 2
     assert "files changed since" in capsys.readouterr().err
     older = Path(shutil.copytree(source_run.run_dir, tmp_path / "older"))
     (older / "run.json").unlink()

@@ -14,12 +14,13 @@ from peerlearn.models.taps import LayerTaps  # noqa: E402
 
 
 def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True, data=None,
-                 label_column=None) -> dict:
+                 label_column=None, trust_code: bool = False) -> dict:
     """Metrics of a finished run on one of its splits, or on other labelled ``data`` (see
     ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
-    return run(run_dir, split=split, members=members, device=device, save=save, data=data, label_column=label_column)
+    return run(run_dir, split=split, members=members, device=device, save=save, data=data, label_column=label_column,
+               trust_code=trust_code)
 
 
 def analyze_run(run_dir, **options) -> dict:

@@ -36,7 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_train_local(args)
     if args.nproc is not None:
         raise PeerlearnError("--nproc needs --launcher local (or start the processes with torchrun).")
-    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides, changes=args.change)
+    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides, changes=args.change,
+                   trust_code=args.trust_code)
     if os.environ.get("RANK", "0") == "0":  # in a distributed run only rank 0 reports
         print(format_summary(result.summary))
         print(f"\nrun directory: {result.run_dir}")
@@ -58,7 +59,8 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         check_distributed_config(config, nproc)
     timeout = (load_config(args.config, args.overrides) if args.resume is None
                else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
-    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change,
+                                         args.trust_code), nproc,
                         grace_seconds=min(timeout, 30.0))
 
 
@@ -140,7 +142,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from peerlearn.tables import format_table
 
     result = analyze_run(args.run_dir, split=args.split, sigmas=args.sigmas, draws=args.draws, limit=args.limit,
-                         members=args.member, tsne_items=args.tsne_items, perplexity=args.perplexity)
+                         members=args.member, tsne_items=args.tsne_items, perplexity=args.perplexity,
+                         trust_code=args.trust_code)
     if args.json:
         _print_json(result)
         return 0
@@ -169,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.label is not None and args.data is None:
         raise ConfigError("--label names the label column of --data (a CSV file); give --data too.")
     result = evaluate_run(args.run_dir, split=args.split, members=args.member, data=args.data,
-                          label_column=args.label)
+                          label_column=args.label, trust_code=args.trust_code)
     if args.json:
         _print_json(result)
     else:
@@ -206,7 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(split=args.split, limit=args.limit, flatness_items=args.flatness_items,
                             sigmas=tuple(args.sigmas), draws=args.draws, tsne_items=args.tsne_items,
                             tsne_members=args.tsne_member, progress=args.progress)
-    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures)
+    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures,
+                        trust_code=args.trust_code)
     print(f"report written to {path}")
     return 0
 
@@ -216,7 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_member(args.run_dir, member=args.member, fmt=args.format, out=args.out,
                            exporter=args.exporter, check_items=args.check_items, progress=args.progress,
-                           raw_input=args.raw_input)
+                           raw_input=args.raw_input, trust_code=args.trust_code)
     print(f"exported member {result.member!r} as {result.format}: {result.model_path}")
     print(f"files written: {', '.join(result.info['files'])}")
     print(f"preprocessing and class names: {result.info_path}")
@@ -229,7 +233,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from peerlearn.evaluate.probe import probe_run
     from peerlearn.tables import format_table
 
-    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C)
+    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C,
+                       trust_code=args.trust_code)
     if args.json:
         _print_json(result)
         return 0
@@ -237,6 +242,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(f"linear probe of member {result['member']!r} on {result['pool']}x{result['pool']}-averaged features "
           f"(scored on {result['split']})")
     print(format_table(["depth", "features", "train acc %", f"{result['split']} acc %"], rows))
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """`peerlearn trust RUN_DIR ...`: record each run's files as they are now and sign them with your key."""
+    from peerlearn.run_reader import code_references
+    from peerlearn.trust import sign_run
+
+    for run_dir in args.run_dirs:
+        hashes = sign_run(run_dir)
+        code = code_references(run_dir)
+        print(f"trusted {run_dir}: recorded {', '.join(sorted(hashes))}")
+        print(f"  code it names: {'; '.join(f'{ref} ({where})' for ref, where in code) if code else 'none'}")
     return 0
 
 
@@ -254,6 +272,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "probe": cmd_probe,
     "sql": cmd_sql,
+    "trust": cmd_trust,
 }
 
 
@@ -263,6 +282,15 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
     parser.add_argument("--split", default=split, choices=["train", "val", "test"])
     parser.add_argument("--member", action="append", help="only this member (repeatable)")
     parser.add_argument("--json", action="store_true", help=json_help)
+    add_trust_code(parser)
+
+
+TRUST_CODE_HELP = ("import the code the run names (a package.module:callable model, a factory, a recipe class) "
+                   "although it is not signed with your key; see `peerlearn trust` and docs/reliability.md")
+
+
+def add_trust_code(parser: argparse.ArgumentParser, help: str = TRUST_CODE_HELP) -> None:
+    parser.add_argument("--trust-code", action="store_true", help=help)
 
 
 OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
@@ -317,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
     train.add_argument("--nproc", type=int, default=None, metavar="P",
                        help="processes for --launcher local (default: one per member)")
+    add_trust_code(train, "let the runs this training reads (--resume RUN_DIR, transfer sources) name code "
+                          "although they are not signed with your key")
 
     config = sub.add_parser("config", help="print the resolved, validated config as YAML",
                             description="Read CONFIG (or the defaults), apply the overrides, validate, and print "
@@ -420,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "default: the first two)")
     report.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress bars (auto: only on a terminal)")
+    add_trust_code(report)
 
     export = sub.add_parser("export", help="export one member as ONNX, TorchScript or safetensors",
                             description="Export a member of a finished run for inference. The model is checked "
@@ -439,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
     export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress bars (auto: only on a terminal)")
+    add_trust_code(export)
 
     probe = sub.add_parser("probe", help="linear separability of each block's features (layerwise_cnn runs)",
                            description="Fit a linear classifier (logistic regression) on the spatially averaged "
@@ -451,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--pool", type=int, default=2, help="average each map to POOL x POOL (default 2)")
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_code(probe)
+
+    trust = sub.add_parser("trust", help="accept a run: record its files as they are and trust the code it names",
+                           description="Sign RUN_DIR with your key after you looked at it (a run someone sent you, or "
+                                       "one you edited on purpose): its files' SHA-256 are recorded again in "
+                                       "RUN_DIR/signature.json, so later reads accept them, and the code it names "
+                                       "(package.module:callable models, factories, recipe classes, listed below) "
+                                       "may be imported without --trust-code. Runs you train are signed already. "
+                                       "See docs/reliability.md.")
+    trust.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to trust")
 
     add_sql_parser(sub)
     return parser

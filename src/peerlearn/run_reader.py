@@ -16,6 +16,15 @@ setup: no recipe is constructed, no teacher or backbone file is opened, no featu
   reading its splits is a ``DataError`` that says to score the run on labelled data instead.
 * members given from Python as modules that the run cannot rebuild (``python-object:`` names) are passed
   again as ``members={name: module}``; their weights are loaded from the run.
+* inputs: the dataset is read from its source with the recorded data settings and seed (so the same
+  validation and test items), and normalised with the recorded statistics.
+
+Before any of it, the run is checked (``peerlearn.trust``): every file read must match the SHA-256 the run
+recorded in ``signature.json``, and ``run.json`` must have the known format and shape
+(``peerlearn.run_checks``); otherwise exit 2 naming the file. Code the run names (a ``package.module:callable``
+model, a model factory, an unregistered recipe class) is imported only when the run is signed with this
+user's key or the caller trusts it (``trust_code=True``, ``--trust-code``): all of it is listed and refused
+before anything is imported.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.run_record import RUN_RECORD_NAME
 from peerlearn.data.user import PYTHON_SOURCE
 from peerlearn.errors import ConfigError, DataError, PeerlearnError
+from peerlearn.run_checks import check_record
+from peerlearn.trust import (RunRecords, config_references, needs_trust, read_records, reading, require_trusted_code,
+                             require_trusted_references, trusting_code)
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
@@ -43,12 +55,14 @@ SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- networks
-def _import_factory(location: str, name: str):
-    """Import the module of a registered builder (``module:qualname``); importing it usually registers it."""
+def _import_factory(location: str, name: str, where: str = "run.json"):
+    """Import the module of a registered builder (``module:qualname``); importing it usually registers it.
+    Refused unless what is being read is trusted (``peerlearn.trust.require_trusted_code``)."""
+    require_trusted_code(location, where)
     module_name, _, qualname = location.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except Exception as error:  # ImportError, or any error the module raises while it is imported
         raise PeerlearnError(
             f"The run's model {name!r} was registered from Python by {location!r}, which cannot be imported here "
             f"({error}). Put that module on PYTHONPATH (or register the model before loading the run).") from None
@@ -65,7 +79,7 @@ def ensure_registered(network: dict[str, Any]) -> None:
     name, location = network["model"], network.get("factory")
     if name in available_models() or not location:
         return
-    builder = _import_factory(location, name)
+    builder = _import_factory(location, name, f"run.json: the factory of model {name!r}")
     if name in available_models():
         return
     if not callable(builder) or location.split(":", 1)[0] == "__main__":
@@ -84,8 +98,9 @@ def recipe_of(record: dict[str, Any]):
         return get_recipe(name)
     if not location or location.split(":", 1)[0] == "__main__":
         return None
+    require_trusted_code(location, "run.json: recipe_class")  # refused, never ignored, when not trusted
     try:
-        recipe = _import_factory(location, name)
+        recipe = _import_factory(location, name, "run.json: recipe_class")
     except PeerlearnError:
         return None
     if not isinstance(recipe, type):
@@ -117,6 +132,7 @@ def build_network(network: dict[str, Any]) -> nn.Module:
     if kind == "registry":
         from peerlearn.models import create_model
 
+        require_trusted_code(network["model"], "a recorded network's model")
         ensure_registered(network)
         model = create_model(network["model"], **network["shape_args"], **network["model_args"])
         for key, value in network.get("attributes", {}).items():
@@ -150,6 +166,57 @@ def build_network(network: dict[str, Any]) -> nn.Module:
 
         return Recipe.build_view(build_network(network["owner"]), network["view"]).eval()
     raise PeerlearnError(f"Unknown network kind {kind!r} in the run record; this peerlearn cannot rebuild it.")
+
+
+def network_references(network: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """(reference, where) of the code a recorded network would import: a ``package.module:callable`` model, or
+    the factory of a model name that is not registered in this process."""
+    from peerlearn.models.registry import available_models
+
+    if network.get("kind") == "transfer":
+        return [ref for index, backbone in enumerate(network["backbones"])
+                for ref in network_references(backbone, f"{where}.backbones.{index}")]
+    if network.get("kind") != "registry":
+        return []
+    found = [(network["model"], f"{where}.model")]
+    if network["model"] not in available_models() and network.get("factory"):
+        found.append((network["factory"], f"{where}.factory"))
+    return found
+
+
+def record_references(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every reference to code in a (checked) run record: the members' networks and an unregistered recipe."""
+    from peerlearn.recipes import RECIPE_NAMES
+
+    found = []
+    location = record.get("recipe_class")
+    if record["recipe"] not in RECIPE_NAMES and location and location.split(":", 1)[0] != "__main__":
+        found.append((location, "run.json recipe_class"))
+    for index, member in enumerate(record["members"]):
+        if "network" in member:  # auxiliaries and views are rebuilt by the recipe (a reference itself)
+            found += network_references(member["network"], f"run.json members.{index}.network")
+    return found
+
+
+def code_references(run_dir: Union[str, Path]) -> list[tuple[str, str]]:
+    """The code a run names (run.json when it is well formed, and config.yaml), for ``peerlearn trust`` to show
+    what the user accepts. Nothing is imported."""
+    from peerlearn.config.loading import read_config_file
+
+    run_dir = Path(run_dir)
+    found: list[tuple[str, str]] = []
+    try:
+        record = json.loads((run_dir / RUN_RECORD_NAME).read_text(encoding="utf-8"))
+        check_record(record, run_dir / RUN_RECORD_NAME)
+        found += record_references(record)
+    except (OSError, ValueError, ConfigError):
+        pass  # no run.json, or one that a read would refuse anyway
+    try:
+        tree = read_config_file(run_dir / CONFIG_NAME)
+        found += [(ref, f"config.yaml {key}") for ref, key in config_references(tree)]
+    except ConfigError:
+        pass
+    return [item for item in dict.fromkeys(found) if needs_trust(item[0])]
 
 
 # --------------------------------------------------------------------------- the loaded run
@@ -266,41 +333,72 @@ class LoadedRun:
 
 
 class RunReader:
-    """Reads ``run_dir`` from what it recorded about itself. ``read()`` gives a ``LoadedRun``."""
+    """Reads ``run_dir`` from what it recorded about itself. ``read()`` gives a ``LoadedRun``.
 
-    def __init__(self, run_dir: Union[str, Path], device: str = "cpu", members: Optional[dict[str, nn.Module]] = None):
+    ``trust_code``: import the code the run names although it is not signed with this user's key."""
+
+    def __init__(self, run_dir: Union[str, Path], device: str = "cpu", members: Optional[dict[str, nn.Module]] = None,
+                 trust_code: bool = False):
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.members = dict(members or {})  # networks given from Python (modules the run cannot rebuild itself)
+        self.trust_code = trust_code
+        self.records: Optional[RunRecords] = None  # the recorded hashes, read by ``read``
         if not (self.run_dir / CONFIG_NAME).is_file():
             raise PeerlearnError(f"{str(self.run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
 
+    def _check(self, name: str) -> None:
+        """The file ``name`` must match its recorded hash (exit 2 otherwise)."""
+        if self.records is None:
+            self.records = read_records(self.run_dir)
+        self.records.check(name)
+
     def record(self) -> dict[str, Any]:
-        """run.json, or the copy inside the checkpoint when run.json is missing."""
+        """run.json (checked: hash, format and shape), or the copy inside the checkpoint when run.json is missing."""
         path = self.run_dir / RUN_RECORD_NAME
+        record: Any = None
         if path.is_file():
+            self._check(RUN_RECORD_NAME)
             try:
-                return json.loads(path.read_text())
+                record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as error:
-                raise PeerlearnError(f"Cannot read {str(path)!r}: {error}.") from None
-        checkpoint = self.run_dir / CHECKPOINT_NAME
-        if checkpoint.is_file():
-            record = load_state(checkpoint).get("run")
-            if record:
-                return record
-        raise PeerlearnError(f"The run {str(self.run_dir)!r} has no {RUN_RECORD_NAME} (it was made by an older "
-                             "peerlearn, or stopped before its first checkpoint); train it again to read it.")
+                raise ConfigError(f"Cannot read {str(path)!r}: {error}; it is damaged. Restore a good copy of "
+                                  "the run.") from None
+            check_record(record, path)
+            return record
+        else:
+            checkpoint = self.run_dir / CHECKPOINT_NAME
+            if checkpoint.is_file():
+                self._check(CHECKPOINT_NAME)
+                state = _damaged_as_config_error(load_state, checkpoint)
+                record = state.get("run") if isinstance(state, dict) else None
+                path = checkpoint
+        if record is None:
+            raise PeerlearnError(f"The run {str(self.run_dir)!r} has no {RUN_RECORD_NAME} (it was made by an older "
+                                 "peerlearn, or stopped before its first checkpoint); train it again to read it.")
+        check_record(record, path)
+        return record
 
     def weights(self, names: Sequence[str]) -> tuple[dict[str, dict[str, torch.Tensor]], Path]:
         """Each member's final weights: model.safetensors, else (an interrupted run) the last checkpoint's."""
         final = self.run_dir / WEIGHTS_NAME
         if final.is_file():
-            return {name: load_weights(final, name) for name in names}, final
+            self._check(WEIGHTS_NAME)
+            return {name: _damaged_as_config_error(load_weights, final, name) for name in names}, final
+        if self.records is not None and self.records.recorded(WEIGHTS_NAME):
+            raise ConfigError(f"The run {str(self.run_dir)!r} recorded its final weights {WEIGHTS_NAME}, which are "
+                              "gone; restore them (the last checkpoint may hold other weights).")
         checkpoint = self.run_dir / CHECKPOINT_NAME
         if not checkpoint.is_file():
             raise PeerlearnError(f"The run {str(self.run_dir)!r} has neither {WEIGHTS_NAME} nor a checkpoint: "
                                  "nothing was trained yet.")
-        members = load_state(checkpoint)["members"]
+        self._check(CHECKPOINT_NAME)
+        state = _damaged_as_config_error(load_state, checkpoint)
+        members = state.get("members") if isinstance(state, dict) else None
+        if not isinstance(members, dict) or not all(isinstance(members.get(n), dict)
+                                                    and isinstance(members[n].get("model"), dict) for n in names):
+            raise ConfigError(f"The checkpoint {str(checkpoint)!r} holds no weights of the members "
+                              f"{', '.join(names)} that run.json names; restore a good copy of the run.")
         return {name: members[name]["model"] for name in names}, checkpoint
 
     def config(self, record: dict[str, Any], recipe):
@@ -316,14 +414,19 @@ class RunReader:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
         overrides = [f"train.device={self.device}"]
-        if recipe is not None:
-            return load_config(self.run_dir / CONFIG_NAME, overrides)
-        tree = read_config_file(self.run_dir / CONFIG_NAME)
-        known = {**RunConfig.model_fields, **RECIPE_SECTIONS}
-        return load_config({key: value for key, value in tree.items() if key in known}, overrides)
+        try:
+            if recipe is not None:
+                return load_config(self.run_dir / CONFIG_NAME, overrides)
+            tree = read_config_file(self.run_dir / CONFIG_NAME)
+            known = {**RunConfig.model_fields, **RECIPE_SECTIONS}
+            return load_config({key: value for key, value in tree.items() if key in known}, overrides)
+        except ConfigError as error:
+            raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} cannot be used: {error}") from None
 
     def data(self, record: dict[str, Any], config) -> DataBundle:
         """The dataset read from its source with the recorded settings; the recorded statistics and classes."""
+        from pydantic import ValidationError
+
         from peerlearn.data.prepare import load_data
 
         recorded = record["data"]
@@ -332,14 +435,29 @@ class RunReader:
                             "which is not stored with it. Prediction needs none of it (run.predict(...), peerlearn "
                             "predict RUN_DIR INPUT); to score the run, give labelled data: peerlearn evaluate RUN_DIR "
                             "--data PATH (an image folder or a CSV file), or evaluate_run(RUN_DIR, data=(x, y)).")
-        data_config = type(config.data).model_validate(recorded["config"])
+        where = f"The run record {str(self.run_dir / RUN_RECORD_NAME)!r}"
+        try:
+            data_config = type(config.data).model_validate(recorded["config"])
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first.get("loc", ()))
+            raise ConfigError(f"{where} is damaged: key 'data.config.{key}': {first.get('msg')}. Restore a good "
+                              "copy of the run.") from None
         data = load_data(data_config, seed=recorded["seed"])
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
         if recorded.get("sizes", sizes) != sizes:
-            raise PeerlearnError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
+            raise DataError(f"The dataset {recorded['source']!r} read now has splits of {sizes} items, but the run "
                                  f"{str(self.run_dir)!r} was trained and scored on {recorded['sizes']}: its files "
                                  "changed since; evaluate with the dataset the run was trained on.")
-        data.mean, data.std = list(recorded["normalization"]["mean"]), list(recorded["normalization"]["std"])
+        normalization = recorded["normalization"]
+        if len(normalization["mean"]) != len(data.mean):
+            raise ConfigError(f"{where} is damaged: key 'data.normalization.mean' holds {len(normalization['mean'])} "
+                              f"numbers, but the dataset has {len(data.mean)} channels or features. Restore a good "
+                              "copy of the run.")
+        if len(recorded["class_names"]) != data.num_classes:
+            raise ConfigError(f"{where} is damaged: key 'data.class_names' names {len(recorded['class_names'])} "
+                              f"classes, but the dataset has {data.num_classes}. Restore a good copy of the run.")
+        data.mean, data.std = list(normalization["mean"]), list(normalization["std"])
         data.class_names = list(recorded["class_names"])
         return data
 
@@ -363,20 +481,26 @@ class RunReader:
         for entry in rows:
             if "view" in entry:
                 continue
-            if entry.get("role") == "auxiliary":
-                if recipe is None:
-                    raise PeerlearnError(f"The run's auxiliary module {entry['name']!r} is rebuilt by its recipe "
-                                         f"{record.get('recipe')!r}, which cannot be found here.")
-                model = recipe.build_auxiliary(entry["name"], entry.get("module", {}))
-            elif entry["name"] in self.members:
-                model = self.given_network(entry["name"])
-            else:
-                model = build_network(entry["network"])
+            try:
+                if entry.get("role") == "auxiliary":
+                    if recipe is None:
+                        raise PeerlearnError(f"The run's auxiliary module {entry['name']!r} is rebuilt by its recipe "
+                                             f"{record.get('recipe')!r}, which cannot be found here.")
+                    model = recipe.build_auxiliary(entry["name"], entry.get("module", {}))
+                elif entry["name"] in self.members:
+                    model = self.given_network(entry["name"])
+                else:
+                    model = build_network(entry["network"])
+            except (TypeError, ValueError, KeyError) as error:  # recorded arguments the builder does not take
+                raise ConfigError(f"The recorded network of member {entry['name']!r} in "
+                                  f"{str(self.run_dir / RUN_RECORD_NAME)!r} cannot be built: {error}. Restore a "
+                                  "good copy of the run.") from None
             try:
                 model.load_state_dict(states[entry["name"]])
             except RuntimeError as error:
-                raise PeerlearnError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
-                                     f"recorded network: {str(error).strip().splitlines()[0]}") from None
+                raise ConfigError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
+                                  f"recorded network: {str(error).strip().splitlines()[0]}. Restore a good copy of "
+                                  "the run.") from None
             model.to(self.device).eval()
             modules[entry["name"]] = model
             kind = "auxiliary" if entry.get("role") == "auxiliary" else "network"
@@ -413,16 +537,45 @@ class RunReader:
             raise ConfigError(f"members[{name!r}] is a {type(network).__name__}; give the torch.nn.Module the run "
                               "trained (its weights are loaded from the run).")
         return network if isinstance(network, PeerModel) else HookedModel(network)
+    def _check_agreement(self, record: dict[str, Any], config) -> None:
+        """config.yaml and run.json describe the same run: the same recipe and member names."""
+        recorded = [m["name"] for m in record["members"] if "network" in m]  # auxiliaries and views are the recipe's
+        configured = [m.name for m in config.members]
+        if config.recipe != record["recipe"] or not set(recorded) <= set(configured):
+            raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} and "
+                              f"{str(self.run_dir / RUN_RECORD_NAME)!r} describe different runs (recipe {config.recipe!r} with members "
+                              f"{', '.join(configured)} against recipe {record['recipe']!r} with members "
+                              f"{', '.join(recorded)}); one of them was replaced. Restore a good copy of the run.")
+
+    def trusted(self) -> bool:
+        """Whether the run's code may be imported: ``trust_code``/``--trust-code``, or signed with this user's key."""
+        if self.records is None:
+            self.records = read_records(self.run_dir)
+        return self.trust_code or self.records.signed
 
     def read(self, command: Optional[str] = None) -> LoadedRun:
         """The run, read for ``command`` (e.g. "probe": refused unless the run's recipe lists it in
         ``Recipe.commands``; None: any use)."""
+        from peerlearn.config.loading import read_config_file
+
+        self.records = read_records(self.run_dir)
+        self._check(CONFIG_NAME)
         record = self.record()
-        recipe = recipe_of(record)
-        if command is not None:
-            check_command(record, recipe, command, self.run_dir)
-        config = self.config(record, recipe)
-        cohort, source = self.cohort(record, recipe)
+        trusted = self.trusted()
+        with trusting_code(self.trust_code), reading(trusted, f"the run {str(self.run_dir)!r}", self.run_dir):
+            try:
+                tree = read_config_file(self.run_dir / CONFIG_NAME)
+            except ConfigError as error:
+                raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} cannot be used: {error}") from None
+            references = record_references(record) + [(ref, f"config.yaml {key}")
+                                                      for ref, key in config_references(tree)]
+            require_trusted_references(references)  # all of them, before anything is imported
+            recipe = recipe_of(record)
+            if command is not None:
+                check_command(record, recipe, command, self.run_dir)
+            config = self.config(record, recipe)
+            self._check_agreement(record, config)
+            cohort, source = self.cohort(record, recipe)
         recorded = record["data"]
         normalizer = Normalizer(list(recorded["normalization"]["mean"]), list(recorded["normalization"]["std"]),
                                 self.device, recorded["input"]["kind"] == "image")
@@ -430,7 +583,18 @@ class RunReader:
                          self.device, source, roles={m["name"]: m["role"] for m in record["members"]})
 
 
+def _damaged_as_config_error(read, *args):
+    """``read(*args)`` of a run's weights file; a file that cannot be read (damaged, though it matches its
+    recorded hash: accepted with ``peerlearn trust``) is exit 2, like any damaged run file."""
+    try:
+        return read(*args)
+    except ConfigError:
+        raise
+    except PeerlearnError as error:
+        raise ConfigError(f"{error} Restore a good copy of the run.") from None
+
+
 def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
-             members: Optional[dict[str, nn.Module]] = None) -> LoadedRun:
-    """``RunReader(run_dir, device, members).read(command)``."""
-    return RunReader(run_dir, device, members).read(command)
+             members: Optional[dict[str, nn.Module]] = None, trust_code: bool = False) -> LoadedRun:
+    """``RunReader(run_dir, device, members, trust_code).read(command)``."""
+    return RunReader(run_dir, device, members, trust_code).read(command)

@@ -103,6 +103,13 @@ def member_weights(source: str, name: str, model: nn.Module, key: str) -> tuple[
     path, chosen = split_source(source)
     if path.is_dir():
         path = path / WEIGHTS_NAME
+        if path.is_file():  # a run's weights are the ones it wrote and recorded (peerlearn.trust)
+            from peerlearn.trust import read_records
+
+            try:
+                read_records(path.parent).check(path.name)
+            except ConfigError as error:
+                raise ConfigError(f"Invalid config: key {key!r}: {error}") from None
     if not path.is_file():
         raise ConfigError(f"Invalid config: key {key!r} has the value {source!r}, which is neither a .safetensors "
                           "(or .pt) file nor a peerlearn run directory holding model.safetensors (RUN_DIR or "

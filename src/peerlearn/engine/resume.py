@@ -33,6 +33,7 @@ from peerlearn.config import RunConfig, load_config
 from peerlearn.engine.run_dir import save_config
 from peerlearn.engine.checkpoint import load_checkpoint, load_state, save_state
 from peerlearn.errors import ConfigError
+from peerlearn.trust import record_files
 
 # dotted keys a resumed run may change; `*` stands for one key part (a member index, an option name)
 CHANGEABLE = (
@@ -124,6 +125,7 @@ def record_changes(config: RunConfig, records: list[dict[str, Any]], checkpoint:
     state["changes"] = list(state.get("changes", [])) + records
     save_state(checkpoint, state)
     save_config(config, config_path)
+    record_files(config_path.parent, checkpoint.name, config_path.name)
 
 
 def added_epochs(state: dict[str, Any], stages: list) -> Optional[dict[str, int]]:

@@ -27,10 +27,11 @@ from peerlearn.engine.guards import check_weights_finite, fresh_settings, refres
 from peerlearn.engine.resume import added_epochs
 from peerlearn.engine.last_evaluation import LastEvaluation
 from peerlearn.engine.preemption import StopSignals, preempted, requested_signal
-from peerlearn.engine.run_record import stage_record, write_run_record
+from peerlearn.engine.run_record import RUN_RECORD_NAME, stage_record, write_run_record
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import PeerlearnError, ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
+from peerlearn.trust import record_files
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 WEIGHTS_NAME = "model.safetensors"
@@ -221,6 +222,7 @@ class Trainer:
                 save_state(self.checkpoint_path, state)
                 if state["run"] is not None:
                     write_run_record(self.run_dir, state["run"])
+                record_files(self.run_dir, CHECKPOINT_NAME, RUN_RECORD_NAME)  # their hashes, signed (trust.py)
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
@@ -462,12 +464,13 @@ class Trainer:
         if self.is_main:
             try:
                 save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort.saved})
+                self.write_run_record(finished=True)
+                record_files(self.run_dir, WEIGHTS_NAME, RUN_RECORD_NAME)
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
-            self.write_run_record(finished=True)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 

@@ -74,10 +74,11 @@ def separability_by_depth(model: torch.nn.Module, train_stream: BatchStream, tes
 
 
 def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "test", limit: Optional[int] = 5000,
-              pool: int = 2, C: float = 1.0, max_iter: int = 500) -> dict[str, Any]:
+              pool: int = 2, C: float = 1.0, max_iter: int = 500, trust_code: bool = False) -> dict[str, Any]:
     """The separability table of a finished run's member (first by default); saved as probe.json.
 
     The probe is fitted on the first ``limit`` training items and scored on ``split`` ('val' or 'test').
+    ``trust_code``: see ``peerlearn.load_run``.
     """
     from peerlearn import command_options as options
     from peerlearn.api import load_run
@@ -93,7 +94,7 @@ def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "t
     if member is not None:
         options.member_names([member])
     check_writable(run_dir)  # before the work, not after it
-    run = load_run(run_dir, command="probe")
+    run = load_run(run_dir, command="probe", trust_code=trust_code)
     names = run.cohort.names
     name = member or names[0]
     if name not in names:

@@ -95,7 +95,7 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
                  device: str = "cpu", save: bool = True, data: Any = None,
-                 label_column: str | None = None) -> dict[str, Any]:
+                 label_column: str | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
 
     ``data`` scores the run on other labelled data instead of a split of its own (``split`` is then
@@ -111,17 +111,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
                                                    per_class: [...], confusion: [[...]]}} or None,
          "retrieval": {"query_items", "gallery_items",
                        "scores": {member or "cohort": {cmc: {rank1, rank5, rank10}, map, queries, skipped}}} or None}
+
+    ``trust_code``: see ``peerlearn.load_run``.
     """
     from peerlearn.api import load_run
 
     if data is not None:
-        return evaluate_on_data(run_dir, data, members, device, save, label_column)
+        return evaluate_on_data(run_dir, data, members, device, save, label_column, trust_code)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
     member_names(members)
     if save:
         check_writable(run_dir)  # before the work, not after it
-    run = load_run(run_dir, device=device, command="evaluate")
+    run = load_run(run_dir, device=device, command="evaluate", trust_code=trust_code)
     data = run.data
     names = select_members(run, members)
     result = {
@@ -140,7 +142,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
 
 
 def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | None = None, device: str = "cpu",
-                     save: bool = True, label_column: str | None = None) -> dict[str, Any]:
+                     save: bool = True, label_column: str | None = None, trust_code: bool = False) -> dict[str, Any]:
     """``evaluate_run`` on labelled data that is not one of the run's splits (see there)."""
     from peerlearn.api import load_run
     from peerlearn.predict import labelled_inputs
@@ -148,7 +150,7 @@ def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | No
     member_names(members)
     if save:
         check_writable(run_dir)  # before the work, not after it
-    run = load_run(run_dir, device=device, command="evaluate")
+    run = load_run(run_dir, device=device, command="evaluate", trust_code=trust_code)
     names = select_members(run, members)
     x, y, where = labelled_inputs(run, data, label_column)
     result = {

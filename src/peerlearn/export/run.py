@@ -59,24 +59,33 @@ def check_batch(run, items: int) -> tuple[torch.Tensor, str]:
     raise ExportError("The run's dataset has no items to check the export on.")
 
 
-def load_exported_safetensors(info_path: str | Path) -> torch.nn.Module:
-    """An exported member rebuilt from its JSON (the recorded network) and .safetensors file, in eval mode."""
+def load_exported_safetensors(info_path: str | Path, trust_code: bool = False) -> torch.nn.Module:
+    """An exported member rebuilt from its JSON (the recorded network) and .safetensors file, in eval mode.
+
+    The JSON is read, not run: code it names (a ``package.module:callable`` model or factory) is imported only
+    with ``trust_code=True`` (``peerlearn.trust``); zoo and timm models need no trust."""
     from safetensors.torch import load_file
 
-    from peerlearn.run_reader import build_network
+    from peerlearn.run_reader import build_network, network_references
+    from peerlearn.trust import reading, require_trusted_references, trusting_code
 
     info_path = Path(info_path)
     info = json.loads(info_path.read_text())
-    if "network" not in info:  # written before runs recorded their networks
-        return formats.load_safetensors_model(info_path)
-    model = build_network(info["network"])
+    with trusting_code(trust_code), reading(False, f"the exported model description {str(info_path)!r}"):
+        if "network" not in info:  # written before runs recorded their networks
+            model_name = info.get("model", {}).get("name") if isinstance(info.get("model"), dict) else None
+            require_trusted_references([(model_name, "model.name")] if isinstance(model_name, str) else [])
+            return formats.load_safetensors_model(info_path)
+        require_trusted_references(network_references(info["network"], "network"))
+        model = build_network(info["network"])
     model.load_state_dict(load_file(str(info_path.parent / info["model_file"])), strict=True)
     return model.eval()
 
 
 def run_exported_safetensors(info_path: Path, inputs: torch.Tensor):
+    """The check of a file this export just wrote from a run already read (and trusted, if it names code)."""
     with torch.no_grad():
-        return load_exported_safetensors(info_path)(inputs).cpu().numpy()
+        return load_exported_safetensors(info_path, trust_code=True)(inputs).cpu().numpy()
 
 
 def choose_member(cohort, member: Optional[str]) -> str:
@@ -93,7 +102,7 @@ def choose_member(cohort, member: Optional[str]) -> str:
 def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = "onnx",
                   out: Optional[str | Path] = None, exporter: str = "auto", check_items: int = 64,
                   tolerance: float = TOLERANCE, progress: Mode = "auto",
-                  raw_input: Optional[str] = None) -> ExportResult:
+                  raw_input: Optional[str] = None, trust_code: bool = False) -> ExportResult:
     """Write member ``member`` of the run in ``run_dir`` as ``fmt`` into ``out`` (default RUN_DIR/export),
     with ``<file>.json`` beside it; the written file is run again on ``check_items`` test items and its
     logits must match PyTorch's to max |Δ| < ``tolerance``, else ExportError is raised and nothing is written.
@@ -103,6 +112,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     ``raw_input`` ("nchw" or "nhwc", images only, onnx and torchscript): the exported model takes the source's
     uint8 images and does the training pipeline's resize and normalisation itself (``RawImageModel``); the
     check compares it on raw test images with PyTorch on the same images preprocessed by the training code.
+    ``trust_code``: see ``peerlearn.load_run``.
     """
     from peerlearn.api import load_run
 
@@ -128,7 +138,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ExportUsageError(f"--out {str(out)!r} is a file; name a folder (it is made if missing).")
     run_dir = Path(run_dir)
-    run = load_run(run_dir, device="cpu", command="export")
+    run = load_run(run_dir, device="cpu", command="export", trust_code=trust_code)
     # the files go into RUN_DIR/export or the folder the user named, never through a link on the way
     root = Path(out) if out is not None else run_dir
     target = Path(out) if out is not None else run_dir / "export"

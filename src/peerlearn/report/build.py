@@ -103,9 +103,10 @@ def output_and_root(run_dirs: Sequence[Path], out: Optional[str | Path]) -> tupl
 
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
                  options: Optional[ReportOptions] = None, title: str = "peerlearn report",
-                 figures: str = "png") -> Path:
+                 figures: str = "png", trust_code: bool = False) -> Path:
     """Analyse every run in ``run_dirs`` and write the HTML report; return its path. ``figures`` svg or pdf
-    also writes every figure as a file in ``<report stem>_figures/`` beside the page."""
+    also writes every figure as a file in ``<report stem>_figures/`` beside the page. ``trust_code``: see
+    ``peerlearn.load_run``."""
     options = options or ReportOptions()
     options.check()
     paths = [Path(d) for d in run_dirs]
@@ -119,7 +120,7 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     if out is not None or root.is_dir():  # (a missing run directory is named by the run reader)
         ensure_folder(target.parent, root, create_root=out is not None)  # a link is refused before the slow part
         check_writable(target.parent, "report's folder")
-    runs = [collect_run(path, options) for path in paths]
+    runs = [collect_run(path, options, trust_code) for path in paths]
     groups = label_and_group(runs)
     page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
     return write_file(target, page, root=root, what="the report")

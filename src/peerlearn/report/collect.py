@@ -10,6 +10,7 @@ of the penultimate features of up to two members. Every number comes from the fu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,13 +22,15 @@ import torch.nn.functional as F
 from peerlearn.api import SUMMARY_NAME, load_run
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.tracking import read_metrics
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.evaluate.analyses import cohort_flatness, item_entropy
 from peerlearn.evaluate.embedding import tsne_coordinates
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import confusion_matrix
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.progress import Mode, progress_bar
+from peerlearn.run_checks import check_summary
+from peerlearn.trust import read_records
 
 SPLITS = ("train", "val", "test")
 
@@ -93,18 +96,29 @@ class RunData:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json, checked against its recorded hash (peerlearn.trust) and its shape (exit 2 otherwise)."""
     path = Path(run_dir) / SUMMARY_NAME
     if not path.is_file():
         raise PeerlearnError(f"{str(run_dir)!r} has no {SUMMARY_NAME}: it is not a finished peerlearn run "
                              "(finish it with `peerlearn train --resume RUN_DIR`).")
-    return json.loads(path.read_text())
+    read_records(run_dir).check(SUMMARY_NAME)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"Cannot read {str(path)!r}: {error}; it is damaged. Restore a good copy of the run.") \
+            from None
+    check_summary(summary, path)
+    return summary
 
 
-def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
-    """Read and compute what the report shows about the run in ``run_dir``."""
+def collect_run(run_dir: str | Path, options: ReportOptions, trust_code: bool = False) -> RunData:
+    """Read and compute what the report shows about the run in ``run_dir`` (``trust_code``: see
+    ``peerlearn.load_run``)."""
     run_dir = Path(run_dir)
+    if not (run_dir / SUMMARY_NAME).is_file():
+        read_summary(run_dir)  # the message for an unfinished run
+    run = load_run(run_dir, command="report", trust_code=trust_code)
     summary = read_summary(run_dir)
-    run = load_run(run_dir, command="report")
     config, data, cohort = run.config, run.data, run.cohort
     names = cohort.names
     trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names

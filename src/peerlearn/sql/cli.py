@@ -26,6 +26,9 @@ def add_sql_parser(subparsers) -> argparse.ArgumentParser:
                         help="the model store (default: $PEERLEARN_MODELS, else ./models)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let TO TRAIN replace a model and TO PREDICT a table of the same name")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="let the statement's WITH clause and the stored models it reads name code (a "
+                             "package.module:callable model) although they are not yours; see docs/reliability.md")
     parser.add_argument("--demo-db", default=None, metavar="PATH",
                         help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit")
     return parser
@@ -45,6 +48,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
                           'TRAIN mutual LABEL cultivar INTO wine_dml" --db demo.db (or --demo-db PATH).')
     from peerlearn.sql.runner import run
 
-    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite)
+    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite,
+                 trust_code=args.trust_code)
     print(result.text)
     return 0

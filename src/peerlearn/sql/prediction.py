@@ -51,11 +51,13 @@ class StoredModel:
     label: str
 
 
-def load_model(store: ModelStore, name: str) -> StoredModel:
+def load_model(store: ModelStore, name: str, trust_code: bool = False) -> StoredModel:
+    """The stored model ``name`` read back (``peerlearn.load_run``: hashes checked; code it names imported only
+    when it is signed with your key or ``trust_code``)."""
     from peerlearn.api import load_run
 
     run_dir = store.require(name)
-    config, data, run = load_run(run_dir)
+    config, data, run = load_run(run_dir, trust_code=trust_code)
     if config.data.source != "tabular":
         raise ConfigError(f"The model {name!r} was trained on the {config.data.source!r} source, not on table rows; "
                           "only tabular models read the rows of a query.")
@@ -142,13 +144,13 @@ def fold_names(statement: PredictStatement, url: str) -> PredictStatement:
                    column=fold(statement.column))
 
 
-def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwrite: bool = False
-                ) -> dict[str, Any]:
+def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwrite: bool = False,
+                trust_code: bool = False) -> dict[str, Any]:
     options = predict_options(statement)
     statement = fold_names(statement, url)
     lower = url_scheme(url) in ("postgresql", "postgres") and statement.column not in statement.quoted
     check_prediction_target(url, statement.table, statement.schema, statement.select)  # before the work
-    model = load_model(store, statement.model)
+    model = load_model(store, statement.model, trust_code)
     table = query_table(url, statement.select)
     x = feature_matrix(table, model.features)
     keys = options["keys"]
@@ -192,8 +194,9 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
 
 
 # ------------------------------------------------------------------ TO EVALUATE
-def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore) -> dict[str, Any]:
-    model = load_model(store, statement.model)
+def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, trust_code: bool = False
+                 ) -> dict[str, Any]:
+    model = load_model(store, statement.model, trust_code)
     table = query_table(url, statement.select)
     if statement.label not in table.columns:
         raise SqlSyntaxError(f"The query has no column {statement.label!r} to use as the LABEL; its columns: "

@@ -27,6 +27,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import TrainStatement
 from peerlearn.sql.store import ModelStore
+from peerlearn.trust import config_references, read_records, require_trusted_references
 
 # keys the statement itself sets: WITH may not change them
 STATEMENT_KEYS = ("name", "recipe", "data.source", "data.path", "data.options.url", "data.options.query",
@@ -91,6 +92,9 @@ def member_weights_file(store: ModelStore, value: str, member_name: str) -> Opti
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model) or Path(value).exists() or not store.exists(model):
         return None
     run_dir = store.require(model)
+    records = read_records(run_dir)  # the stored model's files are the ones it wrote (exit 2 otherwise)
+    records.check("config.yaml")
+    records.check("model.safetensors")
     names = [m["name"] for m in load_config(run_dir / "config.yaml").model_dump()["members"]]
     if not member:
         if member_name in names:
@@ -146,7 +150,10 @@ def choose_features(statement: TrainStatement, url: str) -> tuple[list[str], dic
     return features, left_out
 
 
-def build_config(statement: TrainStatement, url: str, features: list[str], store: ModelStore) -> RunConfig:
+def build_config(statement: TrainStatement, url: str, features: list[str], store: ModelStore,
+                 trust_code: bool = False) -> RunConfig:
+    """The run config of a TO TRAIN statement. Code its WITH clause names (``members = [pkg.mod:factory]``) is
+    refused (exit 2) unless ``trust_code``: a statement is read, not the user's own config (``peerlearn.trust``)."""
     overrides = with_overrides(statement)
     base: dict[str, Any] = {
         "name": statement.model,
@@ -165,4 +172,6 @@ def build_config(statement: TrainStatement, url: str, features: list[str], store
             if f"'{item.key}" in str(error) or f"key {item.key!r}" in str(error):
                 position = item.position
         raise SqlSyntaxError(str(error), statement.text, position) from None
+    require_trusted_references([(ref, f"WITH {key}") for ref, key in config_references(config.model_dump())],
+                               trusted=trust_code, source="the SQL statement's WITH clause")
     return resolve_store_names(config, store)

@@ -7,6 +7,7 @@ only, so a downloaded file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
 from peerlearn.engine.initial_weights import fit_to_model, split_source
+from peerlearn.trust import read_records, reading, require_trusted_code, run_is_trusted
 
 TIMM_PREFIX = "timm:"
 
@@ -129,6 +131,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         return load_timm(spec, index, data_kwargs["in_channels"])
     path, named = split_source(spec.source)  # RUN_DIR:member names the member too
     model_name, model_args, member = spec.model, spec.model_args, spec.member or named
+    source_run = None  # the run directory the architecture is read from, when it is one
     if path.is_dir():
         run_config = path / "config.yaml"
         weights = path / "model.safetensors"
@@ -137,6 +140,12 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
                               "must be a finished peerlearn run (config.yaml and model.safetensors).")
         from peerlearn.config import load_config
 
+        try:  # the source run's files are the ones it wrote (peerlearn.trust)
+            records = read_records(path)
+            records.check("config.yaml")
+            records.check("model.safetensors")
+        except ConfigError as error:
+            raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
         source_config = load_config(run_config)
         members = {m.name: m for m in source_config.members}
         chosen = members.get(member) if member else source_config.members[0]
@@ -144,6 +153,10 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
             raise ConfigError(f"Invalid config: key '{_where(index)}.member' has the value {member!r}; the run "
                               f"{spec.source!r} has members: {', '.join(members)}.")
         member = chosen.name
+        if model_name is None:  # the architecture is read from the source run: code it names needs trust
+            source_run = path
+            require_trusted_code(chosen.model, f"its config.yaml members.{source_config.members.index(chosen)}.model, "
+                                 f"used by {_where(index)}.source", run_is_trusted(path), run_dir=path)
         model_name = model_name or chosen.model
         model_args = chosen.model_args if model_args is None else model_args
         path = weights
@@ -159,8 +172,11 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         classifier = tensors_try.get("classifier.weight")
         tensors = tensors_try
     source_classes = int(classifier.shape[0]) if classifier is not None else data_kwargs["num_classes"]
+    scope = (reading(run_is_trusted(source_run), f"the transfer source run {str(source_run)!r}", source_run)
+             if source_run is not None else contextlib.nullcontext())
     try:
-        model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
+        with scope:
+            model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"Invalid config: key '{_where(index)}.model': {error}.") from None
     tensors = fit_to_model(_strip_member(tensors, set(model.state_dict())), model)  # a plain state dict of your own
