@@ -128,6 +128,8 @@ def _data(data: Any) -> None:
     _need(len(std) == len(mean), "data.normalization.std", std, f"{len(mean)} numbers, one per mean")
     scale = norm.get("scale", 1.0)
     _need(_is_number(scale) and scale > 0, "data.normalization.scale", scale, "a positive number")
+    layout = _mapping(data, "input", "data.")
+    _need(layout.get("kind") in ("image", "features"), "data.input.kind", layout.get("kind"), "image or features")
     sizes = data.get("sizes")
     if sizes is not None:
         _need(isinstance(sizes, dict) and all(_is_int(sizes.get(s)) and sizes[s] >= 0
