@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import Field
 
-from peerlearn.config import Section
+from peerlearn.config import Changeable, Section
 from peerlearn.data.batches import Batch
 from peerlearn.engine.executors import Executor, FusedExecutor, select_executor
 from peerlearn.engine.fused import FusedCohort
@@ -35,11 +35,12 @@ from peerlearn.recipes.base import Recipe
 class MutualConfig(Section):
     """Deep Mutual Learning: L_k = CE(p_k, y) + weight · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)."""
 
-    weight: float = Field(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling when ≠ 1)")
+    weight: float = Changeable(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
+    temperature: float = Changeable(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling "
+                                                            "when ≠ 1)")
     divergence: Literal["kl", "js"] = "kl"
     teacher: Literal["peers", "ensemble"] = Field("peers", description="ensemble = DML_e (mean of the other members)")
-    feature_l2: float = Field(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
+    feature_l2: float = Changeable(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
     update: Literal["simultaneous", "sequential"] = "simultaneous"
     mimic_on: Literal["all", "labelled"] = Field(
         "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"

@@ -134,7 +134,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
                               "must be a finished peerlearn run (config.yaml and model.safetensors).")
         from peerlearn.config import load_config
 
-        source_config = load_config(run_config)
+        source_config = load_config(run_config, import_code=False)  # another run's config: no code is imported
         members = {m.name: m for m in source_config.members}
         chosen = members.get(member) if member else source_config.members[0]
         if chosen is None:
