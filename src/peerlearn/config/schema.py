@@ -431,7 +431,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()],
                                         validate_default=True,
-                                        description="the cohort (default: the recipe's, see docs/recipes.md)")
+                                        description="the cohort; left out: the recipe's default members")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -172,6 +172,11 @@ class IndependentRecipe(MutualRecipe):
     section_model = None
 
     @property
+    def settings(self) -> MutualConfig:
+        """No section of its own: the mutual defaults, whose mimicry is switched off below (simultaneous update)."""
+        return MutualConfig()
+
+    @property
     def mimicry_weight(self) -> float:
         return 0.0
 
