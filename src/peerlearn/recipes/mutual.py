@@ -63,7 +63,7 @@ class MutualRecipe(Recipe):
         ``mutual.update: sequential`` (Algorithm 1) steps each member on its peers' latest predictions, which
         neither a vmapped cohort nor one member per process can do."""
         super().check_capabilities(config, world_size)
-        if cls.section is None or config.mutual.update == "simultaneous":
+        if cls.update_rule(config) == "simultaneous":
             return
         if config.engine.fused:
             raise ConfigError("Invalid config: key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a "
@@ -72,6 +72,11 @@ class MutualRecipe(Recipe):
         if world_size > 1:
             raise ConfigError(f"Invalid config: key 'mutual.update' has the value 'sequential', but a distributed "
                               f"run ({world_size} processes) updates all members at once; allowed: simultaneous.")
+
+    @classmethod
+    def update_rule(cls, config) -> str:
+        """How the members step: ``mutual.update`` (simultaneous or sequential)."""
+        return config.mutual.update
 
     @property
     def settings(self):
@@ -170,6 +175,10 @@ class IndependentRecipe(MutualRecipe):
     name = "independent"
     section = None  # λ = 0: the mutual section's settings do not apply
     section_model = None
+
+    @classmethod
+    def update_rule(cls, config) -> str:
+        return "simultaneous"  # without mimicry both updates give the same weights: the one that runs everywhere
 
     @property
     def settings(self) -> MutualConfig:

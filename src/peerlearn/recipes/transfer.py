@@ -209,7 +209,7 @@ class TransferRecipe(Recipe):
                 size = (spec.input_size or base["image_size"]) + 2 * spec.input_pad
                 kwargs["image_size"] = size
                 kwargs["in_features"] = base["in_channels"] * size * size
-            backbones.append(load_backbone(spec, index, member_config, kwargs))
+            backbones.append(load_backbone(spec, f"transfer.backbones.{index}", member_config, kwargs))
         self._check_member_model(backbones)
         torch.manual_seed(member_seed(self.config.seed, 0))
         mean, std = self.data.mean, self.data.std
