@@ -201,6 +201,10 @@ def test_only_the_chosen_recipes_section_is_accepted(capsys, tmp_path):
     assert code == 2 and "key 'mutual'" in err and "recipe is 'independent'" in err, err
     assert not {"mutual", "distill", "greedy", "transfer"} & set(load_config({}).__pydantic_extra__ or {})
     assert set(load_config({"recipe": "greedy"}).__pydantic_extra__) == {"greedy"}
+    # null leaves a section out: a DML config becomes an independent one by override
+    dml = {"recipe": "mutual", "mutual": {"weight": 2.0}}
+    assert not load_config(dml, ["recipe=independent", "mutual=null"]).__pydantic_extra__
+    assert load_config(dml, ["mutual=null"]).mutual.weight == 1.0  # the own section: its defaults
 
 
 def test_the_recipes_default_members_and_editing_them_by_override():

@@ -446,8 +446,8 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _recipe_owns_its_keys(self, info: ValidationInfo) -> "RunConfig":
-        """The chosen recipe's section, validated by its schema (its defaults when left out); any other
-        top-level key refused, another recipe's section by name; then the recipe's defaults (``Recipe.defaults``:
+        """The chosen recipe's section, validated by its schema (its defaults when left out or null); any other
+        top-level key refused, another recipe's section by name (null: left out); then the recipe's defaults (``Recipe.defaults``:
         its members, ...) for the keys the config leaves out.
 
         A reference recipe (``package.module:Class``) is imported unless the reader of the config says not
@@ -463,7 +463,9 @@ class RunConfig(Section):
         own_model = getattr(recipe, "section_model", None) if own_key else None
         extra = self.__pydantic_extra__
         for key, value in list(extra.items()):
-            if key == own_key and own_model is not None:
+            if value is None and (key in RECIPE_SECTIONS or key == own_key):
+                del extra[key]  # `mutual=null`: the section left out (an override cannot delete a key otherwise)
+            elif key == own_key and own_model is not None:
                 if not isinstance(value, own_model):
                     if not isinstance(value, dict):
                         raise ValueError(f"key '{key}' has the value {value!r}: the section must be a mapping of keys")
