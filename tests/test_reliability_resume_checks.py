@@ -84,6 +84,18 @@ def test_changes_that_the_checkpoint_cannot_follow_are_refused(run, capsys):
     assert code == 2 and "--resume" in err
 
 
+def test_a_change_refused_after_the_checks_writes_nothing(run, capsys):
+    """train.device is a key that may change, but a device this machine lacks is only found when the run is
+    set up: nothing may have been recorded by then, and a plain resume still works."""
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "checkpoint.safetensors")}
+    code, err = _resume(run, "--change", "train.device=cuda:99", capsys=capsys)
+    assert code == 2 and "train.device" in err, err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not list(run.glob(".*.tmp"))
+    code, err = _resume(run, capsys=capsys)
+    assert code == 0, err
+
+
 def _rewrite(path: Path, tensors=None, metadata=None) -> None:
     with safe_open(str(path), framework="pt") as handle:
         old_metadata = handle.metadata()

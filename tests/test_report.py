@@ -108,7 +108,7 @@ def test_report_cli_default_output_and_bad_input(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     assert "not a finished peerlearn run" in capsys.readouterr().err
     assert main(["report", str(runs[0]), "--draws", "0"]) == 2
-    assert "draws must be at least 1" in capsys.readouterr().err
+    assert "--draws must be an integer ≥ 1, got 0" in capsys.readouterr().err
 
 
 def chromium() -> str | None:

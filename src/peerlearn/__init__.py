@@ -10,13 +10,16 @@ from peerlearn.api import RunResult, load_run, train  # noqa: E402
 from peerlearn.config import RunConfig, load_config  # noqa: E402
 from peerlearn.data.user import UserData  # noqa: E402
 from peerlearn.models import available_models, create_model  # noqa: E402
+from peerlearn.models.taps import LayerTaps  # noqa: E402
 
 
-def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True) -> dict:
-    """Metrics of a finished run (see ``peerlearn.evaluate.runner.evaluate_run``)."""
+def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True, data=None,
+                 label_column=None) -> dict:
+    """Metrics of a finished run on one of its splits, or on other labelled ``data`` (see
+    ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
-    return run(run_dir, split=split, members=members, device=device, save=save)
+    return run(run_dir, split=split, members=members, device=device, save=save, data=data, label_column=label_column)
 
 
 def analyze_run(run_dir, **options) -> dict:
@@ -26,5 +29,13 @@ def analyze_run(run_dir, **options) -> dict:
     return run(run_dir, **options)
 
 
-__all__ = ["RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model", "evaluate_run",
-           "load_config", "load_run", "train", "__version__"]
+def layers(config=None, overrides=None, **options) -> list[dict]:
+    """Every layer of a config's members that forward hooks can read, with its stage name, type and output
+    shape (see ``peerlearn.layer_list.layers``)."""
+    from peerlearn.layer_list import layers as listing
+
+    return listing(config, overrides, **options)
+
+
+__all__ = ["LayerTaps", "RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model",
+           "evaluate_run", "layers", "load_config", "load_run", "train", "__version__"]

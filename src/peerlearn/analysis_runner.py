@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from peerlearn import command_options as options
 from peerlearn.api import load_run
 from peerlearn.data.batches import BatchStream
 from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank_mass
@@ -13,6 +14,7 @@ from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
+from peerlearn.safe_write import check_writable, write_file
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
@@ -38,6 +40,8 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
                 tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0) -> dict[str, Any]:
     """Posterior entropy, rank-1..5 mass, the flatness curve of every member, linear CKA between members'
     features and a t-SNE map of two members' features; saved as analysis.json (the map as tsne.json)."""
+    check_analysis_options(split, sigmas, draws, limit, members, tsne_items, perplexity)
+    check_writable(run_dir)  # before the work, not after it
     run = load_run(run_dir, command="analyze")
     names = run.select(members)
     stream = analysis_stream(run, split, limit)
@@ -54,5 +58,16 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
     if embedding is not None:
         path = save_embedding(embedding, run_dir)
         result["tsne"] = {"file": str(path), "members": embedding["members"], "items": len(embedding["labels"])}
-    (Path(run_dir) / "analysis.json").write_text(json.dumps(result, indent=2))
+    write_file(Path(run_dir) / "analysis.json", json.dumps(result, indent=2), root=run_dir, what="the analyses")
     return result
+
+
+def check_analysis_options(split, sigmas, draws, limit, members, tsne_items, perplexity) -> None:
+    """Every option of ``analyze_run`` (exit 2 naming it), before the run is read."""
+    options.choice(split, "split", options.SPLITS)
+    options.finite_numbers(sigmas, "sigmas", low=0.0)
+    options.integer_at_least(draws, "draws", 1)
+    options.integer_at_least(limit, "limit", 1, allow_none=True)
+    options.member_names(members)
+    options.integer_at_least(tsne_items, "tsne_items", 0)
+    options.finite_number(perplexity, "perplexity", 0.0, open_low=True)

@@ -181,13 +181,15 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
         if resume is not None and is_main:
             lock = RunLock(Path(resume)).acquire()
             remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
-            if change_records:
-                from peerlearn.engine.resume import record_changes
+        # Data, device and members are set up before a change is recorded: a change refused there (say
+        # train.device=cuda on a machine without one) must leave config.yaml and the checkpoint as they were.
+        data, device, recipe = prepare_run(run_config, distributed, user)
+        if change_records and is_main:
+            from peerlearn.engine.resume import record_changes
 
-                record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
+            record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
         if change_records and distributed is not None:
             distributed.barrier()  # every process loads the checkpoint with the changes recorded
-        data, device, recipe = prepare_run(run_config, distributed, user)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
             run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
@@ -255,11 +257,16 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
     }
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None):
+def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
+             members: Optional[dict[str, Any]] = None):
     """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
-    the dataset, the eval-mode members with their final weights and roles, and streams over the splits
-    (``peerlearn.run_reader``). It unpacks as ``config, data, run``. With ``command`` (an after-training
-    command's name), a run whose recipe does not list it in ``Recipe.commands`` is refused (ConfigError)."""
+    the eval-mode members with their final weights and roles, the input pipeline and class names, the
+    dataset (read on first use; data given from Python is not stored with the run) and streams over the splits
+    (``peerlearn.run_reader``). ``run.predict(inputs)`` gives class probabilities (``peerlearn.predict``).
+    It unpacks as ``config, data, run``. With ``command`` (an after-training command's name), a run whose recipe
+    does not list it in ``Recipe.commands`` is refused (ConfigError). ``members`` gives again, by name, modules
+    from Python that the run cannot rebuild by itself (recorded as ``python-object:``); their weights come from
+    the run."""
     from peerlearn.run_reader import read_run
 
-    return read_run(run_dir, device=device, command=command)
+    return read_run(run_dir, device=device, command=command, members=members)

@@ -71,6 +71,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layers(args: argparse.Namespace) -> int:
+    """`peerlearn layers [CONFIG] [key=value ...]`: every layer of each member that a forward hook can read."""
+    from peerlearn.layer_list import layers
+    from peerlearn.tables import format_table
+
+    rows = layers(args.config, args.overrides, only=args.member)
+    if args.stages:
+        rows = [row for row in rows if row["stage"]]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for index, member in enumerate(dict.fromkeys(row["member"] for row in rows)):
+        own = [row for row in rows if row["member"] == member]
+        print(f"{chr(10) if index else ''}member {member}: {own[0]['model']}, input {own[0]['input']}")
+        table = []
+        for row in own:
+            notes = [note for note, flag in (("not reached", row["shape"] is None),
+                                             (f"called {row['calls']}x: last call", row["calls"] > 1),
+                                             ("overwritten in place: clone=True", row["in_place"])) if flag]
+            table.append([row["path"], row["stage"], row["type"], row["shape"], "; ".join(notes)])
+        print(format_table(["layer", "stage", "type", "output", "note"], table))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from peerlearn.demo import run_demo
     from peerlearn.tables import format_table, summary_rows
@@ -142,11 +166,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from peerlearn.evaluate.printing import format_evaluation
     from peerlearn.evaluate.runner import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, members=args.member)
+    if args.label is not None and args.data is None:
+        raise ConfigError("--label names the label column of --data (a CSV file); give --data too.")
+    result = evaluate_run(args.run_dir, split=args.split, members=args.member, data=args.data,
+                          label_column=args.label)
     if args.json:
         _print_json(result)
     else:
         print(format_evaluation(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`peerlearn predict RUN_DIR INPUT`: one CSV row per input (predicted class and probability)."""
+    from peerlearn.api import resolve_device
+    from peerlearn.predict import predict_path, predictions_csv
+    from peerlearn.safe_write import write_file
+    from peerlearn.run_reader import read_run
+
+    run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict")
+    predictions = predict_path(run, args.input, member=args.member, batch_size=args.batch_size,
+                               progress=args.progress)
+    text = predictions_csv(predictions, every_class=args.probabilities)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    write_file(args.out, text, what="the predictions")  # atomic, never through a link (exit 4 on a full disk)
+    counts: dict[str, int] = {}
+    for name in predictions.predicted:
+        counts[name] = counts.get(name, 0) + 1
+    common = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    print(f"{len(predictions.names)} inputs predicted by {predictions.predicted_by} ({common}): {args.out}")
     return 0
 
 
@@ -194,11 +244,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "config": cmd_config,
+    "layers": cmd_layers,
     "demo": cmd_demo,
     "datasets": cmd_datasets,
     "analyze": cmd_analyze,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
+    "predict": cmd_predict,
     "export": cmd_export,
     "probe": cmd_probe,
     "sql": cmd_sql,
@@ -216,7 +268,7 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
 OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
                   "members.0.model=mlp; a list index one past the end, or +, appends an item: "
                   "members.+={name: c, model: mlp}.")
-COMMANDS_WITH_OVERRIDES = ("train", "config")
+COMMANDS_WITH_OVERRIDES = ("train", "config", "layers")
 
 
 def add_config_and_overrides(parser: argparse.ArgumentParser) -> None:
@@ -271,6 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the config a run would use, every default filled in. " + OVERRIDES_HELP)
     add_config_and_overrides(config)
 
+    layers = sub.add_parser("layers", help="list the layers of a config's members that hooks can read",
+                            description="Build the members of CONFIG (nothing is trained; on the CPU), pass one "
+                                        "training input through each, and print every submodule path that "
+                                        "feature and relational losses can read (path = its output, "
+                                        "path:input = its input), its stage name, type and output shape for that "
+                                        "one input. " + OVERRIDES_HELP)
+    add_config_and_overrides(layers)
+    layers.add_argument("--member", action="append", help="only this member (repeatable)")
+    layers.add_argument("--stages", action="store_true", help="only the layers with a stage name")
+    layers.add_argument("--json", action="store_true", help="print JSON rows instead of tables")
+
     demo = sub.add_parser("demo", help="independent vs DML on digits (no files needed, under a minute)",
                           description="Train two small CNNs on scikit-learn digits, independently and with "
                                       "Deep Mutual Learning, and print both cohorts' accuracy.")
@@ -308,6 +371,30 @@ def build_parser() -> argparse.ArgumentParser:
                                           "rank-1/5/10 and mAP per member and for the cohort's concatenated "
                                           "features. Saved as RUN_DIR/evaluation_<split>.json.")
     add_run_split_member_json(evaluate, split="test", json_help="print JSON instead of tables")
+    evaluate.add_argument("--data", default=None, metavar="PATH",
+                          help="score the run on other labelled data instead of a split: a folder of images with one "
+                               "subfolder per class (image runs), or a CSV file with the run's feature columns and a "
+                               "label column (tabular runs); saved as RUN_DIR/evaluation_data.json")
+    evaluate.add_argument("--label", default=None, metavar="COLUMN",
+                          help="with --data CSV: the label column (default: the one the run was trained with)")
+
+    predict = sub.add_parser("predict", help="class probabilities of new images or table rows, as CSV",
+                             description="Predict the class of each input with a run's ensemble (its students) or "
+                                         "one member, after the run's own preprocessing (decoding, resize, "
+                                         "normalisation). INPUT is an image file, a folder of images (searched "
+                                         "recursively) or, for runs on tables, a CSV file with the run's feature "
+                                         "columns. Each CSV row names the input, the predicted class and its "
+                                         "probability. A wrong input (size, channels, missing columns, unreadable "
+                                         "file) stops with exit 2, naming it.")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    predict.add_argument("input", metavar="INPUT", help="an image file, a folder of images, or a CSV file")
+    predict.add_argument("--out", default=None, help="CSV file to write (default: print the CSV)")
+    predict.add_argument("--member", default=None, help="predict with this member (default: the run's ensemble)")
+    predict.add_argument("--probabilities", action="store_true", help="add one column p_<class> per class")
+    predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    predict.add_argument("--batch-size", type=int, default=256, help="inputs per batch (default 256)")
+    predict.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                         help="a progress bar on stderr (auto: only on a terminal)")
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "

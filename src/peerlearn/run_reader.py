@@ -9,17 +9,21 @@ setup: no recipe is constructed, no teacher or backbone file is opened, no featu
   ``package.module:qualname`` factory that registered it, or a transfer network's backbones and head),
   loaded with the final weights (``model.safetensors``; for an interrupted run, the checkpoint's) and put
   in eval mode; its role (student / teacher / frozen) comes with it.
-* inputs: the dataset is read from its source with the recorded data settings and seed (so the same
-  validation and test items), and normalised with the recorded statistics.
+* inputs: the normalisation statistics, the input pipeline (``peerlearn.data.preprocess``) and the class names
+  come from run.json, so a run loads, and predicts, without its training data. The dataset is read only when a
+  command needs its splits (on first use of ``LoadedRun.data``): from its source with the recorded data settings
+  and seed (so the same validation and test items). Data that was given from Python is not stored with the run:
+  reading its splits is a ``DataError`` that says to score the run on labelled data instead.
+* members given from Python as modules that the run cannot rebuild (``python-object:`` names) are passed
+  again as ``members={name: module}``; their weights are loaded from the run.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -29,7 +33,8 @@ from peerlearn.data.bundle import DataBundle, Split
 from peerlearn.engine.checkpoint import load_state, load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.run_record import RUN_RECORD_NAME
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.data.user import PYTHON_SOURCE
+from peerlearn.errors import ConfigError, DataError, PeerlearnError
 
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
@@ -161,32 +166,74 @@ def build_network(network: dict[str, Any]) -> nn.Module:
         return TransferModel(backbones, network["num_classes"], network["input_sizes"],
                              dropout=network.get("dropout", 0.0), input_pads=network["input_pads"],
                              background=network["background"]).eval()
+    if kind == "view":  # one branch of a shared-trunk network (an exported view)
+        from peerlearn.recipes.base import Recipe
+
+        return Recipe.build_view(build_network(network["owner"]), network["view"]).eval()
     raise PeerlearnError(f"Unknown network kind {kind!r} in the run record; this peerlearn cannot rebuild it.")
 
 
 # --------------------------------------------------------------------------- the loaded run
-@dataclass
 class LoadedRun:
     """A run read back: ``cohort`` (eval-mode members with final weights; ``member.info['role']``), the
-    dataset, the normaliser and the streams over its splits. Unpacks as ``config, data, run`` for code
-    written against the earlier ``load_run``."""
+    normaliser, the input pipeline and class names from run.json, and (read on first use) the dataset and the
+    streams over its splits. Unpacks as ``config, data, run`` for code written against the earlier ``load_run``.
 
-    run_dir: Path
-    record: dict[str, Any]
-    config: Any  # the RunConfig of config.yaml
-    data: DataBundle
-    cohort: Cohort
-    normalizer: Normalizer
-    device: torch.device
-    weights_file: Path
-    roles: dict[str, str] = field(default_factory=dict)
+    ``data`` may be given as a ``DataBundle`` or as a function that loads it: prediction never reads the training
+    data, so a run trained on data given from Python loads (and predicts) without it; only the commands that score
+    its splits need it (``DataError`` then, naming what to pass instead)."""
+
+    def __init__(self, run_dir: Path, record: dict[str, Any], config: Any, data: Union[DataBundle, Callable[[], DataBundle]],
+                 cohort: Cohort, normalizer: Normalizer, device: torch.device, weights_file: Path,
+                 roles: Optional[dict[str, str]] = None):
+        self.run_dir = Path(run_dir)
+        self.record = record
+        self.config = config  # the RunConfig of config.yaml
+        self._data = data if isinstance(data, DataBundle) else None
+        self._load_data = None if isinstance(data, DataBundle) else data
+        self.cohort = cohort
+        self.normalizer = normalizer
+        self.device = device
+        self.weights_file = weights_file
+        self.roles = dict(roles or {})
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.config, self.data, self))
 
     @property
+    def data(self) -> DataBundle:
+        """The training dataset (splits read from the source with the recorded settings), read on first use."""
+        if self._data is None:
+            self._data = self._load_data()
+        return self._data
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the training data can be read here (False for data that was given from Python)."""
+        return self._data is not None or self.record.get("data", {}).get("source") != PYTHON_SOURCE
+
+    @property
+    def pipeline(self):
+        """What the run's input pipeline does to a raw input (``peerlearn.data.preprocess.InputPipeline``)."""
+        from peerlearn.data.preprocess import InputPipeline
+
+        return InputPipeline.from_record(self.record["data"])
+
+    @property
+    def description(self) -> DataBundle:
+        """The recorded inputs as a ``DataBundle`` with empty splits (shape, dtype, statistics, classes): what
+        describing the run's inputs needs (e.g. export's JSON), without reading any data."""
+        recorded, pipeline = self.record["data"], self.pipeline
+        dtype = torch.uint8 if pipeline.dtype == "uint8" else torch.float32
+        empty = Split(torch.zeros((0, *pipeline.shape), dtype=dtype), torch.zeros(0, dtype=torch.int64))
+        return DataBundle(recorded.get("source", "?"), empty, empty, empty, self.class_names,
+                          mean=list(recorded["normalization"]["mean"]), std=list(recorded["normalization"]["std"]),
+                          value_range=pipeline.value_range, feature_names=pipeline.feature_names)
+
+    @property
     def class_names(self) -> list[str]:
-        return list(self.data.class_names)
+        recorded = self.record.get("data", {}).get("class_names")
+        return list(recorded) if recorded is not None else list(self.data.class_names)
 
     @property
     def finished(self) -> bool:
@@ -202,12 +249,21 @@ class LoadedRun:
         return [n for n in self.ensemble if n in names]
 
     def select(self, members: Optional[Sequence[str]] = None) -> list[str]:
-        """The named members (all when None); an unknown name is an error listing the run's members."""
-        names = self.cohort.names
+        """The named members (every one that predicts when None); an unknown name is an error listing them."""
+        names = self.cohort.evaluable  # members, branches and the auxiliary modules that predict
         unknown = [m for m in members or [] if m not in names]
         if unknown:
-            raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
+            raise ConfigError(f"The run has no member {unknown[0]!r} that predicts; its members: {', '.join(names)}.")
         return list(members or names)
+
+    def predict(self, inputs: Any, member: Optional[str] = None, batch_size: Optional[int] = None,
+                device: Union[str, torch.device, None] = None, progress: Any = "off") -> torch.Tensor:
+        """Class probabilities [N, C] of ``inputs`` (tensors, numpy arrays, PIL images, image files or a Dataset),
+        after the run's preprocessing: the ensemble's by default, or member ``member``'s
+        (``peerlearn.predict.predict``)."""
+        from peerlearn.predict import predict
+
+        return predict(self, inputs, member=member, batch_size=batch_size, device=device, progress=progress)
 
     def split(self, name: str, limit: Optional[int] = None) -> Split:
         if name not in SPLITS:
@@ -233,9 +289,10 @@ class LoadedRun:
 class RunReader:
     """Reads ``run_dir`` from what it recorded about itself. ``read()`` gives a ``LoadedRun``."""
 
-    def __init__(self, run_dir: Union[str, Path], device: str = "cpu"):
+    def __init__(self, run_dir: Union[str, Path], device: str = "cpu", members: Optional[dict[str, nn.Module]] = None):
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
+        self.members = dict(members or {})  # networks given from Python (modules the run cannot rebuild itself)
         if not (self.run_dir / CONFIG_NAME).is_file():
             raise PeerlearnError(f"{str(self.run_dir)!r} is not a peerlearn run directory (no {CONFIG_NAME}).")
 
@@ -274,7 +331,7 @@ class RunReader:
         from peerlearn.config import load_config
 
         for member in record["members"]:  # a model registered from Python must be known to validate the config
-            network = member["network"]
+            network = member.get("network") or {}
             for part in [network, *network.get("backbones", [])]:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
@@ -285,6 +342,11 @@ class RunReader:
         from peerlearn.data.prepare import load_data
 
         recorded = record["data"]
+        if recorded.get("source") == PYTHON_SOURCE:
+            raise DataError(f"The run {str(self.run_dir)!r} was trained on data given from Python (peerlearn.UserData), "
+                            "which is not stored with it. Prediction needs none of it (run.predict(...), peerlearn "
+                            "predict RUN_DIR INPUT); to score the run, give labelled data: peerlearn evaluate RUN_DIR "
+                            "--data PATH (an image folder or a CSV file), or evaluate_run(RUN_DIR, data=(x, y)).")
         data_config = type(config.data).model_validate(recorded["config"])
         data = load_data(data_config, seed=recorded["seed"])
         sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
@@ -296,21 +358,76 @@ class RunReader:
         data.class_names = list(recorded["class_names"])
         return data
 
-    def cohort(self, record: dict[str, Any]) -> tuple[Cohort, Path]:
-        names = [m["name"] for m in record["members"]]
-        states, source = self.weights(names)
-        members = []
-        for entry in record["members"]:
-            model = build_network(entry["network"])
+    def cohort(self, record: dict[str, Any], recipe=None) -> tuple[Cohort, Path]:
+        """The run's participants with their final weights, in eval mode: member networks (rebuilt from their
+        recorded networks, or the modules given from Python), auxiliary modules (rebuilt by the run's recipe from
+        their recorded spec, with their predictors when they give logits) and views (a shared-trunk branch,
+        taken from its owner)."""
+        from peerlearn.recipes.base import Recipe
+
+        rows = record["members"]
+        names = [m["name"] for m in rows]
+        unknown = sorted(set(self.members) - set(names))
+        if unknown:
+            raise ConfigError(f"The run {str(self.run_dir)!r} has no member {unknown[0]!r}; its members: "
+                              f"{', '.join(names)}.")
+        saved = [m["name"] for m in rows if "view" not in m]
+        states, source = self.weights(saved)
+        owner_class = recipe or Recipe
+        members, modules = [], {}
+        for entry in rows:
+            if "view" in entry:
+                continue
+            if entry.get("role") == "auxiliary":
+                if recipe is None:
+                    raise PeerlearnError(f"The run's auxiliary module {entry['name']!r} is rebuilt by its recipe "
+                                         f"{record.get('recipe')!r}, which cannot be found here.")
+                model = recipe.build_auxiliary(entry["name"], entry.get("module", {}))
+            elif entry["name"] in self.members:
+                model = self.given_network(entry["name"])
+            else:
+                model = build_network(entry["network"])
             try:
                 model.load_state_dict(states[entry["name"]])
             except RuntimeError as error:
                 raise PeerlearnError(f"The weights of member {entry['name']!r} in {str(source)!r} do not fit its "
                                      f"recorded network: {str(error).strip().splitlines()[0]}") from None
             model.to(self.device).eval()
-            members.append(Member(entry["name"], model, trainable=entry["role"] == "student",
-                                  info={"role": entry["role"], "network": entry["network"]}))
+            modules[entry["name"]] = model
+            kind = "auxiliary" if entry.get("role") == "auxiliary" else "network"
+            members.append(Member(entry["name"], model, trainable=entry["role"] == "student", kind=kind,
+                                  info={"role": entry["role"], "network": entry.get("network")
+                                        or {"kind": "auxiliary", "module": entry.get("module", {})}}))
+        for member, entry in zip([m for m in members if m.kind == "auxiliary"],
+                                 [e for e in rows if e.get("role") == "auxiliary"]):
+            if entry.get("predicts"):
+                member.predictor = owner_class.build_predictor(entry["name"], entry.get("module", {}), modules)
+                member.predictor.to(self.device).eval()
+        for entry in rows:
+            if "view" not in entry:
+                continue
+            spec = {k: v for k, v in entry["view"].items() if k != "of"}
+            owner = entry["view"]["of"]
+            view = owner_class.build_view(modules[owner], spec).to(self.device).eval()
+            owner_network = next(m.info["network"] for m in members if m.name == owner)
+            members.append(Member(entry["name"], view, trainable=entry["role"] == "student", kind="view",
+                                  view_of=owner, info={"role": entry["role"], "view": entry["view"],
+                                                       "network": {"kind": "view", "owner": owner_network,
+                                                                   "view": spec}}))
+        order = [m["name"] for m in rows]
+        members.sort(key=lambda m: order.index(m.name))
         return Cohort(members), source
+
+    def given_network(self, name: str) -> nn.Module:
+        """A member's network given from Python, wrapped as training wrapped it (weights under ``network.``)."""
+        from peerlearn.models.base import PeerModel
+        from peerlearn.models.user import HookedModel
+
+        network = self.members[name]
+        if not isinstance(network, nn.Module):
+            raise ConfigError(f"members[{name!r}] is a {type(network).__name__}; give the torch.nn.Module the run "
+                              "trained (its weights are loaded from the run).")
+        return network if isinstance(network, PeerModel) else HookedModel(network)
 
     def read(self, command: Optional[str] = None) -> LoadedRun:
         """The run, read for ``command`` (e.g. "probe": refused unless the run's recipe lists it in
@@ -320,13 +437,15 @@ class RunReader:
         if command is not None:
             check_command(record, recipe, command, self.run_dir)
         config = self.config(record)
-        data = self.data(record, config)
-        cohort, source = self.cohort(record)
-        normalizer = Normalizer(data.mean, data.std, self.device, data.is_image)
-        return LoadedRun(self.run_dir, record, config, data, cohort, normalizer, self.device, source,
-                         roles={m["name"]: m["role"] for m in record["members"]})
+        cohort, source = self.cohort(record, recipe)
+        recorded = record["data"]
+        normalizer = Normalizer(list(recorded["normalization"]["mean"]), list(recorded["normalization"]["std"]),
+                                self.device, recorded["input"]["kind"] == "image")
+        return LoadedRun(self.run_dir, record, config, lambda: self.data(record, config), cohort, normalizer,
+                         self.device, source, roles={m["name"]: m["role"] for m in record["members"]})
 
 
-def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None) -> LoadedRun:
-    """``RunReader(run_dir, device).read(command)``."""
-    return RunReader(run_dir, device).read(command)
+def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
+             members: Optional[dict[str, nn.Module]] = None) -> LoadedRun:
+    """``RunReader(run_dir, device, members).read(command)``."""
+    return RunReader(run_dir, device, members).read(command)

@@ -215,7 +215,10 @@ class MemberConfig(Section):
     optim: Optional[dict[str, Any]] = Changeable(None, description="overrides of the top-level optim for this member")
     schedule: Optional[dict[str, Any]] = Changeable(None, description="overrides of the top-level schedule for this "
                                                                       "member")
-    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running code) or a peerlearn run directory")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running "
+                                                     "code; a plain state_dict of your own network needs no key "
+                                                     "prefix), a peerlearn run directory (its member of this name, "
+                                                     "or its only one) or RUN_DIR:member")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
     max_norm: Optional[float] = Changeable(
         None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "
@@ -236,6 +239,13 @@ class MemberConfig(Section):
             raise ValueError(f"unknown model; allowed: {', '.join(available_models())}, "
                              "package.module:factory or timm:<name>")
         return value
+
+
+class AuxiliaryConfig(Section):
+    """Settings of one auxiliary trainable module of a recipe (a gate, a connector, a projection head)."""
+
+    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this module")
+    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this module")
 
 
 class TrainConfig(Section):
@@ -438,6 +448,9 @@ class RunConfig(Section):
     regularize: RegularizeConfig = Field(default_factory=RegularizeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    auxiliary: dict[str, AuxiliaryConfig] = Field(
+        default_factory=dict, description="per auxiliary module of the recipe (gate, connector, head; by name): "
+                                          "optim / schedule overrides (default: the members' optim and schedule)")
 
     @field_validator("members", mode="after")
     @classmethod
@@ -524,3 +537,12 @@ class RunConfig(Section):
 
     def member_schedule(self, member: MemberConfig) -> ScheduleConfig:
         return ScheduleConfig(**{**self.schedule.model_dump(), **(member.schedule or {})})
+
+    def auxiliary_optim(self, name: str) -> OptimConfig:
+        """The optimizer settings of auxiliary module ``name``: the top-level optim with its overrides."""
+        settings = self.auxiliary.get(name)
+        return OptimConfig(**{**self.optim.model_dump(), **((settings.optim if settings else None) or {})})
+
+    def auxiliary_schedule(self, name: str) -> ScheduleConfig:
+        settings = self.auxiliary.get(name)
+        return ScheduleConfig(**{**self.schedule.model_dump(), **((settings.schedule if settings else None) or {})})

@@ -9,7 +9,8 @@ CPU run they are ignored with a warning (the same config then runs on a laptop, 
 * channels-last: models and image batches in NHWC memory order (faster convolutions on tensor cores).
 * pinned memory: the training split stays in page-locked host memory; each batch is gathered there
   and copied with ``non_blocking=True`` (for datasets too large for the GPU).
-* compile: ``nn.Module.compile`` on every member (the state-dict keys do not change).
+* compile: ``Recipe.compile``: ``nn.Module.compile`` on every member (the state-dict keys do not change), or
+  the recipe's own training forward compiled as a function (greedy's active block over its frozen prefix).
 """
 
 from __future__ import annotations
@@ -50,6 +51,5 @@ def configure(recipe, device: torch.device) -> list[str]:
     if cuda and engine.pin_memory:
         recipe.train_stream.keep_on_host(pin=True)
     if engine.compile:
-        for member in recipe.cohort:
-            member.model.compile(backend=engine.compile_backend)
+        recipe.compile(engine.compile_backend)
     return ignored

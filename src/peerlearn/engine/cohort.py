@@ -1,4 +1,15 @@
-"""A cohort: named members, each a model with its own optimizer, schedule and role."""
+"""A cohort: named participants of a run, each a module with its own optimizer, schedule and role.
+
+Three kinds of participant share one record (``Member.kind``):
+
+* ``network``: a member network (a student, a teacher, a transfer model): its weights are saved, it is
+  evaluated and ensembled;
+* ``auxiliary``: a trainable part that is not a member network (a gate, a hint regressor, a projection
+  head, an EMA copy, a memory bank): saved, checkpointed and stepped like a member; when it yields logits
+  for an input (``predictor``, e.g. a gated ensemble of branches) it is evaluated as its own row;
+* ``view``: a member that is a view of another participant's weights (one branch of a shared-trunk network,
+  trunk + branch k): evaluated, ensembled and exported, never saved or stepped on its own (its owner is).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +35,33 @@ class Member:
     trainable: bool = True
     info: dict = field(default_factory=dict)  # e.g. the model name and args, for export and reports
     max_norm: Optional[float] = None  # max-norm weight constraint applied after every optimizer step
+    kind: str = "network"  # network | auxiliary | view (see the module docstring)
+    predictor: Optional[nn.Module] = None  # inputs -> logits for evaluation/export (default: ``model``)
+    view_of: Optional[str] = None  # a view's owner (the participant whose weights it reads)
+
+    def __post_init__(self) -> None:
+        if self.predictor is None and self.kind != "auxiliary":
+            self.predictor = self.model
+
+    @property
+    def network(self) -> nn.Module:
+        """The member's own network: the user's module itself when peerlearn wraps it (``HookedModel``)."""
+        return unwrap(self.model)
+
+    @property
+    def saved(self) -> bool:
+        """Whether the weights are this participant's own (checkpointed, in model.safetensors)."""
+        return self.kind != "view"
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether it maps inputs to logits (scored by evaluation, exportable)."""
+        return self.predictor is not None
+
+    @property
+    def updating(self) -> bool:
+        """Whether an optimizer steps it this stage."""
+        return self.trainable and self.optimizer is not None
 
     def zero_grad(self) -> None:
         if self.optimizer is not None:
@@ -59,20 +97,43 @@ class Cohort:
 
     @property
     def trainable(self) -> list[Member]:
-        return [m for m in self if m.trainable]
+        """The member networks that train now (views and auxiliaries excluded)."""
+        return [m for m in self if m.trainable and m.kind == "network"]
 
     @property
     def frozen(self) -> list[Member]:
-        return [m for m in self if not m.trainable]
+        return [m for m in self if not m.trainable and m.kind == "network"]
+
+    @property
+    def auxiliaries(self) -> list[Member]:
+        return [m for m in self if m.kind == "auxiliary"]
+
+    @property
+    def updating(self) -> list[Member]:
+        """Every participant an optimizer steps now: trainable networks and trainable auxiliaries."""
+        return [m for m in self if m.updating]
+
+    @property
+    def evaluable(self) -> list[str]:
+        """Names of the participants that map inputs to logits (networks, views, auxiliaries with a predictor)."""
+        return [m.name for m in self if m.evaluable]
+
+    @property
+    def saved(self) -> list[Member]:
+        """Participants whose weights are their own (views read their owner's)."""
+        return [m for m in self if m.saved]
 
     def train(self) -> None:
-        """Trainable members in train mode; frozen members always in eval mode."""
+        """Trainable participants in train mode; frozen ones always in eval mode. A view's modules belong to
+        its owner, which sets their mode."""
         for member in self:
-            member.model.train(member.trainable)
+            if member.kind != "view":
+                member.model.train(member.trainable)
 
     def eval(self) -> None:
         for member in self:
-            member.model.eval()
+            if member.kind != "view":
+                member.model.eval()
 
     def to(self, device: torch.device) -> "Cohort":
         for member in self:
@@ -80,9 +141,14 @@ class Cohort:
         return self
 
     def step_schedules(self, unit: str) -> None:
-        for member in self.trainable:
+        for member in self.updating:
             if member.schedule is not None:
                 member.schedule.step(unit)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """A user's module inside peerlearn's feature-reading wrapper, else the model itself."""
+    return model.network if getattr(model, "wraps_network", False) else model
 
 
 @contextmanager

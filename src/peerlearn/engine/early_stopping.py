@@ -82,7 +82,7 @@ class EarlyStopping(Callback):
             self.best, self.wait = value, 0
             self.best_epoch, self.best_stage_epoch = trainer.position.global_epoch, trainer.position.epoch
             if self.config.restore_best:
-                save_weights(trainer.run_dir / BEST_WEIGHTS_NAME, {m.name: m.model for m in trainer.cohort})
+                save_weights(trainer.run_dir / BEST_WEIGHTS_NAME, {m.name: m.model for m in trainer.cohort.saved})
             return
         self.wait += 1
         if self.wait >= self.config.patience:
@@ -99,7 +99,7 @@ class EarlyStopping(Callback):
         path = trainer.run_dir / BEST_WEIGHTS_NAME
         if not self.config.restore_best or self.best_epoch is None or not path.is_file():
             return False
-        for member in trainer.cohort:
+        for member in trainer.cohort.saved:
             member.model.load_state_dict(load_weights(path, member.name))
         return True
 

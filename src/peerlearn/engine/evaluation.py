@@ -22,16 +22,17 @@ def predict(cohort: Cohort, stream: BatchStream, names: Iterable[str],
 
     ``progress``: ``train.progress`` mode of the bar over batches (``auto``: only on a terminal)."""
     names = list(names)
-    was_training = {m.name: m.model.training for m in cohort}
+    was_training = {m.name: m.model.training for m in cohort if m.kind != "view"}
     cohort.eval()
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     labels = []
     for _, batch in progress_bar(stream.epoch(0), total=len(stream), desc="predict", mode=progress):
         for name in names:
-            logits[name].append(cohort[name].model(batch.x).float().cpu())
+            logits[name].append(cohort[name].predictor(batch.x).float().cpu())
         labels.append(batch.y.cpu())
     for member in cohort:
-        member.model.train(was_training[member.name])
+        if member.name in was_training:
+            member.model.train(was_training[member.name])
     return {n: torch.cat(v) for n, v in logits.items()}, torch.cat(labels)
 
 

@@ -15,6 +15,13 @@ recorded as ``{"step", "epoch", "key", "from", "to"}`` in the checkpoint (``chan
 later checkpoint), in ``summary.json`` and in ``config.yaml``, which is rewritten with the new config.
 The optimizer keeps its state (momentum, Adam moments) and the schedule its progress; their settings
 come from the new config (``engine/guards.refresh_hyperparameters``).
+
+A stage that had run all its epochs when the checkpoint was written (a finished run) and gets more of them
+(``--change train.epochs=N``) goes on with its schedule **restarted over the added epochs**, from the base
+lr (the changed ``optim.lr`` when given, else the run's own): a cosine schedule, say, decays again from the
+base lr to ``min_lr`` over the N − E added epochs, a step schedule counts its steps from the restart
+(``added_epochs``, ``engine/guards.restart_schedule``); the restart is recorded in the checkpoint
+(``restarts``). A finished run resumed without more epochs trains nothing and says so.
 """
 
 from __future__ import annotations
@@ -98,3 +105,23 @@ def record_changes(config: RunConfig, records: list[dict[str, Any]], checkpoint:
     state["changes"] = list(state.get("changes", [])) + records
     save_state(checkpoint, state)
     save_config(config, config_path)
+
+
+def added_epochs(state: dict[str, Any], stages: list) -> Optional[dict[str, int]]:
+    """``{"stage", "epoch", "epochs"}`` when the checkpoint ``state`` was written with its stage's epochs all run
+    and the current config's ``stages`` give that stage more (``epochs`` added from epoch ``epoch``); else None.
+
+    The stage's epoch count when the checkpoint was written is its ``stage_epochs``; a checkpoint from before it
+    was kept is read from the change records of this resume (``train.epochs`` changed from the position's epoch)."""
+    position = state["position"]
+    index = min(position["stage"], len(stages) - 1)
+    done, step = position["epoch"], position["global_step"]
+    if position.get("step_in_epoch", 0) != 0 or index != position["stage"]:
+        return None
+    had = state.get("stage_epochs")
+    if had is None:
+        had = next((c["from"] for c in state.get("changes", []) if c["key"] == "train.epochs" and c["step"] == step
+                    and c["from"] == done), None)
+    if had is None or done < had or stages[index].epochs <= done:
+        return None
+    return {"stage": index, "epoch": done, "epochs": stages[index].epochs - done, "step": step}

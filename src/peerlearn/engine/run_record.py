@@ -11,8 +11,12 @@ to rebuild the members and their evaluation inputs::
      "evaluated": ["t", "s"],                # members scored in the summary
      "data": {"seed": 0, "config": {...the data section...}, "source": "digits",
               "class_names": [...], "num_classes": 10, "model_kwargs": {...},
-              "input": {"kind": "image", "channels": 1, "height": 8, "width": 8} | {"kind": "features", ...},
-              "normalization": {"scale": 1/255, "mean": [...], "std": [...]}},
+              "input": {"kind": "image", "channels": 1, "height": 8, "width": 8, "dtype": "uint8",
+                        "value_range": [0, 16]} | {"kind": "features", "features": F, "shape": [F], ...},
+              "normalization": {"scale": 1/255, "mean": [...], "std": [...]},
+              "preprocessing": {"mode": "L", "resize": null | "pillow" | "interpolate"},   # images
+              "feature_names": [...], "label_column": "label"},                          # features
+                                                     # (peerlearn.data.preprocess.InputPipeline)
      ...recipe extras (e.g. "feature_cache" of a transfer run in features mode)}
 
 NETWORK is one of::
@@ -26,6 +30,14 @@ NETWORK is one of::
 
 Roles: ``student`` (trained by the recipe), ``teacher`` (a distillation teacher, frozen when students
 learn), ``frozen`` (any other member that never trains).
+
+A recipe's other participants (``recipes.base.Recipe.participant_record``) have rows of their own::
+
+    {"name": "gate", "role": "auxiliary", "module": {...the spec it was declared with...}, "predicts": true}
+    {"name": "net0", "role": "branch", "view": {"of": "net", "branch": 0}}
+
+An auxiliary module is rebuilt by its recipe (``build_auxiliary``, ``build_predictor``); a view is taken from its
+owner (``Recipe.build_view``) and has no weights of its own.
 """
 
 from __future__ import annotations
@@ -65,11 +77,15 @@ def data_pipeline(data_config: Any, seed: int, data) -> dict[str, Any]:
     else:
         layout = {"kind": "features", "features": data.in_features, "shape": shape}
         scale = 1.0
+    from peerlearn.data.preprocess import InputPipeline
+
+    pipeline = InputPipeline.of_run(data_config, data).to_record()
+    layout.update(pipeline.pop("input"))
     return {"seed": seed, "config": data_config.model_dump(mode="json"), "source": data.name,
             "class_names": list(data.class_names), "num_classes": data.num_classes,
             "model_kwargs": data.model_kwargs(), "input": layout,
             "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "normalization": {"scale": scale, "mean": list(data.mean), "std": list(data.std)}}
+            "normalization": {"scale": scale, "mean": list(data.mean), "std": list(data.std)}, **pipeline}
 
 
 def stage_record(index: int, name: str, epoch: int, names: list[str]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class MetricsLog:
         when ``step`` is a multiple of ``log_every_steps``."""
         if not self.log_every_steps or step % self.log_every_steps:
             return
-        lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in cohort.trainable if m.optimizer}
+        lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in cohort.updating}
         self.log("step", step, round(epoch, 6), {"stage": stage, **{k: float(v) for k, v in values.items()},
                                                  "lr": lrs})
 

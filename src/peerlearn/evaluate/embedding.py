@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from peerlearn.evaluate.metrics import as_numpy
+from peerlearn.safe_write import write_file
 
 TSNE_FILE = "tsne.json"
 
@@ -55,9 +56,7 @@ def tsne_embedding(features: Mapping[str, Any], labels, names: Sequence[str] | N
 
 def save_embedding(embedding: dict[str, Any], run_dir: str | Path) -> Path:
     """Write the embedding as ``RUN_DIR/tsne.json``; return its path."""
-    path = Path(run_dir) / TSNE_FILE
-    path.write_text(json.dumps(embedding))
-    return path
+    return write_file(Path(run_dir) / TSNE_FILE, json.dumps(embedding), root=run_dir, what="the t-SNE map")
 
 
 def load_embedding(run_dir: str | Path) -> dict[str, Any]:

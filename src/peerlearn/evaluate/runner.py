@@ -23,6 +23,8 @@ from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
+from peerlearn.command_options import member_names
+from peerlearn.safe_write import check_writable, write_file
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -92,8 +94,15 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
-                 device: str = "cpu", save: bool = True) -> dict[str, Any]:
+                 device: str = "cpu", save: bool = True, data: Any = None,
+                 label_column: str | None = None) -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
+
+    ``data`` scores the run on other labelled data instead of a split of its own (``split`` is then
+    ``"data"``): a folder of images with one subfolder per class, a CSV file with the run's feature columns
+    and a label column (``label_column``, default the run's), a pair ``(x, y)`` or a torch Dataset; the
+    inputs go through the run's preprocessing (``peerlearn.predict.labelled_inputs``). Saved as
+    ``RUN_DIR/evaluation_data.json`` (with ``data``: where the items came from).
 
     Returns (and saves as ``RUN_DIR/evaluation_<split>.json``)::
 
@@ -105,8 +114,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
     """
     from peerlearn.api import load_run
 
+    if data is not None:
+        return evaluate_on_data(run_dir, data, members, device, save, label_column)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
     run = load_run(run_dir, device=device, command="evaluate")
     data = run.data
     names = select_members(run, members)
@@ -120,5 +134,34 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "retrieval": retrieval_section(run, names),
     }
     if save:
-        (Path(run_dir) / f"evaluation_{split}.json").write_text(json.dumps(result, indent=2))
+        write_file(Path(run_dir) / f"evaluation_{split}.json", json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
+    return result
+
+
+def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | None = None, device: str = "cpu",
+                     save: bool = True, label_column: str | None = None) -> dict[str, Any]:
+    """``evaluate_run`` on labelled data that is not one of the run's splits (see there)."""
+    from peerlearn.api import load_run
+    from peerlearn.predict import labelled_inputs
+
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
+    run = load_run(run_dir, device=device, command="evaluate")
+    names = select_members(run, members)
+    x, y, where = labelled_inputs(run, data, label_column)
+    result = {
+        "run_dir": str(run_dir),
+        "split": "data",
+        "data": where,
+        "items": len(y),
+        "class_names": run.class_names,
+        "members": names,
+        "classification": classification_scores(run, run.stream_of(Split(x, y)), names),
+        "retrieval": None,
+    }
+    if save:
+        write_file(Path(run_dir) / "evaluation_data.json", json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
     return result

@@ -13,6 +13,10 @@ class PeerModel(nn.Module):
     "bottleneck" used by feature losses, retrieval and transfer); ``forward_with_features``
     returns both from one pass. Subclasses implement ``features`` and set ``classifier``
     and ``feature_dim``.
+
+    ``stage_paths()`` names the network's stages for forward hooks (``peerlearn.models.taps``): stable,
+    documented aliases such as ``stage1`` mapped to module paths, so that a config can read a layer
+    without knowing how the network is built. The aliases never change the state-dict keys.
     """
 
     feature_dim: int
@@ -27,6 +31,15 @@ class PeerModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+    def stage_paths(self) -> dict[str, str]:
+        """Alias -> layer (``"module.path"`` = its output, ``"module.path:input"`` = its input), in forward order.
+
+        Every model has ``features`` (the penultimate vector, the classifier's input) and ``classifier``
+        (its output: the logits); the zoo's networks add ``stem`` and ``stage1``, ``stage2``, ... (the output
+        of each group of blocks, shallow to deep)."""
+        path = next((name for name, module in self.named_modules() if module is self.classifier), None)
+        return {} if not path else {"features": f"{path}:input", "classifier": path}
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final layer with a fresh one for ``num_classes`` (transfer learning)."""

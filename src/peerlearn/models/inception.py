@@ -110,6 +110,18 @@ class InceptionV1(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.body(x))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stem`` = ``body.0``; ``inception3a``..``inception5b`` = each inception module; ``stage1``..``stage3`` =
+        the last module at each resolution (3b at H, 4e at H/2, 5b at H/4); ``features``; ``classifier``."""
+        modules, stages, index = {}, {}, 1  # body = stem, then STAGES in order
+        for position, stage in enumerate(STAGES):
+            if stage != "pool":
+                modules[f"inception{stage[0]}"] = f"body.{index}"
+                if position + 1 == len(STAGES) or STAGES[position + 1] == "pool":
+                    stages[f"stage{len(stages) + 1}"] = f"body.{index}"
+            index += 1
+        return {"stem": "body.0", **modules, **stages, **super().stage_paths()}
+
 
 @register_model("inception_v1")
 def inception_v1(num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.0) -> InceptionV1:

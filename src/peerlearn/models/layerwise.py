@@ -201,6 +201,13 @@ class LayerwiseCNN(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads[self.depth - 1].body(self.prefix(x, self.depth))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stage<j>`` = ``blocks.<j-1>`` (x_j, every block's output); ``features`` and ``classifier`` = the input
+        and output of the active head's linear layer (``heads.<depth-1>.linear``: they move with ``depth``)."""
+        head = f"heads.{self.depth - 1}.linear"
+        stages = {f"stage{j}": f"blocks.{j - 1}" for j in range(1, self.num_blocks + 1)}
+        return {**stages, "features": f"{head}:input", "classifier": head}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.heads[self.depth - 1](self.prefix(x, self.depth))
 

@@ -36,6 +36,12 @@ class MLP(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stage<k>`` = the ReLU of hidden layer k (its activations before dropout), then ``features`` and
+        ``classifier``."""
+        relus = [f"body.{index}" for index, layer in enumerate(self.body) if isinstance(layer, nn.ReLU)]
+        return {**{f"stage{k}": path for k, path in enumerate(relus, start=1)}, **super().stage_paths()}
+
 
 @register_model("mlp")
 def mlp(num_classes: int, in_features: int, widths: Sequence[int] = (800, 800), dropout: float = 0.0,

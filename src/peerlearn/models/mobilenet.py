@@ -76,6 +76,15 @@ class MobileNet(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.body(x))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stem`` = ``body.2``; ``stage1``..``stage5`` = the last depthwise-separable layer at each resolution
+        (H, H/2, H/4, H/8, H/16: ``body.3``, ``body.5``, ``body.7``, ``body.13``, ``body.15``); ``features``;
+        ``classifier``."""
+        first = 3  # body = conv, BN, ReLU, then the depthwise-separable layers
+        ends = [i for i in range(len(LAYERS)) if i + 1 == len(LAYERS) or LAYERS[i + 1][1] == 2]
+        stages = {f"stage{k}": f"body.{first + i}" for k, i in enumerate(ends, start=1)}
+        return {"stem": f"body.{first - 1}", **stages, **super().stage_paths()}
+
 
 @register_model("mobilenet")
 def mobilenet(num_classes: int, in_channels: int, width_mult: float = 1.0, dropout: float = 0.0) -> MobileNet:

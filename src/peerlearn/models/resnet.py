@@ -87,6 +87,13 @@ class CifarResNet(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.pool(self.blocks(self.stem(x))))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stem``; ``stage1``..``stage3`` = the last block of each group (16, 32, 64 channels at H, H/2, H/4:
+        ``blocks.{n-1}``, ``blocks.{2n-1}``, ``blocks.{3n-1}``); ``features``; ``classifier``."""
+        n = len(self.blocks) // len(WIDTHS)
+        stages = {f"stage{g}": f"blocks.{g * n - 1}" for g in range(1, len(WIDTHS) + 1)}
+        return {"stem": "stem", **stages, **super().stage_paths()}
+
 
 @register_model("cifar_resnet")
 def cifar_resnet(num_classes: int, in_channels: int, depth: int = 32, dropout: float = 0.0) -> CifarResNet:

@@ -30,6 +30,11 @@ class SmallCNN(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.body(x))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stage1`` = ``body.2`` (w channels, H/2 after the first max pool), ``stage2`` = ``body.5`` (2w, H/4),
+        then ``features`` and ``classifier``."""
+        return {"stage1": "body.2", "stage2": "body.5", **super().stage_paths()}
+
 
 @register_model("small_cnn")
 def small_cnn(num_classes: int, in_channels: int, width: int = 32, dropout: float = 0.0) -> SmallCNN:

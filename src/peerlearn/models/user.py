@@ -83,6 +83,8 @@ class HookedModel(PeerModel):
     returns the hooked value too. Weights live under ``network.``.
     """
 
+    wraps_network = True  # ``engine.cohort.Member.network`` unwraps it: recipes reach the user's own module
+
     def __init__(self, network: nn.Module, features_from: Optional[str] = None):
         super().__init__()
         self.network = network
@@ -139,6 +141,19 @@ class HookedModel(PeerModel):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_features(x)[1]
+
+    def stage_paths(self) -> dict[str, str]:
+        """Layer aliases, relative to ``network`` (the paths a user writes): the network's own ``stage_paths()``
+        when it defines one, then ``features`` (``features_from``, else the input of the last ``nn.Linear``) and
+        ``classifier`` (the last ``nn.Linear``), where they exist."""
+        own = getattr(self.network, "stage_paths", None)
+        aliases = dict(own()) if callable(own) else {}
+        linear = last_linear(self.network)
+        if self.features_from is not None or linear is not None:
+            aliases.setdefault("features", self.features_from or f"{linear}:input")
+        if linear is not None:
+            aliases.setdefault("classifier", linear)
+        return aliases
 
     def reset_classifier(self, num_classes: int) -> None:
         raise ConfigError(f"peerlearn cannot replace the head of a user network ({type(self.network).__name__}); "

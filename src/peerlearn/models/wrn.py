@@ -86,6 +86,12 @@ class WideResNet(PeerModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
 
+    def stage_paths(self) -> dict[str, str]:
+        """``stem``; ``stage1``..``stage3`` = the last block of each group (16k, 32k, 64k channels at H, H/2, H/4,
+        before the final BN-ReLU: the group outputs that attention transfer reads); ``features``; ``classifier``."""
+        n = len(self.blocks) // 3
+        return {"stem": "stem", **{f"stage{g}": f"blocks.{g * n - 1}" for g in (1, 2, 3)}, **super().stage_paths()}
+
 
 @register_model("wrn")
 def wrn(num_classes: int, in_channels: int, depth: int = 28, widen_factor: int = 10,

@@ -13,16 +13,16 @@ from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
 from peerlearn.data.user import WithBatchTransform
-from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
 from peerlearn.engine.trainer import Callback, Stage, Trainer, check_finite
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
 from peerlearn.models.user import HookedModel, build_from_python
+from peerlearn.engine.initial_weights import member_weights, saved_members  # noqa: F401 (saved_members: re-exported)
 from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
 
@@ -41,7 +41,9 @@ def default_network(config: RunConfig) -> str:
 
 
 class Recipe:
-    """Base recipe: one stage, all members trained by ``step``. Subclasses define ``step``.
+    """Base recipe: one stage, every trainable member trained with CE through the step contract
+    (``engine.executors``). Subclasses give their ``losses`` (and, where they differ, ``step_members``,
+    ``network_forward``, ``stages``, auxiliary modules and views).
 
     A recipe owns its rules. It declares, as class attributes, its settings (``section``, the config key, and
     ``section_model``, a ``peerlearn.config.Section`` subclass in the recipe's module, which
@@ -62,7 +64,7 @@ class Recipe:
     section_model: type | None = None  # the settings' schema (a peerlearn.config.Section subclass)
     supports_fused = False
     supports_distributed = False
-    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
+    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export", "predict")
 
     @classmethod
     def defaults(cls, config: RunConfig) -> dict[str, Any]:
@@ -242,9 +244,6 @@ class Recipe:
     def stages(self) -> list[Stage]:
         return [Stage("train", self.config.train.epochs, self.step)]
 
-    def step(self, batch) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def supervised_loss(self, member: str, logits: torch.Tensor, labels: torch.Tensor,
                         features: torch.Tensor | None = None) -> torch.Tensor:
         """The supervised term every recipe uses for member ``member``: CE(logits, labels), labels −1 ignored.
@@ -257,34 +256,196 @@ class Recipe:
         model = self.cohort[member].model if self.cohort is not None and member in self.cohort.members else None
         return self.regularizer.loss(member, model, logits, labels, features)
 
-    def forward(self, member: Member, x: torch.Tensor,
-                with_features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A member's logits (fp32) and, when asked, its penultimate features, under the recipe's autocast."""
-        with self.autocast():
-            if with_features:
-                logits, features = member.model.forward_with_features(x)
-                return logits.float(), features.float()
-            return member.model(x).float(), None
+    # ------------------------------------------------------------------ the step contract (engine.executors)
+    @property
+    def executor(self):
+        """How this recipe's steps run (``engine.executors``): chosen once, from the config and capabilities."""
+        if getattr(self, "_executor", None) is None:
+            self._executor = self.make_executor()
+        return self._executor
 
-    def update(self, members: list[Member], losses: list[torch.Tensor]) -> torch.Tensor:
-        """One optimizer step of each member on its own loss; returns the mean loss (detached).
+    @executor.setter
+    def executor(self, value) -> None:
+        self._executor = value
+
+    def make_executor(self):
+        from peerlearn.engine.executors import select_executor
+
+        return select_executor(self, self.config.engine.fused and self.supports_fused)
+
+    def step(self, batch) -> dict[str, Any]:
+        """One training step, run by the executor over ``step_members`` and ``losses``."""
+        return self.executor.step(self, batch)
+
+    def step_members(self) -> list[Member]:
+        """The networks that run forward (with gradient) on this stage's batches: the trainable members."""
+        return self.cohort.trainable
+
+    def losses(self, out, batch, names: list[str]) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """The loss of each named member given the step's outputs ``out`` (``engine.executors.StepOutputs``),
+        with the parts to log: here the supervised term alone, L_k = CE(z_k, y) (+ the shared regularisers).
+
+        A recipe gives its losses here, once: every executor (loop, sequential, fused, distributed) calls it.
+        Frozen teachers (``self.infer``) and auxiliary modules are called inside it; a loss may be keyed by an
+        auxiliary's name when it is that module's own objective."""
+        result = {}
+        for name in names:
+            loss = self.supervised_loss(name, out.logits[name], batch.y, out.features.get(name))
+            result[name] = (loss, dict(self.regularizer.last_parts.get(name, {})))
+        return result
+
+    def member_input(self, member: Member, batch) -> torch.Tensor:
+        """The inputs ``member`` sees this step: the batch's (a recipe may feed each member its own augmented
+        view of the same items, e.g. KDCL; ``batch.index`` names the items)."""
+        return batch.x
+
+    def after_update(self) -> None:
+        """Called once per training step after every optimizer step: state the recipe updates itself (a
+        temporal-mean / EMA copy of a member, a memory bank's momentum update)."""
+
+    def shared_outputs(self) -> tuple[bool, bool]:
+        """(logits, features): what members read of their peers in ``losses`` (none here)."""
+        return False, False
+
+    def network_forward(self, member: Member, x: torch.Tensor,
+                        with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A member's training forward: its logits and, when asked, its penultimate features. Recipes whose
+        networks train in part (greedy's active block over a frozen prefix) override this, not the executors."""
+        if with_features:
+            return member.model.forward_with_features(x)
+        return member.model(x), None
+
+    def forward(self, member: Member, x: torch.Tensor,
+                with_features: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A member's logits (fp32) and, when the losses read them (``needs_features``), its penultimate
+        features, under the recipe's autocast: the one training forward of every executor."""
+        with_features = self.needs_features() if with_features is None else with_features
+        network_forward = getattr(self, "_compiled_network_forward", None) or self.network_forward
+        with self.autocast():
+            logits, features = network_forward(member, x, with_features)
+        return logits.float(), None if features is None else features.float()
+
+    def compile(self, backend: str) -> None:
+        """``engine.compile``: the training forward (``network_forward``, whatever parts of a network it calls:
+        ``forward_with_features``, greedy's active block) compiled as a function, and ``nn.Module.compile`` on
+        every participant with weights of its own for evaluation (the state-dict keys do not change)."""
+        for member in self.cohort.saved:
+            member.model.compile(backend=backend)
+        self._compiled_network_forward = torch.compile(self.network_forward, backend=backend)
+
+    def infer(self, member: Member, x: torch.Tensor) -> torch.Tensor:
+        """A frozen participant's logits (fp32) under ``torch.inference_mode`` and the recipe's autocast; the
+        result is a normal tensor, usable as a constant target next to autograd."""
+        with torch.inference_mode(), self.autocast():
+            logits = member.predictor(x).float()
+        if torch.is_inference_mode_enabled():  # a caller's own inference block (e.g. a cache): keep as is
+            return logits
+        return logits.clone()  # out of inference mode: a normal tensor the loss may keep for backward
+
+    def update(self, members: list[Member], losses: list[torch.Tensor], with_auxiliaries: bool = True,
+               zero_auxiliaries: bool = True) -> torch.Tensor:
+        """One optimizer step of each member (and of the trainable auxiliary modules) on its loss; returns the
+        mean loss (detached).
 
         Every loss is checked to be finite first. The members' graphs are disjoint (peers and teachers enter
-        as detached targets), so one backward of Σ_k L_k gives each member exactly the gradient of its own L_k.
+        as detached targets), so one backward of Σ_k L_k gives each member exactly the gradient of its own L_k;
+        an auxiliary module (a gate, a connector) gets the gradient of every loss it enters. A sequential
+        update steps the auxiliaries once, with its last member (``with_auxiliaries``), after zeroing their
+        gradients only before its first (``zero_auxiliaries``).
         """
         for member, loss in zip(members, losses):
             check_finite(loss, member.name, self.trainer)
+        auxiliaries = [m for m in self.cohort.auxiliaries if m.updating and m not in members]
         total = sum(losses)
         for member in members:
             member.zero_grad()
+        if zero_auxiliaries:
+            for auxiliary in auxiliaries:
+                auxiliary.zero_grad()
         total.backward()
         for member in members:
             member.step()
+        if with_auxiliaries:
+            for auxiliary in auxiliaries:
+                auxiliary.step()
+            self.after_update()
         return total.detach() / len(members)
+
+    # ------------------------------------------------------------------ auxiliary modules and views
+    def add_auxiliary(self, name: str, module: torch.nn.Module, spec: dict[str, Any] | None = None,
+                      predictor: torch.nn.Module | None = None, trainable: bool = True, epochs: int | None = None,
+                      steps_per_epoch: int | None = None) -> Member:
+        """Declare a trainable module that is not a member network (a gate, a connector, a projection head, an
+        EMA copy: ``trainable=False``, updated by the recipe). It gets its optimizer and schedule from
+        ``auxiliary.<name>`` (default: the members' ``optim`` / ``schedule``), is checkpointed (resumes
+        bit-exactly), saved in model.safetensors and recorded in run.json; with a ``predictor`` (inputs →
+        logits, e.g. a gated ensemble of branches) it is evaluated, reported and exported as its own row.
+        ``spec`` (JSON) is what ``build_auxiliary`` / ``build_predictor`` rebuild it from when the run is read."""
+        from peerlearn.engine.cohort import Member as Participant
+
+        if name in self.cohort.members:
+            raise ConfigError(f"Recipe {self.name!r} declares the auxiliary module {name!r}, but a member has that "
+                              "name; rename the member.")
+        module = module.to(self.device)
+        member = Participant(name, module, trainable=trainable, kind="auxiliary", predictor=predictor,
+                             info={"auxiliary": type(module).__name__, "spec": dict(spec or {})})
+        if trainable:
+            try:
+                optim, schedule = self.config.auxiliary_optim(name), self.config.auxiliary_schedule(name)
+            except ValueError as error:
+                raise ConfigError(f"Invalid config: key 'auxiliary.{name}': {error}") from None
+            member.optimizer = build_optimizer(module, optim)
+            member.schedule = build_schedule(member.optimizer, schedule, epochs or self.config.train.epochs,
+                                             steps_per_epoch or len(self.train_stream))
+        else:
+            module.requires_grad_(False)
+        self.cohort.members[name] = member
+        return member
+
+    def add_view(self, name: str, module: torch.nn.Module, of: str, spec: dict[str, Any],
+                 role: str = "branch") -> Member:
+        """Declare a member that reads another participant's weights (trunk + branch k of a shared-trunk
+        network): evaluated, ensembled and exported like a member, never saved or stepped on its own. ``spec``
+        says how to rebuild it from its owner when the run is read back (``build_view``)."""
+        from peerlearn.engine.cohort import Member as Participant
+
+        member = Participant(name, module, trainable=False, kind="view", view_of=of,
+                             info={"role": role, "view": {"of": of, **spec}})
+        self.cohort.members[name] = member
+        return member
+
+    @classmethod
+    def build_view(cls, owner: torch.nn.Module, spec: dict[str, Any]) -> torch.nn.Module:
+        """Rebuild a view recorded as ``spec`` from its owner's module (``engine.run_record``): the shipped
+        kind is ``{"branch": k}``, trunk + branch k of a shared-trunk network (``owner.branch(k)``). A recipe
+        with views of its own overrides this."""
+        from peerlearn.engine.cohort import unwrap
+
+        owner = unwrap(owner)
+        if "branch" in spec and callable(getattr(owner, "branch", None)):
+            return owner.branch(int(spec["branch"]))
+        raise PeerlearnError(f"Cannot rebuild the view {spec} of a {type(owner).__name__}: recipe {cls.name!r} "
+                             "does not know it.")
+
+    @classmethod
+    def build_predictor(cls, name: str, spec: dict[str, Any], modules: dict[str, torch.nn.Module]) -> torch.nn.Module:
+        """Rebuild the predictor (inputs → logits) of auxiliary module ``name`` when its run is read back,
+        from the run's rebuilt modules (``modules``, by name) and the recorded ``spec``. Recipes whose
+        auxiliaries predict override this."""
+        raise PeerlearnError(f"Recipe {cls.name!r} cannot rebuild the predictions of its auxiliary module {name!r}.")
+
+    def check_auxiliary_settings(self) -> None:
+        """``auxiliary.<name>`` may only name the recipe's auxiliary modules."""
+        known = [m.name for m in self.cohort.auxiliaries]
+        unknown = [name for name in self.config.auxiliary if name not in known]
+        if unknown:
+            raise ConfigError(f"Invalid config: key 'auxiliary.{unknown[0]}': recipe {self.config.recipe!r} has no "
+                              f"auxiliary module of that name; its modules: {', '.join(known) or 'none'}.")
 
     def build_trainer(self, run_dir: Path) -> Trainer:
         """The trainer of this recipe's cohort and stages, writing into ``run_dir`` (kept as ``self.trainer``:
         loss checks name the position and the last good checkpoint in their messages)."""
+        self.check_auxiliary_settings()
         self.trainer = Trainer(self.config, self.cohort, self.stages(), self.train_stream, self.eval_streams, run_dir,
                                callbacks=self.callbacks(), extra_state=self.extra_state,
                                load_extra_state=self.load_extra_state, describe_run=self.describe_run,
@@ -333,12 +494,27 @@ class Recipe:
         return registry_network(member.info["model"], member.info.get("model_args", {}), self.data.model_kwargs(),
                                 class_bias=None if bias is None else bias.cpu().tolist())
 
+    def participant_record(self, member: Member) -> dict[str, Any]:
+        """One row of run.json's ``members``: a network (role, how to rebuild it), an auxiliary module (the spec
+        its recipe rebuilds it from, whether it predicts) or a view (its owner and how to take it)."""
+        if member.kind == "auxiliary":
+            return {"name": member.name, "role": "auxiliary", "module": member.info.get("spec", {}),
+                    "predicts": member.predictor is not None}
+        if member.kind == "view":
+            return {"name": member.name, "role": member.info.get("role", "branch"), "view": member.info["view"]}
+        return {"name": member.name, "role": self.role(member.name), "network": self.network_record(member)}
+
+    @classmethod
+    def build_auxiliary(cls, name: str, spec: dict[str, Any]) -> torch.nn.Module:
+        """Rebuild auxiliary module ``name`` (untrained) from the ``spec`` it was declared with, when its run is
+        read back. Recipes with auxiliary modules override this."""
+        raise PeerlearnError(f"Recipe {cls.name!r} cannot rebuild its auxiliary module {name!r}.")
+
     def describe_run(self) -> dict[str, Any]:
         """The recipe's part of run.json: members (role, network) and the data pipeline."""
         return {"format": RECORD_FORMAT, "recipe": self.config.recipe,  # a registered name or package.module:Class
                 "recipe_class": f"{type(self).__module__}:{type(self).__qualname__}",
-                "members": [{"name": m.name, "role": self.role(m.name), "network": self.network_record(m)}
-                            for m in self.cohort],
+                "members": [self.participant_record(m) for m in self.cohort],
                 "data": data_pipeline(self.config.data, self.config.seed, self.data)}
 
     def summary_extra(self) -> dict[str, Any]:
@@ -348,43 +524,19 @@ class Recipe:
         return {"early_stopping": self.early_stopping.summary()}
 
 
-def saved_members(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> list[str]:
-    """Members of a peerlearn weights file (keys ``<member>.<parameter>``) whose tensors fit ``model_keys``;
-    empty for a plain state dict."""
-    if set(tensors) & model_keys:
-        return []
-    prefixes = dict.fromkeys(k.split(".", 1)[0] for k in tensors if "." in k)
-    return [p for p in prefixes if {k[len(p) + 1:] for k in tensors if k.startswith(p + ".")} & model_keys]
-
-
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
-    """Initial weights from a .safetensors file, or from a peerlearn run directory (member ``name``)."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
-                          "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")
-    try:
-        tensors = load_weights(path)
-    except ConfigError:
-        raise
-    except PeerlearnError as error:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
-    prefix = f"{name}."
-    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    saved = saved_members(tensors, set(model.state_dict()))
-    if not own and saved:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} holds the weights of "
-                          f"member(s) {', '.join(saved)}, none named {name!r}; name members.{index} after the saved "
-                          f"member (name: {saved[0]}).")
-    state = own or tensors
+    """Initial weights of member ``name``: a run directory (its member of that name, or its only one),
+    ``RUN_DIR:member``, a .safetensors file or a weights-only .pt file, peerlearn's or the plain state dict of
+    the network itself (``peerlearn.engine.initial_weights``)."""
+    key = f"members.{index}.weights"
+    state, path = member_weights(source, name, model, key)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches
         detail = str(error).strip().splitlines()[-1].strip()
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit the model of "
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit the model of "
                           f"member {name!r} ({detail}).") from None
     if missing:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
-                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit model "
+                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}"
+                          f"{f' (the file has e.g. {unexpected[:3]})' if unexpected else ''}.")

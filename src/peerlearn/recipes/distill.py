@@ -24,6 +24,7 @@ and ``fit_class_bias`` searches that bias for the omitted classes on the validat
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Literal, Optional
 
 import torch
@@ -33,7 +34,7 @@ from peerlearn.config import AugmentConfig, Changeable, DataConfig, Section
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
-from peerlearn.engine.evaluation import score
+from peerlearn.engine.evaluation import predict, score, topk_accuracy
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
 from peerlearn.losses import distillation_terms, soft_targets
@@ -121,9 +122,11 @@ class DistillRecipe(Recipe):
         self.train_stream = BatchStream(self.transfer, config.data.batch_size, self.normalizer, device,
                                         seed=config.seed, augment=self.batch_augment(config.data.augment),
                                         shuffle=True, drop_last=True)
+        self.teaching = False  # in the teacher stage (distill.teacher_epochs > 0)
         self.target_cache: Optional[torch.Tensor] = None
         self.cache_seconds = 0.0
         self.bias_report: dict[str, Any] = {}
+        self.teacher_report: dict[str, Any] = {}  # check_teachers: the teachers' scores before distillation
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -252,7 +255,7 @@ class DistillRecipe(Recipe):
     def stages(self) -> list[Stage]:
         stages = []
         if self.settings.teacher_epochs > 0:
-            stages.append(Stage("teacher", self.settings.teacher_epochs, self.teacher_step,
+            stages.append(Stage("teacher", self.settings.teacher_epochs, self.step, start=self.start_teacher_stage,
                                 eval_members=self.teacher_names, ensemble_members=self.teacher_names,
                                 train_stream=self.teacher_stream))
         stages.append(Stage("distill", self.config.train.epochs, self.step, start=self.start_distillation,
@@ -260,19 +263,13 @@ class DistillRecipe(Recipe):
                             ensemble_members=self.student_names))
         return stages
 
-    def teacher_step(self, batch: Batch) -> dict[str, Any]:
-        """Stage 1: each teacher takes one CE step on the (augmented) training batch."""
-        log: dict[str, Any] = {}
-        teachers, losses = [self.cohort[name] for name in self.teacher_names], []
-        for member in teachers:
-            logits, features = self._forward(member, batch.x)
-            losses.append(self.supervised_loss(member.name, logits, batch.y, features))
-            log[f"{member.name}/ce"] = losses[-1].detach()
-        log["loss"] = self.update(teachers, losses)
-        return log
+    def start_teacher_stage(self) -> None:
+        """Stage 1: the teachers train (CE on the augmented training batches), the students wait."""
+        self.teaching = True
 
     def start_distillation(self) -> None:
         """Freeze the teachers, wake the students, and cache the teachers' targets when possible."""
+        self.teaching = False
         for name in self.teacher_names:
             member = self.cohort[name]
             member.trainable, member.optimizer, member.schedule = False, None, None
@@ -280,6 +277,7 @@ class DistillRecipe(Recipe):
             member.model.eval()
         for name in self.student_names:
             self.cohort[name].trainable = True
+        self.check_teachers()
         self.target_cache = None
         if self.settings.cache_teacher and not self.train_stream.augment.active:
             started = time.perf_counter()
@@ -290,22 +288,48 @@ class DistillRecipe(Recipe):
             self.target_cache = torch.cat(parts).clone()  # a normal tensor, usable next to autograd
             self.cache_seconds = time.perf_counter() - started
 
+    # ------------------------------------------------------------------ the teachers' check
+    def check_teachers(self) -> None:
+        """Score the teachers, and the students as they start, on the validation split before distilling
+        (a fresh distillation stage only; a resumed one keeps the first check). A teacher near chance
+        (``near_chance``) or not above a student's start gets a warning naming the likely causes."""
+        position = self.trainer.position if self.trainer is not None else None
+        if len(self.data.val) == 0 or (position is not None and (position.epoch or position.step_in_epoch)):
+            return
+        names = self.teacher_names + self.student_names
+        logits, labels = predict(self.cohort, self.eval_streams["val"], names, progress="off")
+        top1 = {name: topk_accuracy(z, labels, 1) for name, z in logits.items()}
+        classes = self.data.num_classes
+        start = max(top1[name] for name in self.student_names)
+        report: dict[str, Any] = {"split": "val", "chance": 1 / classes,
+                                  "teachers": {t: top1[t] for t in self.teacher_names},
+                                  "students_at_start": {s: top1[s] for s in self.student_names}, "warnings": []}
+        for index, member in enumerate(self.config.members):
+            if member.name not in self.teacher_names:
+                continue
+            score_now = top1[member.name]
+            if score_now >= near_chance(classes) and score_now > start:
+                continue
+            why = (f"near chance ({1 / classes:.1%} with {classes} classes)" if score_now < near_chance(classes)
+                   else f"not above the students at their start ({start:.1%})")
+            message = (f"Teacher {member.name!r} (members.{index}) scores {score_now:.1%} top-1 on the validation "
+                       f"split before distillation: {why}. Distilling from it teaches its errors. Likely causes: "
+                       f"{teacher_mismatch(member.weights, self.data) or _LIKELY_CAUSES}")
+            report["warnings"].append(message)
+            warnings.warn(message, stacklevel=2)
+        self.teacher_report = report
+
     # ------------------------------------------------------------------ loss
     def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
-        """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse."""
-        logits = [self.cohort[name].model(x) for name in self.teacher_names]
+        """q (mean of the teachers' probabilities at T) for kl, or v̄ (mean logits) for logit_mse; the teachers
+        run through the engine's inference forward (``Recipe.infer``: inference mode, the run's autocast)."""
+        logits = [self.infer(self.cohort[name], x) for name in self.teacher_names]
         return soft_targets(logits, self.settings.temperature, self.settings.loss)
 
     def targets_for(self, batch: Batch) -> torch.Tensor:
         if self.target_cache is not None:
             return self.target_cache[batch.index]
-        with torch.inference_mode():
-            targets = self.teacher_targets(batch.x)
-        return targets.clone()  # out of inference mode, so the loss may keep it for backward
-
-    def _forward(self, member: Member, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Logits, and the penultimate features when a shared regulariser (centre loss) needs them."""
-        return self.forward(member, x, self.regularizer.needs_features)
+        return self.teacher_targets(batch.x)
 
     def student_loss(self, name: str, logits: torch.Tensor, targets: torch.Tensor, batch: Batch,
                      features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -319,17 +343,19 @@ class DistillRecipe(Recipe):
             parts["ce"] = terms.hard.detach()
         return terms.loss, parts
 
-    def step(self, batch: Batch) -> dict[str, Any]:
+    def step_members(self) -> list[Member]:
+        """The teachers in the teacher stage, the students in the distillation stage."""
+        names = self.teacher_names if self.teaching else self.student_names
+        return [self.cohort[name] for name in names]
+
+    def losses(self, out, batch: Batch, names: list[str]):
+        """Teacher stage: CE of each teacher. Distillation stage: each student's ``student_loss`` against the
+        teachers' targets for the batch (computed once, shared by the students)."""
+        if self.teaching:
+            return super().losses(out, batch, names)
         targets = self.targets_for(batch)
-        students = [self.cohort[n] for n in self.student_names]
-        losses, log = [], {}
-        for member in students:
-            logits, features = self._forward(member, batch.x)
-            loss, parts = self.student_loss(member.name, logits, targets, batch, features)
-            losses.append(loss)
-            log.update({f"{member.name}/{k}": v for k, v in parts.items()})
-        log["loss"] = self.update(students, losses)
-        return log
+        return {name: self.student_loss(name, out.logits[name], targets, batch, out.features.get(name))
+                for name in names}
 
     # ------------------------------------------------------------------ class bias
     def callbacks(self) -> list[Callback]:
@@ -380,7 +406,63 @@ class DistillRecipe(Recipe):
             "teacher_cache": self.target_cache is not None,
             "cache_seconds": round(self.cache_seconds, 3),
             "fitted_class_bias": self.bias_report,
+            "teacher_check": self.teacher_report,
         }}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "teacher_check": self.teacher_report}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.teacher_report = state.get("teacher_check", self.teacher_report)
+
+
+_LIKELY_CAUSES = ("the teacher's inputs were normalised otherwise (other mean/std, data.normalize, or images "
+                  "scaled differently) or its classes are numbered in another order; check where its weights "
+                  "come from.")
+
+
+def near_chance(classes: int) -> float:
+    """The top-1 below which a teacher counts as near chance: min(2/C, 1/C + 0.2)."""
+    return min(2 / classes, 1 / classes + 0.2)
+
+
+def teacher_mismatch(weights: Optional[str], data) -> str:
+    """What differs between the run a teacher's weights come from (``RUN_DIR`` or ``RUN_DIR:member``) and this
+    run's data: the normalisation statistics, the class names; "" when unknown or equal."""
+    import json
+
+    from peerlearn.engine.initial_weights import split_source
+
+    if not weights:
+        return ""
+    folder, _ = split_source(weights)
+    record_file = folder / "run.json" if folder.is_dir() else None
+    if record_file is None or not record_file.is_file():
+        return ""
+    try:
+        recorded = json.loads(record_file.read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    found = []
+    normalization = recorded.get("normalization", {})
+    theirs = (normalization.get("mean"), normalization.get("std"))
+    ours = (list(data.mean), list(data.std))
+    if theirs[0] is not None and (len(theirs[0]) != len(ours[0]) or any(
+            abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(theirs[0] + theirs[1], ours[0] + ours[1]))):
+        found.append(f"its run normalised inputs with mean {_short(theirs[0])} and std {_short(theirs[1])}, this "
+                     f"run with mean {_short(ours[0])} and std {_short(ours[1])} (data.normalize, data.image_size "
+                     "or another dataset)")
+    names = recorded.get("class_names")
+    if names is not None and list(names) != list(data.class_names):
+        found.append(f"its run's classes are {_short(names)}, this run's {_short(data.class_names)} (another order "
+                     "or other classes)")
+    return "; ".join(found) + "." if found else ""
+
+
+def _short(values) -> str:
+    shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in list(values)[:6]]
+    return "[" + ", ".join(shown) + (", ...]" if len(values) > 6 else "]")
 
 
 class FitClassBias(Callback):

@@ -215,36 +215,37 @@ class GreedyRecipe(Recipe):
         model.eval()  # the prefix is frozen: eval mode, whatever the cohort's mode
         try:
             with torch.no_grad():
-                probe = model.prefix(stream.normalizer(stream.x[:1]), block)
+                with self.autocast():
+                    probe = model.prefix(stream.normalizer(stream.x[:1]), block).float()
                 size = probe[0].numel() * probe.element_size() * len(self.data.train)
                 report["bytes"] = size
                 if size > self.settings.cache_max_mb * MIB:
                     report["reason"] = (f"{size / MIB:.1f} MiB is above greedy.cache_max_mb="
                                         f"{self.settings.cache_max_mb:g}")
                     return None
-                parts = [model.prefix(batch.x, block) for _, batch in stream.epoch(0)]
+                with self.autocast():  # the frozen prefix runs as the training forward would (bf16 on CUDA)
+                    parts = [model.prefix(batch.x, block).float() for _, batch in stream.epoch(0)]
         finally:
             model.train(was_training)
         report["cached"] = True
         return torch.cat(parts)
 
     # ------------------------------------------------------------------ one step
-    def step(self, batch: Batch) -> dict[str, Any]:
-        """CE of the active head on the trainable part of the network; the frozen prefix gets no gradient."""
+    def network_forward(self, member: Member, x: torch.Tensor, with_features: bool):
+        """The training forward of stage j: the frozen prefix (blocks < j, no gradient; or its cached output,
+        then ``x`` already is x_j), the trained block(s), and the active auxiliary head, whose pooled features
+        feed the feature regularisers (centre loss). Run by the executor under the recipe's autocast."""
         model, block = self.model, self.active_block
         if self._cached_stage:
-            hidden = batch.x
+            hidden = x
         else:
             with torch.no_grad():
-                hidden = model.prefix(batch.x, block)
+                hidden = model.prefix(x, block)
         for trained in model.blocks[block:model.depth]:
             hidden = trained(hidden)
         head = model.heads[model.depth - 1]
-        features = head.body(hidden)  # the head's pooled features, for feature regularisers (centre loss)
-        logits = head.linear(features)
-        loss = self.supervised_loss(self.member.name, logits, batch.y,
-                                    features if self.regularizer.needs_features else None)
-        return {"loss": self.update([self.member], [loss])}
+        features = head.body(hidden)
+        return head.linear(features), features if with_features else None
 
     # ------------------------------------------------------------------ state and summary
     def callbacks(self) -> list[Callback]:

@@ -17,7 +17,7 @@ per process, probabilities all-gathered). All give the loop's weights within flo
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
@@ -27,8 +27,7 @@ from peerlearn.data.batches import Batch
 from peerlearn.engine.executors import Executor, FusedExecutor, select_executor
 from peerlearn.engine.fused import FusedCohort
 from peerlearn.errors import ConfigError
-from peerlearn.losses import (feature_l2, mutual_mimicry, soft_probs, stacked_feature_l2,
-                              stacked_mutual_mimicry)
+from peerlearn.losses import feature_l2, mutual_mimicry
 from peerlearn.recipes.base import Recipe
 
 
@@ -53,8 +52,6 @@ class MutualRecipe(Recipe):
     section_model = MutualConfig
     supports_fused = True  # engine.executors.FusedExecutor (simultaneous update)
     supports_distributed = True  # engine.executors.DistributedExecutor (simultaneous update)
-
-    executor: Optional[Executor] = None
 
     @classmethod
     def check_capabilities(cls, config, world_size: int = 1) -> None:
@@ -105,47 +102,35 @@ class MutualRecipe(Recipe):
             raise ConfigError("Invalid config: key 'mutual.feature_l2' is set, but the members' penultimate features "
                               f"differ in size ({', '.join(f'{k}: {v}' for k, v in dims.items())}); the L2 pull needs "
                               "one size (choose features_from / widths that agree, or set mutual.feature_l2=0).")
-        self.executor = select_executor(self, self.config.engine.fused, self.settings.update)
+        self.executor = self.make_executor()
         return cohort
 
-    def step(self, batch: Batch) -> dict[str, Any]:
-        return self.executor.step(self, batch)
+    def make_executor(self) -> Executor:
+        return select_executor(self, self.config.engine.fused, self.settings.update)
 
     # ------------------------------------------------------------------ the loss (what executors call)
-    def share(self, logits: torch.Tensor,
-              features: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """What a member gives its peers: p = softmax(z / T) (detached) when λ > 0, its features when μ > 0."""
-        probs = soft_probs(logits, self.settings.temperature) if self.mimicry_weight > 0 else None
-        feats = features.detach() if self.feature_weight > 0 and features is not None else None
-        return probs, feats
+    def shared_outputs(self) -> tuple[bool, bool]:
+        """Members read their peers' probabilities when λ > 0 and their features when μ > 0."""
+        return self.mimicry_weight > 0, self.feature_weight > 0
 
-    def member_loss(self, name: str, logits: torch.Tensor, features: Optional[torch.Tensor],
-                    probs: dict[str, torch.Tensor], all_features: dict[str, torch.Tensor],
-                    batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_k for member ``name`` given every member's current (detached) probabilities."""
+    def losses(self, out, batch: Batch, names: list[str]):
+        """L_k for each named member, with the peers' probabilities p_l = softmax(z_l / T) (detached) and
+        features (detached) taken from ``out``, the step's outputs."""
         settings = self.settings
-        mimicry = pull = None
-        if self.mimicry_weight > 0 and len(probs) > 1:
-            peers = [p for other, p in probs.items() if other != name]
-            mimicry = mutual_mimicry(logits, peers, settings.temperature, settings.divergence, settings.teacher,
-                                     mask=self._mimicry_rows(batch))
-        if self.feature_weight > 0 and features is not None and len(all_features) > 1:
-            pull = feature_l2(features, [f for other, f in all_features.items() if other != name])
-        return self.combine(name, logits, features, batch, mimicry, pull)
-
-    def stacked_losses(self, logits: torch.Tensor, features: Optional[torch.Tensor], batch: Batch):
-        """Every member's (L_k, parts) from stacked outputs (logits [K, B, C], features [K, B, D])."""
-        settings, count = self.settings, logits.shape[0]
-        mimicry = pull = None
-        if self.mimicry_weight > 0 and count > 1:
-            mimicry = stacked_mutual_mimicry(logits, settings.temperature, settings.divergence, settings.teacher,
-                                             mask=self._mimicry_rows(batch))
-        if self.feature_weight > 0 and features is not None and count > 1:
-            pull = stacked_feature_l2(features)
-        names = [m.name for m in self.cohort.trainable]
-        return [self.combine(name, logits[k], None if features is None else features[k], batch,
-                             None if mimicry is None else mimicry[k], None if pull is None else pull[k])
-                for k, name in enumerate(names)]
+        result = {}
+        for name in names:
+            logits, features = out.logits[name], out.features.get(name)
+            mimicry = pull = None
+            peers = out.peers(name)
+            if self.mimicry_weight > 0 and peers:
+                mimicry = mutual_mimicry(logits, [out.probs(peer, settings.temperature) for peer in peers],
+                                         settings.temperature, settings.divergence, settings.teacher,
+                                         mask=self._mimicry_rows(batch))
+            peer_features = out.peer_features(name)
+            if self.feature_weight > 0 and features is not None and peer_features:
+                pull = feature_l2(features, [f.detach() for f in peer_features])
+            result[name] = self.combine(name, logits, features, batch, mimicry, pull)
+        return result
 
     def _mimicry_rows(self, batch: Batch) -> Optional[torch.Tensor]:
         return batch.labelled if self.settings.mimic_on == "labelled" else None
@@ -195,3 +180,10 @@ class IndependentRecipe(MutualRecipe):
 
     def _needs_features(self) -> bool:
         return self.regularizer.needs_features
+
+    def make_executor(self) -> Executor:
+        return select_executor(self, self.config.engine.fused, "simultaneous")
+
+    def losses(self, out, batch: Batch, names: list[str]):
+        """L_k = CE(z_k, y) (+ the shared regularisers): the base recipe's supervised loss."""
+        return Recipe.losses(self, out, batch, names)

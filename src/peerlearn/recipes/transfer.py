@@ -333,19 +333,24 @@ class TransferRecipe(Recipe):
         return stages
 
     # ------------------------------------------------------------------ step
-    def step(self, batch) -> dict[str, Any]:
-        member = self.cohort.trainable[0]
-        logits, features = self.forward(member, batch.x, with_features=True)
-        loss = self.supervised_loss(member.name, logits, batch.y, features)
-        log: dict[str, Any] = dict(self.regularizer.last_parts.get(member.name, {}))  # ce and any regulariser terms
+    def _needs_features(self) -> bool:
+        """The transfer network's features feed the domain alignment and the feature regularisers."""
+        return True
+
+    def losses(self, out, batch, names: list[str]):
+        """CE (+ the shared regularisers) of the transfer network, plus ``align_weight`` · the alignment of the
+        batch's source and target features (CORAL / MMD) when the batch holds at least two of each."""
+        (name,) = names
+        logits, features = out.logits[name], out.features[name]
+        loss = self.supervised_loss(name, logits, batch.y, features)
+        parts: dict[str, Any] = dict(self.regularizer.last_parts.get(name, {}))  # ce and any regulariser terms
         if self.settings.align != "none":
             is_source = domain_of(batch.index, self.n_target)
             if int(is_source.sum()) >= 2 and int((~is_source).sum()) >= 2:
                 align = ALIGNMENT_LOSSES[self.settings.align](features[is_source], features[~is_source])
                 loss = loss + self.settings.align_weight * align
-                log["align"] = align.detach()
-        log["loss"] = self.update([member], [loss])
-        return log
+                parts["align"] = align.detach()
+        return {name: (loss, parts)}
 
     def network_record(self, member: Member) -> dict[str, Any]:
         """The whole network (backbones → standardised features → head), fed images: in features mode too,

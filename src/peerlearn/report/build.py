@@ -12,6 +12,7 @@ from peerlearn.report import plots
 from peerlearn.report.collect import ReportOptionError, ReportOptions, RunData, collect_run
 from peerlearn.report.groups import SeedGroup, group_scores, label_and_group
 from peerlearn.report.html import image, render_page
+from peerlearn.safe_write import check_writable, ensure_folder, write_file
 
 REPORT_NAME = "report.html"
 
@@ -25,20 +26,20 @@ class FigureWriter:
     """Turns matplotlib figures into the page's ``<figure>`` blocks: always a PNG embedded in the page; with
     ``fmt`` svg or pdf also a file ``<page stem>_figures/<name>.<fmt>`` beside the page, linked under the image."""
 
-    def __init__(self, page: Path, fmt: str = "png"):
+    def __init__(self, page: Path, fmt: str = "png", root: Optional[Path] = None):
         if fmt not in plots.FIGURE_FORMATS:
             raise ReportOptionError(f"--figures must be one of {', '.join(plots.FIGURE_FORMATS)}, got {fmt!r}.")
         self.fmt = fmt
         self.folder = page.parent / f"{page.stem}_figures"
+        self.root = root if root is not None else page.parent  # the figures never go outside it
         self.files: list[Path] = []
 
     def __call__(self, fig, name: str, alt: str, caption: str = "") -> str:
         png = base64.b64encode(plots.render(fig, "png")).decode("ascii")
         link = None
         if self.fmt != "png":
-            self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{_slug(name)}.{self.fmt}"
-            path.write_bytes(plots.render(fig, self.fmt))
+            write_file(path, plots.render(fig, self.fmt), root=self.root, what="the figure")
             self.files.append(path)
             link = f"{self.folder.name}/{path.name}"
         plots.close(fig)
@@ -87,6 +88,19 @@ def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: F
     return figures
 
 
+def output_and_root(run_dirs: Sequence[Path], out: Optional[str | Path]) -> tuple[Path, Path]:
+    """The page's path and the folder it and its figures must stay inside: the run directory (one run, no
+    --out), the current folder (several runs), or the folder the user named with --out (the file's folder
+    when --out names a file)."""
+    if out is None:
+        target = default_output(run_dirs)
+        return target, target.parent
+    target = Path(out)
+    if target.is_dir():
+        return target / REPORT_NAME, target
+    return target, target.parent
+
+
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
                  options: Optional[ReportOptions] = None, title: str = "peerlearn report",
                  figures: str = "png") -> Path:
@@ -97,17 +111,15 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     paths = [Path(d) for d in run_dirs]
     if not paths:
         raise PeerlearnError("report needs at least one RUN_DIR.")
+    if not isinstance(title, str) or len(title) > 1000:
+        raise ReportOptionError("--title must be text of at most 1000 characters.")
     plots.pyplot()  # fail before the slow part when matplotlib is missing
-    target = Path(out) if out is not None else default_output(paths)
-    if target.is_dir():
-        target = target / REPORT_NAME
-    figure = FigureWriter(target, figures)
+    target, root = output_and_root(paths, out)
+    figure = FigureWriter(target, figures, root)
+    if out is not None or root.is_dir():  # (a missing run directory is named by the run reader)
+        ensure_folder(target.parent, root, create_root=out is not None)  # a link is refused before the slow part
+        check_writable(target.parent, "report's folder")
     runs = [collect_run(path, options) for path in paths]
     groups = label_and_group(runs)
     page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(page, encoding="utf-8")
-    except OSError as error:
-        raise PeerlearnError(f"Cannot write the report to {str(target)!r}: {error.strerror}.") from None
-    return target
+    return write_file(target, page, root=root, what="the report")

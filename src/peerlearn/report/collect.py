@@ -54,15 +54,22 @@ class ReportOptions:
     progress: Mode = "auto"
 
     def check(self) -> None:
-        for key in ("split", "flatness_split"):
-            if getattr(self, key) not in SPLITS:
-                raise ReportOptionError(f"{key} must be one of {', '.join(SPLITS)}, got {getattr(self, key)!r}.")
-        for key in ("limit", "flatness_items", "tsne_items", "draws"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ReportOptionError(f"{key} must be at least 1, got {value}.")
-        if any(s < 0 for s in self.sigmas):
-            raise ReportOptionError(f"noise levels σ must be ≥ 0, got {list(self.sigmas)}.")
+        """Every option (exit 2 naming it as typed, e.g. --tsne-items), before any run is read."""
+        from peerlearn import command_options as options
+        from peerlearn.errors import ConfigError
+
+        try:
+            for key in ("split", "flatness_split"):
+                options.choice(getattr(self, key), key, SPLITS)
+            for key in ("limit", "flatness_items", "tsne_items", "draws"):
+                options.integer_at_least(getattr(self, key), key, 1, allow_none=key == "limit")
+            options.finite_numbers(self.sigmas, "sigmas", low=0.0)
+            options.member_names(self.tsne_members, "tsne_member")
+            options.integer_at_least(self.seed, "seed", 0)
+            if self.progress not in ("auto", "on", "off", True, False, None):
+                options.choice(self.progress, "progress", ("auto", "on", "off"))
+        except ConfigError as error:
+            raise ReportOptionError(str(error)) from None
 
 
 @dataclass

@@ -29,14 +29,15 @@ from peerlearn.evaluate.runner import classification_scores, ensemble_members, s
 from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import EvaluateStatement, PredictStatement
 from peerlearn.sql.store import ModelStore
-from peerlearn.sql.writer import value_kind, write_table
+from peerlearn.sql.writer import check_prediction_target, value_kind, write_prediction_table
 
 PREDICT_OPTIONS = {
     "probabilities": "true: also a column <column>_prob_<class> per class",
     "member": "the member that predicts (default: the ensemble of the trainable members)",
     "keys": "the query's columns copied to the table (default: every column that is neither a feature nor "
             "the label)",
-    "overwrite": "true: replace the table if it exists",
+    "overwrite": "true: replace the table if it exists and an earlier TO PREDICT created it (never a table "
+                 "the query reads or that peerlearn did not create)",
 }
 
 
@@ -146,6 +147,7 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
     options = predict_options(statement)
     statement = fold_names(statement, url)
     lower = url_scheme(url) in ("postgresql", "postgres") and statement.column not in statement.quoted
+    check_prediction_target(url, statement.table, statement.schema, statement.select)  # before the work
     model = load_model(store, statement.model)
     table = query_table(url, statement.select)
     x = feature_matrix(table, model.features)
@@ -182,8 +184,8 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
         if options["probabilities"]:
             values += [float(p) for p in probabilities[n]]
         rows.append(values)
-    write_table(url, statement.table, statement.schema, columns, rows,
-                overwrite=overwrite or options["overwrite"])
+    write_prediction_table(url, statement.table, statement.schema, columns, rows, statement.select,
+                           overwrite=overwrite or options["overwrite"])
     target = f"{statement.schema}.{statement.table}" if statement.schema else statement.table
     return {"table": target, "rows": len(rows), "columns": [name for name, _ in columns],
             "predicted_by": names[0] if len(names) == 1 else f"{ENSEMBLE} of {', '.join(names)}"}

@@ -20,6 +20,7 @@ from peerlearn.engine.run_record import registry_network
 from peerlearn.errors import ConfigError
 from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
+from peerlearn.engine.initial_weights import fit_to_model, split_source
 
 TIMM_PREFIX = "timm:"
 
@@ -27,8 +28,10 @@ TIMM_PREFIX = "timm:"
 class BackboneConfig(Section):
     """One pretrained feature extractor of the transfer recipe."""
 
-    source: str = Field(..., description="a peerlearn run directory, a .safetensors file, a .pt state dict "
-                                         "(loaded weights-only) or timm:<model name> (needs the timm extra)")
+    source: str = Field(..., description="a peerlearn run directory (RUN_DIR:member picks a member), a "
+                                         ".safetensors file, a .pt state dict (loaded weights-only; a plain "
+                                         "state_dict of your own network needs no key prefix) or timm:<model "
+                                         "name> (needs the timm extra)")
     member: Optional[str] = Field(None, description="run directory / multi-member file: which member "
                                                      "(default: the first)")
     model: Optional[str] = Field(None, description="architecture of a weights file (default: the run's, "
@@ -121,8 +124,8 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
     classifier removed."""
     if spec.source.startswith(TIMM_PREFIX):
         return load_timm(spec, where, data_kwargs["in_channels"])
-    path = Path(spec.source)
-    model_name, model_args, member = spec.model, spec.model_args, spec.member
+    path, named = split_source(spec.source)  # RUN_DIR:member names the member too
+    model_name, model_args, member = spec.model, spec.model_args, spec.member or named
     if path.is_dir():
         run_config = path / "config.yaml"
         weights = path / "model.safetensors"
@@ -157,7 +160,7 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
         model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"Invalid config: key '{where}.model': {error}.") from None
-    tensors = _strip_member(tensors, set(model.state_dict()))
+    tensors = fit_to_model(_strip_member(tensors, set(model.state_dict())), model)  # a plain state dict of your own
     shape_hint = (f" The weights may come from inputs of another size: the target data gives "
                   f"{data_kwargs['in_channels']} channel(s) of {data_kwargs['image_size']} px; set data.image_size "
                   f"or {where}.input_size to the source's size.")
