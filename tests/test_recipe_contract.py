@@ -18,7 +18,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.recipes import get_recipe, recipes_with, register_recipe
 from peerlearn.recipes.base import Recipe
 
-BASE_COMMANDS = {"evaluate", "analyze", "report", "export"}
+BASE_COMMANDS = {"evaluate", "analyze", "report", "export", "predict"}
 # what each shipped recipe is expected to declare: (section, fused, distributed, extra commands)
 EXPECTED = {
     "independent": (None, True, True, set()),
