@@ -21,8 +21,9 @@ from peerlearn.engine.checkpoint import DIGEST_KEY, FORMAT_KEY, load_state, save
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch run (its checkpoint is at the end of epoch 1)."""
-    return peerlearn.train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("runs")).run_dir
+    """A finished one-epoch DML run (its checkpoint is at the end of epoch 1)."""
+    return peerlearn.train(tiny_config(recipe="mutual", train={"epochs": 1}),
+                           out=tmp_path_factory.mktemp("runs")).run_dir
 
 
 @pytest.fixture
@@ -75,6 +76,10 @@ def test_changes_that_the_checkpoint_cannot_follow_are_refused(run, capsys):
     assert code == 2 and "Cannot change members.0.model" in err, err
     code, err = _resume(run, "--change", "optim.lr=true", capsys=capsys)
     assert code == 2 and "optim.lr" in err, err
+    code, err = _resume(run, "--change", "mutual.update=sequential", capsys=capsys)  # the recipe's own section
+    assert code == 2 and "Cannot change mutual.update" in err and "mutual.weight" in err, err
+    code, err = _resume(run, "--change", "schedule.name=cosine", capsys=capsys)  # schedule.* but its name
+    assert code == 2 and "Cannot change schedule.name" in err and "schedule.gamma" in err, err
     code, err = main(["train", "--change", "optim.lr=0.1"]), capsys.readouterr().err
     assert code == 2 and "--resume" in err
 

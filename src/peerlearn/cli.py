@@ -50,7 +50,7 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     from peerlearn.engine.distributed import check_distributed_config, launch_local, local_train_args
 
     nproc = args.nproc or len(load_config(args.config, args.overrides).members if args.resume is None
-                              else load_config(f"{args.resume}/config.yaml").members)
+                              else load_config(f"{args.resume}/config.yaml", import_code=False).members)
     if args.resume is None:  # report config errors once, before starting any process
         from peerlearn.recipes import get_recipe
 
@@ -58,7 +58,7 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         get_recipe(config.recipe).check_capabilities(config, nproc)
         check_distributed_config(config, nproc)
     timeout = (load_config(args.config, args.overrides) if args.resume is None
-               else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
+               else load_config(f"{args.resume}/config.yaml", import_code=False)).engine.dist_timeout
     return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change,
                                          args.trust_code), nproc,
                         grace_seconds=min(timeout, 30.0))

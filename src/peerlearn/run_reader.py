@@ -89,25 +89,48 @@ def ensure_registered(network: dict[str, Any]) -> None:
 
 
 def recipe_of(record: dict[str, Any]):
-    """The recipe class of a run: the registered one of its name, else the recorded ``module:Class`` imported
-    and registered (a recipe of your own in an importable module); None when neither is found here."""
-    from peerlearn.recipes import RECIPE_NAMES, get_recipe, register_recipe
+    """The recipe class of a run: the one its recorded ``recipe`` value names when that is registered (or a
+    reference whose module is already loaded: finding it runs no code), else its recorded class imported
+    (``import_recorded_recipe``); None when neither is found here."""
+    from peerlearn.recipes import find_recipe
+
+    name = record.get("recipe")
+    if isinstance(name, str):
+        try:
+            found = find_recipe(name, import_code=False)
+        except ConfigError:
+            found = None
+        if found is not None:
+            return found
+    return import_recorded_recipe(record)
+
+
+def import_recorded_recipe(record: dict[str, Any]):
+    """Import the recipe class a run recorded (``recipe_class``, ``package.module:Class``) and register it under
+    the run's ``recipe`` value, so that its config (and section) reads back; None when it cannot be found here
+    (the run is still read, without its recipe's section, with the base commands).
+
+    The one place where reading a run imports a recipe's code."""
+    from peerlearn.recipes import register_recipe
+    from peerlearn.recipes.base import Recipe
 
     name, location = record.get("recipe"), record.get("recipe_class")
-    if name in RECIPE_NAMES:
-        return get_recipe(name)
-    if not location or location.split(":", 1)[0] == "__main__":
+    if not isinstance(name, str) or not isinstance(location, str) or location.split(":", 1)[0] == "__main__":
         return None
     require_trusted_code(location, "run.json: recipe_class")  # refused, never ignored, when not trusted
+    module_name, _, qualname = location.partition(":")
+    # TRUST: guarded by peerlearn.trust (require_trusted_code above: a run not signed with this user's key needs
+    # --trust-code / trust_code=True before its recipe's module is imported)
     try:
-        recipe = _import_factory(location, name, "run.json: recipe_class")
-    except PeerlearnError:
+        recipe: Any = importlib.import_module(module_name)
+    except Exception:  # noqa: BLE001 - not importable here (or failing): read the run without its recipe
         return None
-    if not isinstance(recipe, type):
+    for part in qualname.split("."):
+        recipe = getattr(recipe, part, None)
+    if not (isinstance(recipe, type) and issubclass(recipe, Recipe)):
         return None
-    if name not in RECIPE_NAMES:  # importing its module may have registered it already
-        register_recipe(name, recipe)
-    return get_recipe(name)
+    register_recipe(name, recipe)
+    return recipe
 
 
 def check_command(record: dict[str, Any], recipe, command: str, run_dir: Path) -> None:
@@ -120,10 +143,9 @@ def check_command(record: dict[str, Any], recipe, command: str, run_dir: Path) -
     if command in commands:
         return
     owners = [name for name in RECIPE_NAMES if command in get_recipe(name).commands]
-    hint = {"probe": " (it reads a network of blocks, layerwise_cnn, as greedy layerwise training builds it)"}
     raise ConfigError(f"`peerlearn {command}` does not apply to {str(run_dir)!r}, a run of recipe "
-                      f"{record.get('recipe')!r}; it applies to runs of {', '.join(owners) or 'no recipe'}"
-                      f"{hint.get(command, '')}. This run's commands: {', '.join(commands)}.")
+                      f"{record.get('recipe')!r}; it applies to runs of {', '.join(owners) or 'no recipe'}. "
+                      f"This run's commands: {', '.join(commands)}.")
 
 
 def build_network(network: dict[str, Any]) -> nn.Module:
@@ -401,25 +423,19 @@ class RunReader:
                               f"{', '.join(names)} that run.json names; restore a good copy of the run.")
         return {name: members[name]["model"] for name in names}, checkpoint
 
-    def config(self, record: dict[str, Any], recipe):
-        """config.yaml, validated. A model registered from Python is found again first (its recorded factory);
-        so is a recipe of your own (its recorded class), whose section the config holds. When that recipe
-        cannot be imported here, its section is left out: reading a run needs none of the recipe's settings."""
-        from peerlearn.config import RECIPE_SECTIONS, RunConfig, load_config
-        from peerlearn.config.loading import read_config_file
+    def config(self, record: dict[str, Any]):
+        """config.yaml, validated, without importing code: a model registered from Python is found again first
+        (its recorded factory), and the run's recipe was looked up before (``recipe_of``). A recipe that could
+        not be found here leaves its section out: reading a run needs none of the recipe's settings."""
+        from peerlearn.config import load_config
 
         for member in record["members"]:  # a model registered from Python must be known to validate the config
             network = member.get("network") or {}
             for part in [network, *network.get("backbones", [])]:
                 if part.get("kind") == "registry":
                     ensure_registered(part)
-        overrides = [f"train.device={self.device}"]
         try:
-            if recipe is not None:
-                return load_config(self.run_dir / CONFIG_NAME, overrides)
-            tree = read_config_file(self.run_dir / CONFIG_NAME)
-            known = {**RunConfig.model_fields, **RECIPE_SECTIONS}
-            return load_config({key: value for key, value in tree.items() if key in known}, overrides)
+            return load_config(self.run_dir / CONFIG_NAME, [f"train.device={self.device}"], import_code=False)
         except ConfigError as error:
             raise ConfigError(f"The run's {str(self.run_dir / CONFIG_NAME)!r} cannot be used: {error}") from None
 
@@ -573,7 +589,7 @@ class RunReader:
             recipe = recipe_of(record)
             if command is not None:
                 check_command(record, recipe, command, self.run_dir)
-            config = self.config(record, recipe)
+            config = self.config(record)
             self._check_agreement(record, config)
             cohort, source = self.cohort(record, recipe)
         recorded = record["data"]

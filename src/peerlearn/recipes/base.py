@@ -32,6 +32,14 @@ def member_seed(seed: int, index: int) -> int:
     return seed * 1_000 + index
 
 
+def default_network(config: RunConfig) -> str:
+    """The network of a default member: ``small_cnn`` for a source of images, ``mlp`` for one of feature vectors
+    (``SourceSpec.gives``, e.g. tabular)."""
+    from peerlearn.data.registry import SOURCES
+
+    return "mlp" if SOURCES[config.data.source].gives == "features" else "small_cnn"
+
+
 class Recipe:
     """Base recipe: one stage, every trainable member trained with CE through the step contract
     (``engine.executors``). Subclasses give their ``losses`` (and, where they differ, ``step_members``,
@@ -43,7 +51,12 @@ class Recipe:
     cohort, ``supports_distributed``: one member per process; both through ``engine.executors``; rules that
     depend on its settings in ``check_capabilities``) and which after-training commands apply to its runs
     (``commands``, checked by ``run_reader``); ``validate`` checks the config and the data before anything
-    is built. Adding a recipe is one module and one ``peerlearn.recipes.register_recipe`` line.
+    is built; ``defaults`` gives the members (and whatever comes with them) of a config that names none.
+    A recipe is one module: named by reference (``recipe: package.module:Class``) it needs no registration;
+    ``peerlearn.recipes.register_recipe`` gives it a short name.
+
+    The section's settings that a resumed run may change (``--resume --change``) are declared on its fields,
+    with ``peerlearn.config.Changeable`` instead of ``Field``, like the built-in sections'.
     """
 
     name = "base"
@@ -52,6 +65,22 @@ class Recipe:
     supports_fused = False
     supports_distributed = False
     commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export", "predict")
+
+    @classmethod
+    def defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """Values for the keys a config leaves out, as dotted keys; the config applies each only where it is silent,
+        before anything is built (``RunConfig``), and ``peerlearn config`` shows them.
+
+        Here: two members of the data's default network (``default_network``), named m0 and m1. A recipe with
+        another cohort overrides it, so that a config naming only ``recipe``, ``data`` and ``train`` trains."""
+        model = default_network(config)
+        return {"members": [{"model": model}, {"model": model}]}
+
+    @classmethod
+    def run_directory_keys(cls, config: RunConfig) -> list[str]:
+        """Dotted keys of ``config``, besides the members' ``weights``, whose value may name a trained run's
+        directory, so that a front end (the SQL model store) can resolve its own names there. None here."""
+        return []
 
     @classmethod
     def validate(cls, config: RunConfig, data: DataBundle) -> None:
@@ -483,7 +512,7 @@ class Recipe:
 
     def describe_run(self) -> dict[str, Any]:
         """The recipe's part of run.json: members (role, network) and the data pipeline."""
-        return {"format": RECORD_FORMAT, "recipe": self.name,
+        return {"format": RECORD_FORMAT, "recipe": self.config.recipe,  # a registered name or package.module:Class
                 "recipe_class": f"{type(self).__module__}:{type(self).__qualname__}",
                 "members": [self.participant_record(m) for m in self.cohort],
                 "data": data_pipeline(self.config.data, self.config.seed, self.data)}

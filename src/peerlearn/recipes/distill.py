@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import Field
 
-from peerlearn.config import AugmentConfig, DataConfig, Section
+from peerlearn.config import AugmentConfig, Changeable, DataConfig, Section
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
@@ -38,7 +38,7 @@ from peerlearn.engine.evaluation import predict, score, topk_accuracy
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
 from peerlearn.losses import distillation_terms, soft_targets
-from peerlearn.recipes.base import Recipe
+from peerlearn.recipes.base import Recipe, default_network
 from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
 
 
@@ -48,13 +48,14 @@ class DistillConfig(Section):
     teachers: Optional[list[str]] = Field(
         None, description="names of the teacher members (default: the members with trainable: false); "
                           "every other member is a student")
-    teacher_epochs: int = Field(
-        0, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them "
-                             "(0: teachers come with `weights`)")
+    teacher_epochs: Optional[int] = Field(
+        None, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them; 0: "
+                                "the teachers come trained (`weights`, or modules given from Python); default: "
+                                "train.epochs when no teacher comes trained, else 0")
     teacher_augment: Optional[AugmentConfig] = Field(
         None, description="augmentation of the teacher stage (default: data.augment)")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets")
-    alpha: float = Field(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
+    temperature: float = Changeable(4.0, gt=0, description="softmax temperature T of the soft targets")
+    alpha: float = Changeable(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
     loss: Literal["kl", "logit_mse"] = Field(
         "kl", description="kl: T²·KL of softened distributions; logit_mse: ½‖z_student − z_teacher‖²")
     transfer: Literal["train", "unlabelled", "data"] = Field(
@@ -86,6 +87,20 @@ class DistillRecipe(Recipe):
     section_model = DistillConfig
 
     @classmethod
+    def defaults(cls, config) -> dict[str, Any]:
+        """A config without members: a teacher four times as wide as the student (small_cnn width 64 vs 16; for
+        feature vectors an mlp of 800-800 units vs one of 100). It comes untrained, so the teacher stage trains
+        it first (``distill.teacher_epochs`` left out: ``train.epochs``), then it is frozen and the student
+        distils."""
+        if default_network(config) == "mlp":
+            teacher, student = {"model": "mlp", "model_args": {"widths": [800, 800]}}, \
+                {"model": "mlp", "model_args": {"widths": [100]}}
+        else:
+            teacher, student = {"model": "small_cnn", "model_args": {"width": 64}}, \
+                {"model": "small_cnn", "model_args": {"width": 16}}
+        return {"members": [{"name": "teacher", "trainable": False, **teacher}, {"name": "student", **student}]}
+
+    @classmethod
     def validate(cls, config, data) -> None:
         """Teachers and students that make sense, and distill settings that fit the data's classes."""
         super().validate(config, data)
@@ -96,6 +111,8 @@ class DistillRecipe(Recipe):
         super().__init__(config, data, device, distributed, user_members)
         self.settings = config.distill
         self.teacher_names, self.student_names = self.roles(config)
+        if self.settings.teacher_epochs is None:  # resolved once, and recorded in the run's config
+            self.settings.teacher_epochs = self._default_teacher_epochs()
         teacher_augment = self.settings.teacher_augment or config.data.augment
         self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
                                           seed=config.seed, augment=self.batch_augment(teacher_augment),
@@ -138,11 +155,26 @@ class DistillRecipe(Recipe):
                                   "a student must be trainable.")
         return teachers, students
 
+    def _comes_trained(self, member) -> bool:
+        return bool(member.weights) or isinstance(self.user_members.get(member.name), torch.nn.Module)
+
+    def _default_teacher_epochs(self) -> int:
+        """``distill.teacher_epochs`` left out: 0 when every teacher comes trained, ``train.epochs`` when none does;
+        a mix is ambiguous (would the trained ones train again?) and is refused."""
+        teachers = [m for m in self.config.members if m.name in self.teacher_names]
+        trained = [m.name for m in teachers if self._comes_trained(m)]
+        if len(trained) == len(teachers):
+            return 0
+        if not trained:
+            return self.config.train.epochs
+        raise ConfigError(f"Invalid config: teachers {', '.join(trained)} come trained and "
+                          f"{', '.join(m.name for m in teachers if m.name not in trained)} do not; set "
+                          "'distill.teacher_epochs' (N > 0 trains every teacher first, 0 needs weights for all).")
+
     def _check_teacher_weights(self) -> None:
         """A teacher that is not trained here needs weights: from the config, or a module given from Python."""
         for index, member in enumerate(self.config.members):
-            if (member.name in self.teacher_names and self.settings.teacher_epochs == 0 and not member.weights
-                    and not isinstance(self.user_members.get(member.name), torch.nn.Module)):
+            if member.name in self.teacher_names and self.settings.teacher_epochs == 0 and not self._comes_trained(member):
                 raise ConfigError(f"Invalid config: teacher member {member.name!r} (members.{index}) has no "
                                   "'weights' and 'distill.teacher_epochs' is 0: give it weights (a run directory "
                                   "or a .safetensors file), pass the trained module from Python, or train it "

@@ -45,11 +45,14 @@ def _relevant(key: str) -> bool:
 
 
 def differing_keys(settings: Sequence[dict[str, str]]) -> list[str]:
-    """Keys (other than the ignored ones) whose values are not the same in every run, in config order."""
+    """Keys (other than the ignored ones) whose values differ between the runs that have them, in config order.
+
+    A key only some runs have belongs to their recipe's section (a config holds its own recipe's section only):
+    the recipe already tells those runs apart, so the key counts only where its values differ."""
     keys: list[str] = []
     for entry in settings:
         keys += [k for k in entry if k not in keys]
-    return [k for k in keys if _relevant(k) and len({entry.get(k) for entry in settings}) > 1]
+    return [k for k in keys if _relevant(k) and len({entry[k] for entry in settings if k in entry}) > 1]
 
 
 def _describe(settings: dict[str, str], keys: Sequence[str]) -> str:

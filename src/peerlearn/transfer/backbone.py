@@ -60,30 +60,26 @@ class TimmBackbone(PeerModel):
         return self.body(x)
 
 
-def _where(index: int) -> str:
-    return f"transfer.backbones.{index}"
-
-
-def load_timm(spec: BackboneConfig, index: int, in_channels: int) -> PeerModel:
+def load_timm(spec: BackboneConfig, where: str, in_channels: int) -> PeerModel:
     name = spec.source[len(TIMM_PREFIX):]
     try:
         timm = import_timm(f"The backbone {spec.source!r}")
     except ConfigError as error:
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
+        raise ConfigError(f"Invalid config: key '{where}.source': {error}") from None
     try:
         # in_chans: timm adapts the first convolution to the target's channels (summing pretrained filters)
         model = timm.create_model(name, pretrained=spec.pretrained, num_classes=0, in_chans=in_channels)
     except Exception as error:  # unknown name, download failure, ...
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source': timm cannot build {name!r} ({error}).") \
+        raise ConfigError(f"Invalid config: key '{where}.source': timm cannot build {name!r} ({error}).") \
             from None
     backbone = TimmBackbone(model)
     backbone.network_record = {"kind": "timm", "name": name, "in_chans": in_channels}  # engine.run_record
     return backbone
 
 
-def read_state(path: Path, member: Optional[str], index: int) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or .pt file; a peerlearn multi-member file is cut to one member."""
-    where = _where(index)
+def read_state(path: Path, member: Optional[str], where: str) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pt file; a peerlearn multi-member file is cut to one member. ``where``: the
+    backbone's config key, named in messages."""
     if path.suffix == ".pt" or path.suffix == ".pth":
         try:
             state: Any = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,11 +120,12 @@ def _strip_member(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> dic
     return tensors
 
 
-def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig,
+def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig,
                   data_kwargs: dict[str, Any]) -> PeerModel:
-    """Build backbone ``index`` with its pretrained weights, its classifier removed."""
+    """Build the backbone ``spec`` (at config key ``where``, named in messages) with its pretrained weights, its
+    classifier removed."""
     if spec.source.startswith(TIMM_PREFIX):
-        return load_timm(spec, index, data_kwargs["in_channels"])
+        return load_timm(spec, where, data_kwargs["in_channels"])
     path, named = split_source(spec.source)  # RUN_DIR:member names the member too
     model_name, model_args, member = spec.model, spec.model_args, spec.member or named
     source_run = None  # the run directory the architecture is read from, when it is one
@@ -136,7 +133,7 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         run_config = path / "config.yaml"
         weights = path / "model.safetensors"
         if not run_config.is_file() or not weights.is_file():
-            raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}: a folder "
+            raise ConfigError(f"Invalid config: key '{where}.source' has the value {spec.source!r}: a folder "
                               "must be a finished peerlearn run (config.yaml and model.safetensors).")
         from peerlearn.config import load_config
 
@@ -146,11 +143,11 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
             records.check("model.safetensors")
         except ConfigError as error:
             raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
-        source_config = load_config(run_config)
+        source_config = load_config(run_config, import_code=False)  # another run's config: no code is imported
         members = {m.name: m for m in source_config.members}
         chosen = members.get(member) if member else source_config.members[0]
         if chosen is None:
-            raise ConfigError(f"Invalid config: key '{_where(index)}.member' has the value {member!r}; the run "
+            raise ConfigError(f"Invalid config: key '{where}.member' has the value {member!r}; the run "
                               f"{spec.source!r} has members: {', '.join(members)}.")
         member = chosen.name
         if model_name is None:  # the architecture is read from the source run: code it names needs trust
@@ -161,11 +158,11 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         model_args = chosen.model_args if model_args is None else model_args
         path = weights
     elif not path.is_file():
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source' has the value {spec.source!r}, which is "
+        raise ConfigError(f"Invalid config: key '{where}.source' has the value {spec.source!r}, which is "
                           "not a run directory, a .safetensors / .pt file, or timm:<name>.")
     model_name = model_name or default_member.model
     model_args = default_member.model_args if model_args is None else model_args
-    tensors = read_state(path, member, index)
+    tensors = read_state(path, member, where)
     classifier = tensors.get("classifier.weight")
     if classifier is None:
         tensors_try = _strip_member(tensors, {"classifier.weight"})
@@ -178,21 +175,21 @@ def load_backbone(spec: BackboneConfig, index: int, default_member: MemberConfig
         with scope:
             model = create_model(model_name, **{**data_kwargs, "num_classes": source_classes}, **model_args)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"Invalid config: key '{_where(index)}.model': {error}.") from None
+        raise ConfigError(f"Invalid config: key '{where}.model': {error}.") from None
     tensors = fit_to_model(_strip_member(tensors, set(model.state_dict())), model)  # a plain state dict of your own
     shape_hint = (f" The weights may come from inputs of another size: the target data gives "
                   f"{data_kwargs['in_channels']} channel(s) of {data_kwargs['image_size']} px; set data.image_size "
-                  f"or {_where(index)}.input_size to the source's size.")
+                  f"or {where}.input_size to the source's size.")
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as error:
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {str(path)!r} does not fit model "
+        raise ConfigError(f"Invalid config: key '{where}.source': {str(path)!r} does not fit model "
                           f"{model_name!r}: {str(error).splitlines()[-1].strip()[:300]}.{shape_hint}") from None
     if result.missing_keys or result.unexpected_keys:
         shape_hint = (f" The weights may come from inputs of another size: the target data gives "
                       f"{data_kwargs['in_channels']} channel(s) of {data_kwargs['image_size']} px; set data.image_size "
-                      f"or {_where(index)}.input_size to the source's size.")
-        raise ConfigError(f"Invalid config: key '{_where(index)}.source': {str(path)!r} does not fit model "
+                      f"or {where}.input_size to the source's size.")
+        raise ConfigError(f"Invalid config: key '{where}.source': {str(path)!r} does not fit model "
                           f"{model_name!r} (missing {len(result.missing_keys)} tensors, e.g. "
                           f"{result.missing_keys[:3]}; unexpected {result.unexpected_keys[:3]}).{shape_hint}")
     model.classifier = nn.Identity()
