@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
-from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs
+from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs, predict
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
@@ -60,7 +60,7 @@ def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dic
     is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
-    logits, _, labels = predict_with_features(run.cohort, stream, names)
+    logits, labels = predict(run.cohort, stream, names, progress="off")  # each participant's predictor
     class_names = run.class_names
     result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
     averaged = ensemble_members(run, names)
