@@ -16,6 +16,7 @@ from peerlearn.evaluate.options import check_count, check_members, check_positiv
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
 from peerlearn.safe_write import check_writable, write_file
+from peerlearn.run_files import ANALYSIS_NAME
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
@@ -74,7 +75,7 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
     if embedding is not None:
         path = save_embedding(embedding, run_dir)
         result["tsne"] = {"file": str(path), "members": embedding["members"], "items": len(embedding["labels"])}
-    write_file(Path(run_dir) / "analysis.json", json.dumps(result, indent=2), root=run_dir, what="the analyses")
+    write_file(Path(run_dir) / ANALYSIS_NAME, json.dumps(result, indent=2), root=run_dir, what="the analyses")
     return result
 
 

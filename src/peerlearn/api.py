@@ -32,9 +32,8 @@ from peerlearn.trust import (config_references, record_files, require_trusted_re
                              trusting_code)
 from peerlearn.data.user import UserData
 from peerlearn.user_inputs import for_resume, merge_user_inputs
+from peerlearn.run_files import CONFIG_NAME, SUMMARY_NAME, WEIGHTS_NAME
 
-CONFIG_NAME = "config.yaml"
-SUMMARY_NAME = "summary.json"
 
 
 @dataclass
@@ -236,7 +235,7 @@ def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, check
             record_files(run_dir, SUMMARY_NAME)
         except OSError as error:
             raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the "
-                                f"weights are in {str(run_dir / 'model.safetensors')!r}.") from None
+                                f"weights are in {str(run_dir / WEIGHTS_NAME)!r}.") from None
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 

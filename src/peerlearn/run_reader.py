@@ -45,17 +45,15 @@ from peerlearn.engine.run_record import RUN_RECORD_NAME
 from peerlearn.data.user import PYTHON_SOURCE
 from peerlearn.errors import ConfigError, DataError, PeerlearnError
 from peerlearn.run_checks import check_record
+from peerlearn.run_files import CHECKPOINT_NAME, CONFIG_NAME, WEIGHTS_NAME
 from peerlearn.trust import (RunRecords, config_references, needs_trust, read_records, reading, require_trusted_code,
                              require_trusted_references, trusting_code)
 
-CONFIG_NAME = "config.yaml"
-WEIGHTS_NAME = "model.safetensors"
-CHECKPOINT_NAME = "checkpoint.safetensors"
 SPLITS = ("train", "val", "test")
 
 
 # --------------------------------------------------------------------------- networks
-def _import_factory(location: str, name: str, where: str = "run.json"):
+def _import_factory(location: str, name: str, where: str = RUN_RECORD_NAME):
     """Import the module of a registered builder (``module:qualname``); importing it usually registers it.
     Refused unless what is being read is trusted (``peerlearn.trust.require_trusted_code``)."""
     require_trusted_code(location, where)

@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from peerlearn.errors import ConfigError
+from peerlearn.run_files import CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, RUN_RECORD_NAME, SIGNATURE_NAME, SUMMARY_NAME, WEIGHTS_NAME
 
 KEY_ENV = "PEERLEARN_TRUST_KEY_FILE"
-SIGNATURE_NAME = "signature.json"
 SIGNATURE_FORMAT = 1
-RECORDED_FILES = ("config.yaml", "run.json", "checkpoint.safetensors", "model.safetensors", "summary.json")
+RECORDED_FILES = (CONFIG_NAME, RUN_RECORD_NAME, CHECKPOINT_NAME, WEIGHTS_NAME, SUMMARY_NAME)
 MAX_SIGNATURE_BYTES = 64 * 1024
 _SIGNED_PREFIX = b"peerlearn-run-signature-v1\n"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -227,7 +227,7 @@ def sign_run(run_dir: Union[str, Path]) -> dict[str, str]:
     """Record the hashes of every present record file of ``run_dir`` as they are now and sign them with this
     user's key (``peerlearn trust RUN_DIR``): the run is then read as this user's own. Returns the hashes."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_NAME).is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a peerlearn run directory (no config.yaml).")
     key = user_key(create=True)
     hashes = {name: file_sha256(run_dir / name) for name in RECORDED_FILES if (run_dir / name).is_file()}
@@ -247,7 +247,7 @@ def _run_locked(run_dir: Path) -> bool:
     except ImportError:  # no flock (Windows): runs are not locked either
         return False
     try:
-        fd = os.open(run_dir / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return False
     try:
@@ -343,7 +343,7 @@ def run_is_trusted(run_dir: Union[str, Path], trust_code: bool = False) -> bool:
         records = read_records(run_dir)
         if not records.signed:
             return False
-        for name in ("run.json", "config.yaml"):
+        for name in (RUN_RECORD_NAME, CONFIG_NAME):
             records.check(name)
     except ConfigError:
         return False

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.run_files import WEIGHTS_NAME
 
-WEIGHTS_NAME = "model.safetensors"
 TORCH_SUFFIXES = (".pt", ".pth")
 WRAPPED_PREFIX = "network."  # HookedModel keeps the user's network under this name
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 from peerlearn.errors import PeerlearnError, ResourceError
+from peerlearn.run_files import LOCK_NAME
 
-LOCK_NAME = ".lock"
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # Descriptors of the run locks this process holds. A forked child (a DataLoader worker) closes its copies at

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
+from peerlearn.run_files import RUN_RECORD_NAME
 
-RUN_RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
 ROLES = ("student", "teacher", "frozen")
 

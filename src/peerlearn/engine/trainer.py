@@ -32,9 +32,8 @@ from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import PeerlearnError, ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
 from peerlearn.trust import record_files
+from peerlearn.run_files import CHECKPOINT_NAME, WEIGHTS_NAME
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass

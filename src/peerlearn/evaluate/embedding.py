@@ -16,8 +16,9 @@ import numpy as np
 
 from peerlearn.evaluate.metrics import as_numpy
 from peerlearn.safe_write import write_file
+from peerlearn.run_files import TSNE_NAME
 
-TSNE_FILE = "tsne.json"
+TSNE_FILE = TSNE_NAME
 
 
 def tsne_coordinates(features, perplexity: float = 30.0, seed: int = 0, threads: int | None = 1) -> np.ndarray:

@@ -25,6 +25,7 @@ from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
 from peerlearn.command_options import member_names
 from peerlearn.safe_write import check_writable, write_file
+from peerlearn.run_files import evaluation_name
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -136,7 +137,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "retrieval": retrieval_section(run, names),
     }
     if save:
-        write_file(Path(run_dir) / f"evaluation_{split}.json", json.dumps(result, indent=2), root=run_dir,
+        write_file(Path(run_dir) / evaluation_name(split), json.dumps(result, indent=2), root=run_dir,
                    what="the evaluation")
     return result
 
@@ -164,6 +165,6 @@ def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | No
         "retrieval": None,
     }
     if save:
-        write_file(Path(run_dir) / "evaluation_data.json", json.dumps(result, indent=2), root=run_dir,
+        write_file(Path(run_dir) / evaluation_name("data"), json.dumps(result, indent=2), root=run_dir,
                    what="the evaluation")
     return result

@@ -15,6 +15,7 @@ from peerlearn.export.preprocessing import export_info
 from peerlearn.export.raw_input import LAYOUTS, RawImageModel, describe_raw_input, raw_check_batch
 from peerlearn.progress import Mode, progress_bar
 from peerlearn.safe_write import check_writable, disk_error_in, ensure_folder, staged_files, write_failure
+from peerlearn.run_files import EXPORT_DIR
 
 
 class ExportUsageError(ExportError):
@@ -141,7 +142,7 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     run = load_run(run_dir, device="cpu", command="export", trust_code=trust_code)
     # the files go into RUN_DIR/export or the folder the user named, never through a link on the way
     root = Path(out) if out is not None else run_dir
-    target = Path(out) if out is not None else run_dir / "export"
+    target = Path(out) if out is not None else run_dir / EXPORT_DIR
     ensure_folder(target, root, create_root=out is not None)
     check_writable(target, "export folder")
     name = choose_member(run.cohort, member)

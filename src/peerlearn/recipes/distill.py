@@ -40,6 +40,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.losses import distillation_terms, soft_targets
 from peerlearn.recipes.base import Recipe, default_network
 from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
+from peerlearn.run_files import RUN_RECORD_NAME
 
 
 class DistillConfig(Section):
@@ -437,7 +438,7 @@ def teacher_mismatch(weights: Optional[str], data) -> str:
     if not weights:
         return ""
     folder, _ = split_source(weights)
-    record_file = folder / "run.json" if folder.is_dir() else None
+    record_file = folder / RUN_RECORD_NAME if folder.is_dir() else None
     if record_file is None or not record_file.is_file():
         return ""
     try:

@@ -13,8 +13,8 @@ from peerlearn.report.collect import ReportOptionError, ReportOptions, RunData, 
 from peerlearn.report.groups import SeedGroup, group_scores, label_and_group
 from peerlearn.report.html import image, render_page
 from peerlearn.safe_write import check_writable, ensure_folder, write_file
+from peerlearn.run_files import REPORT_NAME
 
-REPORT_NAME = "report.html"
 
 
 def default_output(run_dirs: Sequence[Path]) -> Path:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from peerlearn.config.loading import read_yaml
 from peerlearn.engine.tracking import flatten_params
+from peerlearn.run_files import CONFIG_NAME
 
 # settings that say how a run was executed, not what it trained
 IGNORED_PREFIXES = ("name", "seed", "train.progress", "train.threads", "data.root", "tracking.", "engine.")
@@ -35,7 +36,7 @@ class SeedGroup:
 
 def run_settings(run_dir: Path) -> dict[str, str]:
     """The run's resolved config as ``{dotted.key: value text}``."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_NAME
     tree = read_yaml(path.read_text()) if path.is_file() else {}
     return flatten_params(tree or {})
 

@@ -30,6 +30,7 @@ from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import EvaluateStatement, PredictStatement
 from peerlearn.sql.store import ModelStore
 from peerlearn.sql.writer import check_prediction_target, value_kind, write_prediction_table
+from peerlearn.run_files import CONFIG_NAME
 
 PREDICT_OPTIONS = {
     "probabilities": "true: also a column <column>_prob_<class> per class",
@@ -68,7 +69,7 @@ def load_model(store: ModelStore, name: str, trust_code: bool = False) -> Stored
     features = options.get("features")
     if not features:
         raise ConfigError(f"The model {name!r} does not list its feature columns (data.options.features in "
-                          f"{str(run_dir / 'config.yaml')!r}); it cannot be applied to other rows.")
+                          f"{str(run_dir / CONFIG_NAME)!r}); it cannot be applied to other rows.")
     return StoredModel(name, config, data, run, list(features), options.get("label", ""))
 
 

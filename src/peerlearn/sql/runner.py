@@ -12,6 +12,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.sql.statements import (EvaluateStatement, PredictStatement, ShowTrainStatement, TrainStatement,
                                       parse_statement)
 from peerlearn.sql.store import ModelStore
+from peerlearn.run_files import CONFIG_NAME
 
 
 @dataclass
@@ -105,9 +106,9 @@ def show_train(statement: ShowTrainStatement, store: ModelStore) -> SqlResult:
     from peerlearn.trust import read_records
 
     run_dir = store.require(statement.model)
-    read_records(run_dir).check("config.yaml")  # an edited or damaged config is named, never shown as the model's
+    read_records(run_dir).check(CONFIG_NAME)  # an edited or damaged config is named, never shown as the model's
     text = store.statement(statement.model)
-    config = hide_password((run_dir / "config.yaml").read_text())
+    config = hide_password((run_dir / CONFIG_NAME).read_text())
     lines = [f"-- model {statement.model}: {run_dir}",
              text if text is not None else "-- (not trained by a SQL statement)", "", "-- its config:", config.rstrip()]
     return SqlResult("show", statement.model, "\n".join(lines), run_dir, {"statement": text, "config": config})

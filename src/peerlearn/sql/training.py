@@ -28,6 +28,7 @@ from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import TrainStatement
 from peerlearn.sql.store import ModelStore
 from peerlearn.trust import config_references, read_records, require_trusted_references
+from peerlearn.run_files import CONFIG_NAME, WEIGHTS_NAME
 
 # keys the statement itself sets: WITH may not change them
 STATEMENT_KEYS = ("name", "recipe", "data.source", "data.path", "data.options.url", "data.options.query",
@@ -85,9 +86,9 @@ def member_weights_file(store: ModelStore, value: str, member_name: str) -> Opti
         return None
     run_dir = store.require(model)
     records = read_records(run_dir)  # the stored model's files are the ones it wrote (exit 2 otherwise)
-    records.check("config.yaml")
-    records.check("model.safetensors")
-    names = [m.name for m in load_config(run_dir / "config.yaml", import_code=False).members]
+    records.check(CONFIG_NAME)
+    records.check(WEIGHTS_NAME)
+    names = [m.name for m in load_config(run_dir / CONFIG_NAME, import_code=False).members]
     if not member:
         if member_name in names:
             member = member_name
@@ -100,7 +101,7 @@ def member_weights_file(store: ModelStore, value: str, member_name: str) -> Opti
         raise ConfigError(f"The model {model!r} has no member {member!r}; its members: {', '.join(names)}.")
     target = store.root / ".weights" / f"{model}.{member}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    weights = load_weights(run_dir / "model.safetensors", member)
+    weights = load_weights(run_dir / WEIGHTS_NAME, member)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
     return str(target.resolve())
 

@@ -23,6 +23,7 @@ from peerlearn.models import PeerModel, create_model
 from peerlearn.models.user import import_timm
 from peerlearn.engine.initial_weights import fit_to_model, split_source
 from peerlearn.trust import read_records, reading, require_trusted_code, run_is_trusted
+from peerlearn.run_files import CONFIG_NAME, WEIGHTS_NAME
 
 TIMM_PREFIX = "timm:"
 
@@ -130,8 +131,8 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
     model_name, model_args, member = spec.model, spec.model_args, spec.member or named
     source_run = None  # the run directory the architecture is read from, when it is one
     if path.is_dir():
-        run_config = path / "config.yaml"
-        weights = path / "model.safetensors"
+        run_config = path / CONFIG_NAME
+        weights = path / WEIGHTS_NAME
         if not run_config.is_file() or not weights.is_file():
             raise ConfigError(f"Invalid config: key '{where}.source' has the value {spec.source!r}: a folder "
                               "must be a finished peerlearn run (config.yaml and model.safetensors).")
@@ -139,8 +140,8 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
 
         try:  # the source run's files are the ones it wrote (peerlearn.trust)
             records = read_records(path)
-            records.check("config.yaml")
-            records.check("model.safetensors")
+            records.check(CONFIG_NAME)
+            records.check(WEIGHTS_NAME)
         except ConfigError as error:
             raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
         source_config = load_config(run_config, import_code=False)  # another run's config: no code is imported
