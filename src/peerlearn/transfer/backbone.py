@@ -143,7 +143,7 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
             records.check(CONFIG_NAME)
             records.check(WEIGHTS_NAME)
         except ConfigError as error:
-            raise ConfigError(f"Invalid config: key '{_where(index)}.source': {error}") from None
+            raise ConfigError(f"Invalid config: key '{where}.source': {error}") from None
         source_config = load_config(run_config, import_code=False)  # another run's config: no code is imported
         members = {m.name: m for m in source_config.members}
         chosen = members.get(member) if member else source_config.members[0]
@@ -154,7 +154,7 @@ def load_backbone(spec: BackboneConfig, where: str, default_member: MemberConfig
         if model_name is None:  # the architecture is read from the source run: code it names needs trust
             source_run = path
             require_trusted_code(chosen.model, f"its config.yaml members.{source_config.members.index(chosen)}.model, "
-                                 f"used by {_where(index)}.source", run_is_trusted(path), run_dir=path)
+                                 f"used by {where}.source", run_is_trusted(path), run_dir=path)
         model_name = model_name or chosen.model
         model_args = chosen.model_args if model_args is None else model_args
         path = weights
