@@ -19,7 +19,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from peerlearn.config import RunConfig, load_config
+from pydantic import ValidationError
+
+from peerlearn.config import MemberConfig, RunConfig, load_config
 from peerlearn.data import load_data
 from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
@@ -87,11 +89,13 @@ def _normalise_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     return {key.replace("__", "."): value for key, value in overrides.items()}
 
 
-def prepare_run(config: RunConfig, distributed=None, user=None):
+def prepare_run(config: RunConfig, distributed=None, user=None, default_members: bool = False):
     """Data, device, recipe and cohort for a validated config (nothing trained yet).
 
     ``distributed`` (a DistContext) places this process on its rank's device and member; ``user`` (a
-    ``UserInputs``) holds members and data given as Python objects.
+    ``UserInputs``) holds members and data given as Python objects. ``default_members``: the config named no
+    members, so the recipe's own (``Recipe.default_members``, given the data) replace the config's default,
+    in ``config`` itself (the run's config.yaml then records them).
     """
     from peerlearn.engine.acceleration import configure
 
@@ -103,6 +107,14 @@ def prepare_run(config: RunConfig, distributed=None, user=None):
                      raw=user_data.to_raw(config.data) if user_data is not None else None)
     if user_data is not None:
         data.batch_transform = user_data.transform
+    if default_members:
+        chosen = recipe_class.default_members(config, data)
+        if chosen is not None:
+            try:
+                config.members = [MemberConfig(**entry) for entry in chosen]
+            except ValidationError as error:
+                raise ConfigError(f"Recipe {config.recipe!r} gives default members that are not valid: "
+                                  f"{error.errors()[0]['msg']}.") from None
     recipe = recipe_class(config, data, device, distributed=distributed,
                           user_members=dict(user.members) if user is not None else None)
     recipe.build_cohort()
@@ -127,6 +139,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     names to the submodule whose output gives their features (see ``peerlearn.user_inputs`` and
     docs/own-models.md). To resume such a run, pass the same ``members`` and ``data`` again.
     """
+    fill_members = False  # the config names no members: the recipe's default members (prepare_run)
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = run_dir / CHECKPOINT_NAME
@@ -147,6 +160,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         if keyword_overrides:
             run_config = load_config(run_config, _normalise_overrides(keyword_overrides))
         run_config, user = merge_user_inputs(run_config, explicit_members, members, data, features_from)
+        fill_members = not explicit_members and not members
         checkpoint = None
         ensure_writable(Path(out))  # fail before loading data or training
     if run_config.tracking.mlflow:  # fail before any work when the optional extra is missing
@@ -161,7 +175,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     distributed = init_distributed(run_config)  # None unless started by torchrun / --launcher
     try:
         result = _train_prepared(run_config, distributed, out, resume, checkpoint, shared_value, user,
-                                 change_records)
+                                 change_records, fill_members)
     except BaseException as error:
         shutdown(distributed, clean=False)  # the other processes are stopped by the launcher
         failure = collective_failure(distributed, error)  # a dead or stalled peer: exit 5, not a traceback
@@ -173,7 +187,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
 
 
 def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint, shared_value,
-                    user=None, change_records: Optional[list] = None) -> RunResult:
+                    user=None, change_records: Optional[list] = None, fill_members: bool = False) -> RunResult:
     """Train in this process; the main process holds the run directory's lock (``RunLock``) throughout."""
     is_main = distributed is None or distributed.is_main
     lock = None
@@ -187,7 +201,7 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
                 record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
         if change_records and distributed is not None:
             distributed.barrier()  # every process loads the checkpoint with the changes recorded
-        data, device, recipe = prepare_run(run_config, distributed, user)
+        data, device, recipe = prepare_run(run_config, distributed, user, default_members=fill_members)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
             run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))

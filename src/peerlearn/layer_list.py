@@ -46,7 +46,7 @@ def layers(config: Union[str, Path, dict, RunConfig, None] = None, overrides: Op
     unknown = [name for name in only or () if name not in names]
     if unknown:
         raise ConfigError(f"The config has no member {unknown[0]!r}; its members: {', '.join(names)}.")
-    loaded, device, recipe = prepare_run(run_config, user=user)
+    loaded, device, recipe = prepare_run(run_config, user=user, default_members=not explicit_members and not members)
     sample = recipe.normalizer(loaded.train.x[:1].to(device))
     rows = []
     for member in recipe.cohort:

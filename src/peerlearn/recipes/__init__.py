@@ -60,5 +60,6 @@ for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentReci
                        ("mutual", "peerlearn.recipes.mutual:MutualRecipe"),
                        ("distill", "peerlearn.recipes.distill:DistillRecipe"),
                        ("transfer", "peerlearn.recipes.transfer:TransferRecipe"),
-                       ("greedy", "peerlearn.recipes.greedy:GreedyRecipe")):
+                       ("greedy", "peerlearn.recipes.greedy:GreedyRecipe"),
+                       ("one", "peerlearn.recipes.one:OneRecipe")):
     register_recipe(_name, _target)

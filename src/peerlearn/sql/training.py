@@ -9,7 +9,8 @@ overrides. Two conveniences:
 * a member's ``weights`` or a transfer backbone's ``source`` may name a model of the store.
 
 Without ``members`` the cohort is one ``mlp`` (independent, transfer), two (mutual) or a teacher and a
-student (distill: the teacher trains first for ``distill.teacher_epochs``, default ``train.epochs``).
+student (distill: the teacher trains first for ``distill.teacher_epochs``, default ``train.epochs``); a recipe
+with default members of its own (``Recipe.default_members``: one, cl_ilr, okddip, kdcl, pcl) gets those.
 Without ``COLUMN`` the features are every numeric column but the label, leaving out identifiers
 (``peerlearn.data.tabular.default_features``); the columns used are written into the config.
 """
@@ -41,7 +42,15 @@ def absolute_url(url: str) -> str:
     return f"sqlite:///{Path(path).expanduser().resolve()}"
 
 
-def default_members(recipe: str) -> list[dict[str, Any]]:
+def default_members(recipe: str, config: Optional[RunConfig] = None) -> list[dict[str, Any]]:
+    """The members of a statement without ``members``: the recipe's own defaults for its data
+    (``Recipe.default_members``, e.g. one multi-branch mlp of the online-distillation recipes), else mlp members."""
+    from peerlearn.recipes import RECIPE_NAMES, get_recipe
+
+    if recipe in RECIPE_NAMES and config is not None:
+        own = get_recipe(recipe).default_members(config, None)
+        if own is not None:
+            return own
     if recipe == "mutual":
         return [{"model": "mlp"}, {"model": "mlp"}]
     if recipe == "distill":
@@ -159,6 +168,10 @@ def build_config(statement: TrainStatement, url: str, features: list[str], store
         base["distill"] = {"teacher_epochs": overrides.get("train.epochs", 10)}
     try:
         config = load_config(base, overrides)
+        if "members" not in overrides:
+            own = default_members(statement.recipe, config)
+            if own != base["members"]:
+                config = load_config(config, {"members": own})
     except ConfigError as error:  # name the statement part: the recipe or a WITH key
         position = statement.positions["recipe"]
         for item in statement.assignments:

@@ -1,0 +1,186 @@
+"""The online-distillation recipes (one, cl_ilr, okddip, kdcl, pcl) from a config: they train and learn, their
+deployed network's and ensemble's rows are in the summary, a new process evaluates the same numbers, the deployed
+network exports; at recipe level each loss equals its formula computed here on the recipe's own outputs, and what
+must be constant is (gradient-flow checks); a config naming only recipe, data and train trains; SQL trains them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import peerlearn
+from peerlearn.cli import main
+from peerlearn.engine.executors import StepOutputs
+from conftest import run_cli
+from test_reliability_resume import _assert_same_tensors, _run_dir, kill_and_resume
+
+CNN = {"model": "small_cnn", "model_args": {"width": 8}}
+
+
+def online_config(recipe: str, members=None, epochs: int = 2, **sections) -> dict:
+    config = {"name": recipe, "seed": 0, "recipe": recipe,
+              "data": {"source": "digits", "batch_size": 64, "val_fraction": 0.2},
+              "members": members or [{"name": "net", **CNN}],
+              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+              "train": {"epochs": epochs, "progress": "off", "threads": 1},
+              "tracking": {"tensorboard": False}}
+    for key, value in sections.items():
+        config[key] = {**config[key], **value} if isinstance(config.get(key), dict) else value
+    return config
+
+
+# recipe -> (config, the rows the summary must hold, the deployed row)
+CASES = {
+    "one": (online_config("one"), {"net0", "net1", "net2", "gate"}, "net0"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root, runs = tmp_path_factory.mktemp("online"), {}
+
+    def get(recipe: str):
+        if recipe not in runs:
+            runs[recipe] = peerlearn.train(CASES[recipe][0], out=root / recipe)
+        return runs[recipe]
+    return get
+
+
+def top1(summary, name, split="test"):
+    entry = summary["ensemble"] if name == "ensemble" else summary["members"][name]
+    return entry[split]["top1"]
+
+
+@pytest.mark.parametrize("recipe", CASES)
+def test_recipe_trains_learns_and_its_rows_read_back_in_a_new_process(recipe, trained, tmp_path, capsys):
+    run = trained(recipe)
+    _, rows, deployed = CASES[recipe]
+    summary = run.summary
+    assert set(summary["members"]) == rows and summary["ensemble"]
+    assert summary["deployed"] == deployed
+    assert top1(summary, deployed) > 0.5 and top1(summary, "ensemble") > 0.5  # chance is 0.1
+    record = json.loads((run.run_dir / "run.json").read_text())
+    students = [m["name"] for m in record["members"] if m["role"] == "student"]
+    assert record["ensemble"] == students
+    done = run_cli("evaluate", str(run.run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["classification"]
+    assert set(scores) == rows | {"ensemble"}
+    for name in rows | {"ensemble"}:
+        assert scores[name]["top1"] == pytest.approx(top1(summary, name), abs=1e-6), name
+    assert main(["export", str(run.run_dir), "--member", deployed, "--format", "onnx", "--out",
+                 str(tmp_path / "x"), "--check-items", "16", "--progress", "off"]) == 0
+    assert (tmp_path / "x" / f"{deployed}.onnx").is_file()
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------------ one step's loss
+def step_outputs(run):
+    """The recipe's training forward on one batch (train mode), as the executor gives it to ``losses``."""
+    recipe = run.recipe
+    recipe.cohort.train()
+    _, batch = next(iter(recipe.train_stream.epoch(0)))
+    out = StepOutputs()
+    members = recipe.step_members()
+    for member in members:
+        out.set(member.name, *recipe.forward(member, recipe.member_input(member, batch)))
+    return recipe, batch, out, [m.name for m in members]
+
+
+def kl(target_logits, logits, T):
+    """KL(softmax(v/T) ‖ softmax(z/T)) summed over classes, mean over items (written out here)."""
+    q = torch.softmax(target_logits / T, -1)
+    return (q * (torch.log(q) - torch.log_softmax(logits / T, -1))).sum(-1).mean()
+
+
+def ce(logits, y):
+    return -torch.log_softmax(logits, -1)[torch.arange(len(y)), y].mean()
+
+
+def test_one_loss_is_the_formula_and_the_teacher_is_constant(trained):
+    recipe, batch, out, names = step_outputs(trained("one"))
+    z, y, T = out.logits["net"], batch.y, recipe.settings.temperature
+    gate_module = recipe.cohort["gate"].model
+    g = gate_module(recipe.trunk_output)
+    assert g.shape == (len(y), 3) and torch.allclose(g.sum(1), torch.ones(len(y)))
+    z_e = (g.T[:, :, None] * z).sum(0)
+    expected = sum(ce(z[k], y) for k in range(3)) + ce(z_e, y) + T**2 * sum(kl(z_e, z[k], T) for k in range(3))
+    loss, parts = recipe.losses(out, batch, names)["net"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(parts) == {"ce", "ce_ensemble", "kl"}
+    # the gate learns from CE(z_e, y) alone: the teacher is a constant in the KL terms
+    gate_params = list(gate_module.parameters())
+    from_loss = torch.autograd.grad(loss, gate_params, retain_graph=True)
+    from_ce = torch.autograd.grad(ce(z_e, y), gate_params, retain_graph=True)
+    for a, b in zip(from_loss, from_ce):
+        torch.testing.assert_close(a, b)
+    assert any(bool(a.abs().sum() > 0) for a in from_loss)  # and it does learn
+
+
+def test_one_gate_is_stepped_and_the_gated_ensemble_is_a_row(trained):
+    run = trained("one")
+    gate = run.recipe.cohort["gate"]
+    fresh = run.recipe.build_auxiliary("gate", gate.info["spec"])
+    assert not torch.equal(fresh.fc.weight, gate.model.fc.weight.detach().cpu())
+    assert gate.optimizer is not None
+    record = json.loads((run.run_dir / "run.json").read_text())
+    rows = {m["name"]: m for m in record["members"]}
+    assert rows["net"]["role"] == "multibranch" and rows["net"]["network"]["kind"] == "multibranch"
+    assert rows["net"]["network"]["branches"] == 3
+    assert rows["gate"]["predicts"] and rows["net1"]["view"] == {"of": "net", "branch": 1}
+
+
+def test_one_deploys_the_gated_ensemble_when_asked(tmp_path):
+    run = peerlearn.train(online_config("one", epochs=1, one={"deploy": "gate", "branches": 2}), out=tmp_path)
+    assert run.summary["deployed"] == "gate" and set(run.summary["members"]) == {"net0", "net1", "gate"}
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+@pytest.mark.parametrize("recipe", ["one"])
+def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
+    config = online_config(recipe, epochs=2, train={"checkpoint_every_steps": 2},
+                           data={"augment": {"crop_padding": 1}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    full = peerlearn.train(config, out=tmp_path / "full")
+    kill_and_resume(path, tmp_path / "cut", kills=2, total_steps=full.summary["steps"], seed=5)
+    cut = _run_dir(tmp_path / "cut")
+    _assert_same_tensors(full.run_dir / "model.safetensors", cut / "model.safetensors")
+    _assert_same_tensors(full.run_dir / "checkpoint.safetensors", cut / "checkpoint.safetensors")
+
+
+@pytest.mark.parametrize("recipe", ["one"])
+def test_early_stopping_watches_a_branch(recipe, tmp_path):
+    config = online_config(recipe, epochs=3, regularize={"early_stopping": {"enabled": True, "of": "ensemble",
+                                                                            "patience": 1}})
+    run = peerlearn.train(config, out=tmp_path)
+    assert run.summary["early_stopping"]["metric"] == "val/ensemble/top1"
+    assert run.summary["early_stopping"]["best_epoch"] is not None
+
+
+# ------------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"})])
+def test_a_config_naming_only_recipe_data_and_train_trains(recipe, rows, tmp_path):
+    config = {"recipe": recipe, "data": {"source": "digits", "train_subset": 256},
+              "train": {"epochs": 1, "progress": "off", "threads": 1}}
+    run = peerlearn.train(config, out=tmp_path)
+    assert set(run.summary["members"]) == rows
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert [m["name"] for m in saved["members"]] == [m.name for m in run.config.members]
+    assert saved["members"][0]["model"] == "small_cnn"  # 8×8 grey images: the small CNN
+
+
+def test_wrong_cohorts_are_refused_before_training(tmp_path):
+    from peerlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="members.0.model.*'inception_v1'.*no multi-branch form"):
+        peerlearn.train(online_config("one", members=[{"name": "net", "model": "inception_v1"}]), out=tmp_path)
+    with pytest.raises(ConfigError, match="takes one trainable member"):
+        peerlearn.train(online_config("one", members=[{"name": "a", **CNN}, {"name": "b", **CNN}]), out=tmp_path)
+    with pytest.raises(ConfigError, match="regularize.label_smoothing"):
+        peerlearn.train(online_config("one", regularize={"label_smoothing": 0.1}), out=tmp_path)
+    assert not list(tmp_path.iterdir())
