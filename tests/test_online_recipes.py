@@ -36,6 +36,8 @@ def online_config(recipe: str, members=None, epochs: int = 2, **sections) -> dic
 # recipe -> (config, the rows the summary must hold, the deployed row)
 CASES = {
     "one": (online_config("one"), {"net0", "net1", "net2", "gate"}, "net0"),
+    "cl_ilr": (online_config("cl_ilr"), {"net0", "net1", "net2"}, "net0"),
+    "okddip": (online_config("okddip"), {"net0", "net1", "net2", "leader"}, "leader"),
 }
 
 
@@ -139,6 +141,49 @@ def test_one_deploys_the_gated_ensemble_when_asked(tmp_path):
     assert run.summary["deployed"] == "gate" and set(run.summary["members"]) == {"net0", "net1", "gate"}
 
 
+def test_cl_ilr_loss_is_the_formula_and_the_shared_layers_get_the_mean_gradient(trained):
+    recipe, batch, out, names = step_outputs(trained("cl_ilr"))
+    z, y, T, beta = out.logits["net"], batch.y, recipe.settings.temperature, recipe.settings.beta
+    H = z.shape[0]
+    expected = 0
+    for h in range(H):
+        consensus = (z.detach().sum(0) - z[h].detach()) / (H - 1)  # the other heads' mean logits, constant
+        expected = expected + (1 - beta) * ce(z[h], y) + beta * T**2 * kl(consensus, z[h], T)
+    loss, _ = recipe.losses(out, batch, names)["net"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    net = recipe.owner.network
+    assert net.trunk_grad_scale == pytest.approx(1 / 3)
+    trunk, head = net.trunk.body[0][0].weight, net.branches[1].classifier.weight
+    scaled = torch.autograd.grad(loss, [trunk, head])
+    net.trunk_grad_scale = 1.0
+    try:
+        recipe, batch, out, names = step_outputs(trained("cl_ilr"))
+        unscaled = torch.autograd.grad(recipe.losses(out, batch, names)["net"][0], [trunk, head])
+    finally:
+        net.trunk_grad_scale = 1 / 3
+    torch.testing.assert_close(scaled[0], unscaled[0] / 3, rtol=1e-4, atol=1e-7)  # the heads' mean, not their sum
+    torch.testing.assert_close(scaled[1], unscaled[1], rtol=1e-4, atol=1e-7)  # a head's own gradient unchanged
+
+
+def test_okddip_loss_is_the_formula_and_the_projections_learn(trained):
+    recipe, batch, out, names = step_outputs(trained("okddip"))
+    z, h, y, T = out.logits["net"], out.features["net"], batch.y, recipe.settings.temperature
+    peers, leader = z[:3], z[3]
+    projections = recipe.cohort["attention"].model
+    q, k = projections.query(h[:3]), projections.key(h[:3])  # [K, B, d]
+    energy = torch.einsum("ibd,jbd->bij", q, k).masked_fill(torch.eye(3, dtype=torch.bool), float("-inf"))
+    a = torch.softmax(energy, -1)  # [B, K, K], a_ii = 0
+    assert torch.all(torch.diagonal(a, dim1=1, dim2=2) == 0)
+    targets = torch.einsum("bij,jbc->ibc", a, peers)
+    expected = (sum(ce(peers[i], y) for i in range(3)) + ce(leader, y)
+                + T**2 * (sum(kl(targets[i], peers[i], T) for i in range(3)) + kl(peers.mean(0), leader, T)))
+    loss, parts = recipe.losses(out, batch, names)["net"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(parts) == {"ce_peers", "ce_leader", "kl_peers", "kl_leader"}
+    grads = torch.autograd.grad(loss, list(projections.parameters()))
+    assert all(bool(g.abs().sum() > 0) for g in grads)  # the targets keep their graph: L and E learn
+
+
 # ------------------------------------------------------------------------------------------------ reliability
 @pytest.mark.parametrize("recipe", ["one"])
 def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
@@ -153,7 +198,7 @@ def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
     _assert_same_tensors(full.run_dir / "checkpoint.safetensors", cut / "checkpoint.safetensors")
 
 
-@pytest.mark.parametrize("recipe", ["one"])
+@pytest.mark.parametrize("recipe", ["one", "cl_ilr"])
 def test_early_stopping_watches_a_branch(recipe, tmp_path):
     config = online_config(recipe, epochs=3, regularize={"early_stopping": {"enabled": True, "of": "ensemble",
                                                                             "patience": 1}})
@@ -163,7 +208,8 @@ def test_early_stopping_watches_a_branch(recipe, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ configs
-@pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"})])
+@pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"}),
+                                          ("okddip", {"net0", "net1", "net2", "leader"})])
 def test_a_config_naming_only_recipe_data_and_train_trains(recipe, rows, tmp_path):
     config = {"recipe": recipe, "data": {"source": "digits", "train_subset": 256},
               "train": {"epochs": 1, "progress": "off", "threads": 1}}

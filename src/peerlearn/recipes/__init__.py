@@ -61,5 +61,7 @@ for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentReci
                        ("distill", "peerlearn.recipes.distill:DistillRecipe"),
                        ("transfer", "peerlearn.recipes.transfer:TransferRecipe"),
                        ("greedy", "peerlearn.recipes.greedy:GreedyRecipe"),
-                       ("one", "peerlearn.recipes.one:OneRecipe")):
+                       ("one", "peerlearn.recipes.one:OneRecipe"),
+                       ("cl_ilr", "peerlearn.recipes.cl_ilr:ClIlrRecipe"),
+                       ("okddip", "peerlearn.recipes.okddip:OkddipRecipe")):
     register_recipe(_name, _target)
