@@ -4,8 +4,8 @@ network exports; at recipe level each loss equals its formula computed here on t
 must be constant is (gradient-flow checks); a config naming only recipe, data and train trains; SQL trains them."""
 from __future__ import annotations
 
+import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +38,11 @@ CASES = {
     "one": (online_config("one"), {"net0", "net1", "net2", "gate"}, "net0"),
     "cl_ilr": (online_config("cl_ilr"), {"net0", "net1", "net2"}, "net0"),
     "okddip": (online_config("okddip"), {"net0", "net1", "net2", "leader"}, "leader"),
+    # separate members of two architectures, each on its own augmented view; the validation-fitted teacher
+    "kdcl": (online_config("kdcl", members=[{"name": "a", **CNN}, {"name": "b", "model": "mlp",
+                                                                   "model_args": {"widths": [32]}}],
+                           epochs=3, kdcl={"teacher": "general"}, data={"augment": {"crop_padding": 1}}),
+             {"a", "b"}, "a"),
 }
 
 
@@ -184,11 +189,55 @@ def test_okddip_loss_is_the_formula_and_the_projections_learn(trained):
     assert all(bool(g.abs().sum() > 0) for g in grads)  # the targets keep their graph: L and E learn
 
 
+def test_kdcl_members_see_their_own_views_and_learn_from_the_min_logit_teacher(trained):
+    recipe, batch, out, names = step_outputs(trained("kdcl"))
+    views = [recipe.member_input(recipe.cohort[name], batch) for name in names]
+    assert torch.equal(views[0], batch.x) and not torch.equal(views[0], views[1])  # view 1: its own crop
+    assert torch.equal(views[1], recipe.member_input(recipe.cohort["b"], batch))  # the same draw within a step
+    z, y, T = torch.stack([out.logits[n] for n in names]), batch.y, recipe.settings.temperature
+    shifted = z.detach() - z.detach()[:, torch.arange(len(y)), y][:, :, None]  # each member's target logit → 0
+    teacher = shifted.min(0).values
+    assert torch.all(teacher[torch.arange(len(y)), y] == 0)
+    recipe.config.kdcl.teacher = "min_logit"
+    try:
+        named = recipe.losses(out, batch, names)
+    finally:
+        recipe.config.kdcl.teacher = "general"
+    for k, name in enumerate(names):
+        expected = ce(z[k], y) + T**2 * kl(teacher, z[k], T)
+        assert named[name][0].item() == pytest.approx(expected.item(), rel=1e-5)
+        grads = torch.autograd.grad(named[name][0], [out.logits[n] for n in names], retain_graph=True,
+                                    allow_unused=True)
+        assert bool(grads[k].abs().sum() > 0)  # the teacher is a constant: a member's loss reaches it alone
+        assert all(g is None or bool(g.abs().sum() == 0) for j, g in enumerate(grads) if j != k)
+
+
+def test_kdcl_general_weights_are_the_best_mixture_on_the_validation_split(trained):
+    run = trained("kdcl")
+    recipe = run.recipe
+    assert recipe.weights_epoch == 2 and run.summary["kdcl_weights"] == pytest.approx(recipe.weights.tolist(),
+                                                                                       abs=1e-6)
+    recipe.trainer.position.global_epoch = 5  # a new epoch: the weights are refitted from the members now
+    weights = recipe.general_weights(2)
+    logits = []
+    with torch.no_grad():
+        for name in ("a", "b"):
+            model = recipe.cohort[name].model.eval()
+            logits.append(torch.cat([model(b.x) for _, b in recipe.eval_streams["val"].epoch(0)]))
+    y = recipe.data.val.y
+    grid = torch.linspace(0, 1, 2001)
+    losses = torch.stack([F.cross_entropy(w * logits[0] + (1 - w) * logits[1], y) for w in grid])
+    best = grid[losses.argmin()]
+    assert weights.sum().item() == pytest.approx(1.0) and weights[0].item() == pytest.approx(best.item(), abs=2e-3)
+    assert recipe.weights_epoch == 5
+
+
 # ------------------------------------------------------------------------------------------------ reliability
-@pytest.mark.parametrize("recipe", ["one"])
+@pytest.mark.parametrize("recipe", ["one", "kdcl"])
 def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
-    config = online_config(recipe, epochs=2, train={"checkpoint_every_steps": 2},
-                           data={"augment": {"crop_padding": 1}})
+    config = copy.deepcopy(CASES[recipe][0])
+    config["train"]["checkpoint_every_steps"] = 2
+    config["data"]["augment"] = {"crop_padding": 1}  # each view's draw must repeat after a resume
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     full = peerlearn.train(config, out=tmp_path / "full")
@@ -209,7 +258,8 @@ def test_early_stopping_watches_a_branch(recipe, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"}),
-                                          ("okddip", {"net0", "net1", "net2", "leader"})])
+                                          ("okddip", {"net0", "net1", "net2", "leader"}),
+                                          ("kdcl", {"m0", "m1", "m2"})])
 def test_a_config_naming_only_recipe_data_and_train_trains(recipe, rows, tmp_path):
     config = {"recipe": recipe, "data": {"source": "digits", "train_subset": 256},
               "train": {"epochs": 1, "progress": "off", "threads": 1}}

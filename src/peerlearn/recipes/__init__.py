@@ -63,5 +63,6 @@ for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentReci
                        ("greedy", "peerlearn.recipes.greedy:GreedyRecipe"),
                        ("one", "peerlearn.recipes.one:OneRecipe"),
                        ("cl_ilr", "peerlearn.recipes.cl_ilr:ClIlrRecipe"),
-                       ("okddip", "peerlearn.recipes.okddip:OkddipRecipe")):
+                       ("okddip", "peerlearn.recipes.okddip:OkddipRecipe"),
+                       ("kdcl", "peerlearn.recipes.kdcl:KdclRecipe")):
     register_recipe(_name, _target)
