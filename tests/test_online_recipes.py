@@ -43,6 +43,9 @@ CASES = {
                                                                    "model_args": {"widths": [32]}}],
                            epochs=3, kdcl={"teacher": "general"}, data={"augment": {"crop_padding": 1}}),
              {"a", "b"}, "a"),
+    # a short run: a temporal mean of δ = 0.9 follows the network within the test's few dozen steps
+    "pcl": (online_config("pcl", pcl={"ema_decay": 0.9}, data={"augment": {"crop_padding": 1}}),
+            {"net0", "net1", "net2", "mean0", "mean1", "mean2", "peer_ensemble"}, "mean0"),
 }
 
 
@@ -232,8 +235,44 @@ def test_kdcl_general_weights_are_the_best_mixture_on_the_validation_split(train
     assert recipe.weights_epoch == 5
 
 
+def test_pcl_loss_is_the_formula_and_the_temporal_mean_is_an_average_never_trained(trained):
+    from peerlearn.losses import ema_decay
+
+    recipe, batch, out, names = step_outputs(trained("pcl"))
+    z, h, y, T = out.logits["net"], out.features["net"], batch.y, recipe.settings.temperature
+    views = recipe.views
+    assert views.shape[0] == 3 and torch.equal(views[0], batch.x) and not torch.equal(views[1], views[2])
+    z_e = recipe.cohort["peer_ensemble"].model.fc(torch.cat([h[0], h[1], h[2]], dim=1))
+    average = recipe.cohort["ema"].model
+    average.train()
+    with torch.no_grad():
+        z_mean = torch.stack([average.branch(k)(views[k]) for k in range(3)])  # branch k of the mean on view k
+    average.eval()
+    expected = sum(ce(z[k], y) for k in range(3)) + ce(z_e, y) + T**2 * sum(kl(z_e, z[k], T) for k in range(3))
+    expected = expected + T**2 * sum(kl(z_mean[l], z[k], T) for k in range(3) for l in range(3) if l != k) / 2
+    loss, parts = recipe.losses(out, batch, names)["net"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(parts) == {"ce", "ce_ensemble", "kl_ensemble", "kl_mean"}
+    # the ensemble teacher learns from its CE only (a constant in the KL terms)
+    classifier = list(recipe.cohort["peer_ensemble"].model.parameters())
+    for a, b in zip(torch.autograd.grad(loss, classifier, retain_graph=True),
+                    torch.autograd.grad(ce(z_e, y), classifier, retain_graph=True)):
+        torch.testing.assert_close(a, b)
+    # one whole step: the temporal mean gets no gradient and equals δ_t θ'_{t−1} + (1 − δ_t) θ_t
+    before = {k: v.clone() for k, v in average.named_parameters()}
+    step = recipe.trainer.position.global_step
+    recipe.step(batch)
+    decay = ema_decay(step, recipe.settings.ema_decay)
+    network = dict(recipe.owner.network.named_parameters())
+    for key, value in average.named_parameters():
+        assert value.grad is None and not value.requires_grad
+        torch.testing.assert_close(value, decay * before[key] + (1 - decay) * network[key].detach())
+    for key, value in average.named_buffers():
+        assert torch.equal(value, dict(recipe.owner.network.named_buffers())[key])  # BN statistics copied
+
+
 # ------------------------------------------------------------------------------------------------ reliability
-@pytest.mark.parametrize("recipe", ["one", "kdcl"])
+@pytest.mark.parametrize("recipe", ["one", "kdcl", "pcl"])
 def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
     config = copy.deepcopy(CASES[recipe][0])
     config["train"]["checkpoint_every_steps"] = 2
@@ -247,7 +286,7 @@ def test_killed_and_resumed_runs_equal_an_uninterrupted_one(recipe, tmp_path):
     _assert_same_tensors(full.run_dir / "checkpoint.safetensors", cut / "checkpoint.safetensors")
 
 
-@pytest.mark.parametrize("recipe", ["one", "cl_ilr"])
+@pytest.mark.parametrize("recipe", ["one", "cl_ilr", "pcl"])
 def test_early_stopping_watches_a_branch(recipe, tmp_path):
     config = online_config(recipe, epochs=3, regularize={"early_stopping": {"enabled": True, "of": "ensemble",
                                                                             "patience": 1}})
@@ -259,7 +298,9 @@ def test_early_stopping_watches_a_branch(recipe, tmp_path):
 # ------------------------------------------------------------------------------------------------ configs
 @pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"}),
                                           ("okddip", {"net0", "net1", "net2", "leader"}),
-                                          ("kdcl", {"m0", "m1", "m2"})])
+                                          ("kdcl", {"m0", "m1", "m2"}),
+                                          ("pcl", {"net0", "net1", "net2", "mean0", "mean1", "mean2",
+                                                   "peer_ensemble"})])
 def test_a_config_naming_only_recipe_data_and_train_trains(recipe, rows, tmp_path):
     config = {"recipe": recipe, "data": {"source": "digits", "train_subset": 256},
               "train": {"epochs": 1, "progress": "off", "threads": 1}}

@@ -64,5 +64,6 @@ for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentReci
                        ("one", "peerlearn.recipes.one:OneRecipe"),
                        ("cl_ilr", "peerlearn.recipes.cl_ilr:ClIlrRecipe"),
                        ("okddip", "peerlearn.recipes.okddip:OkddipRecipe"),
-                       ("kdcl", "peerlearn.recipes.kdcl:KdclRecipe")):
+                       ("kdcl", "peerlearn.recipes.kdcl:KdclRecipe"),
+                       ("pcl", "peerlearn.recipes.pcl:PclRecipe")):
     register_recipe(_name, _target)
