@@ -321,3 +321,23 @@ def test_wrong_cohorts_are_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="regularize.label_smoothing"):
         peerlearn.train(online_config("one", regularize={"label_smoothing": 0.1}), out=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ SQL
+@pytest.mark.parametrize("recipe, rows", [("one", {"net0", "net1", "net2", "gate"}), ("kdcl", {"m0", "m1", "m2"})])
+def test_sql_trains_an_online_recipe_on_a_query(recipe, rows, tmp_path):
+    """Tabular rows: a multi-branch mlp (hidden layers 1 shared, the last one per branch), or separate mlps."""
+    pytest.importorskip("sqlglot")
+    import peerlearn.sql
+
+    url = peerlearn.sql.create_demo_db(tmp_path / "demo.db")
+    statement = (f"SELECT * FROM wine WHERE id % 5 != 0 TO TRAIN {recipe} WITH train.epochs = 3, "
+                 "data.batch_size = 16, tracking.tensorboard = false, train.threads = 1 "
+                 f"LABEL cultivar INTO wine_{recipe};")
+    result = peerlearn.sql.run(statement, db=url, models=tmp_path / "models")
+    summary = result.details["summary"]
+    assert set(summary["members"]) == rows
+    assert summary["ensemble"]["test"]["top1"] > 0.6  # three cultivars
+    config = yaml.safe_load((tmp_path / "models" / f"wine_{recipe}" / "config.yaml").read_text())
+    assert [m["model"] for m in config["members"]] == ["mlp"] * len(config["members"])
+    assert config["members"][0]["model_args"] == {"widths": [800, 800]}
