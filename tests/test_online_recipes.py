@@ -244,12 +244,11 @@ def test_pcl_loss_is_the_formula_and_the_temporal_mean_is_an_average_never_train
     assert views.shape[0] == 3 and torch.equal(views[0], batch.x) and not torch.equal(views[1], views[2])
     z_e = recipe.cohort["peer_ensemble"].model.fc(torch.cat([h[0], h[1], h[2]], dim=1))
     average = recipe.cohort["ema"].model
-    average.train()
+    assert not average.training
     with torch.no_grad():
         z_mean = torch.stack([average.branch(k)(views[k]) for k in range(3)])  # branch k of the mean on view k
-    average.eval()
     expected = sum(ce(z[k], y) for k in range(3)) + ce(z_e, y) + T**2 * sum(kl(z_e, z[k], T) for k in range(3))
-    expected = expected + T**2 * sum(kl(z_mean[l], z[k], T) for k in range(3) for l in range(3) if l != k) / 2
+    expected = expected + T**2 * sum(kl(z_mean[m], z[k], T) for k in range(3) for m in range(3) if m != k) / 2
     loss, parts = recipe.losses(out, batch, names)["net"]
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(parts) == {"ce", "ce_ensemble", "kl_ensemble", "kl_mean"}

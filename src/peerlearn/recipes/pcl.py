@@ -13,8 +13,9 @@ two teachers built from them:
     D_k = 1/(K−1) · Σ_{l≠k} KL(σ(z'_l/T) ‖ σ(z_k/T))                                  (``losses.pcl_loss``)
 
 with z_e constant in its KL terms and the temporal mean never trained by gradient (a non-trainable auxiliary
-updated after every optimiser step, ``after_update``). Its forward runs in training mode (batch statistics, as in
-mean-teacher implementations), without gradient; its BatchNorm statistics are copied from the network.
+updated after every optimiser step, ``after_update``). The temporal mean predicts in evaluation mode, without
+gradient, with BatchNorm statistics copied from the network at each update (as weight-averaging teachers commonly
+do; the paper does not say).
 
 Deployed: a temporal-mean branch (``mean0``: trunk + branch 0 of the averaged network). Cohort: the network
 ``net``; views ``net0 … net{K−1}`` (the trained branches) and ``mean0 … mean{K−1}`` (the temporal-mean branches,
@@ -117,14 +118,15 @@ class PclRecipe(BranchRecipe):
 
     @torch.no_grad()
     def mean_logits(self) -> torch.Tensor:
-        """The temporal-mean network's branch logits [K, B, C] on this step's views (training mode, no gradient)."""
+        """The temporal-mean network's branch logits [K, B, C], branch k on view k (evaluation mode, no gradient).
+
+        In evaluation mode nothing depends on the batch, so the trunk reads the K views as one batch of K·B items
+        (one pass instead of K) and branch k reads its view's rows: the same logits as ``branch(k)(view k)``."""
         average = self.cohort[EMA].model
-        average.train()
-        try:
-            with self.autocast():
-                return average(list(self.views.unbind(0))).logits.float()
-        finally:
-            average.eval()
+        count, batch = self.views.shape[0], self.views.shape[1]
+        with self.autocast():
+            shared = average.trunk(self.views.flatten(0, 1)).unflatten(0, (count, batch))
+            return torch.stack([average.branches[k](shared[k]) for k in range(count)]).float()
 
     def losses(self, out, batch, names):
         """``pcl_loss`` of the branches' logits, the peer ensemble classifier on their features (stepped with them)
