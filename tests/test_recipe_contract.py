@@ -26,6 +26,11 @@ EXPECTED = {
     "distill": ("distill", False, False, set()),
     "transfer": ("transfer", False, False, set()),
     "greedy": ("greedy", False, False, {"probe"}),
+    "one": ("one", False, False, set()),
+    "cl_ilr": ("cl_ilr", False, False, set()),
+    "okddip": ("okddip", False, False, set()),
+    "kdcl": ("kdcl", False, False, set()),
+    "pcl": ("pcl", False, False, set()),
 }
 
 

@@ -236,6 +236,13 @@ CASES: dict[str, Case] = {
                          python=user_tensors),
     "user-dataset": Case(lambda s: config("user-dataset", "independent", [{"name": "a"}],
                                           data={"stream": True, "stream_workers": 0}), python=user_dataset),
+    # online distillation: one multi-branch network (branches as views, auxiliary modules) or separate members
+    "online-one": Case(lambda s: config("one", "one", [{"name": "net", **CNN}])),
+    "online-cl_ilr": Case(lambda s: config("cl_ilr", "cl_ilr", [{"name": "net", **CNN}])),
+    "online-okddip": Case(lambda s: config("okddip", "okddip", [{"name": "net", **CNN}])),
+    "online-kdcl": Case(lambda s: config("kdcl", "kdcl", [{"name": "a", **CNN}, {"name": "b", **MLP}],
+                                         data={"augment": {"crop_padding": 1}}, kdcl={"teacher": "general"})),
+    "online-pcl": Case(lambda s: config("pcl", "pcl", [{"name": "net", **CNN}], data={"augment": {"flip": True}})),
 }
 
 

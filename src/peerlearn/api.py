@@ -19,7 +19,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from peerlearn.config import RunConfig, load_config
+from pydantic import ValidationError
+
+from peerlearn.config import MemberConfig, RunConfig, load_config
 from peerlearn.data import load_data
 from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort

@@ -181,6 +181,12 @@ def build_network(network: dict[str, Any]) -> nn.Module:
         return TransferModel(backbones, network["num_classes"], network["input_sizes"],
                              dropout=network.get("dropout", 0.0), input_pads=network["input_pads"],
                              background=network["background"]).eval()
+    if kind == "multibranch":  # K branches on a shared trunk (the online-distillation recipes' networks)
+        from peerlearn.models.multibranch import create_multibranch
+
+        return create_multibranch(network["model"], num_branches=int(network["branches"]),
+                                  trunk_grad_scale=float(network.get("trunk_grad_scale", 1.0)),
+                                  **network["shape_args"], **network["model_args"]).eval()
     if kind == "view":  # one branch of a shared-trunk network (an exported view)
         from peerlearn.recipes.base import Recipe
 
@@ -237,6 +243,13 @@ def code_references(run_dir: Union[str, Path]) -> list[tuple[str, str]]:
     except ConfigError:
         pass
     return [item for item in dict.fromkeys(found) if needs_trust(item[0])]
+def _auxiliary_network(spec: dict[str, Any]) -> dict[str, Any]:
+    """How an auxiliary module is described to readers of a view taken from it (an export's record): the network
+    record its spec holds when it is a copy of a network (PCL's temporal mean), else its spec."""
+    network = spec.get("network") if isinstance(spec, dict) else None
+    if isinstance(network, dict) and network.get("kind") in {"registry", "multibranch"}:
+        return network
+    return {"kind": "auxiliary", "module": spec}
 
 
 # --------------------------------------------------------------------------- the loaded run
@@ -315,12 +328,18 @@ class LoadedRun:
         return [n for n in self.ensemble if n in names]
 
     def select(self, members: Optional[Sequence[str]] = None) -> list[str]:
-        """The named members (every one that predicts when None); an unknown name is an error listing them."""
-        names = self.cohort.evaluable  # members, branches and the auxiliary modules that predict
+        """The named members (when None: every participant that gives logits, ``cohort.evaluable``; a
+        multi-branch network's own row is its branches', an auxiliary module without predictions has none);
+        an unknown name, or one that gives no logits, is an error listing the run's members."""
+        names, evaluable = self.cohort.names, self.cohort.evaluable
         unknown = [m for m in members or [] if m not in names]
         if unknown:
-            raise ConfigError(f"The run has no member {unknown[0]!r} that predicts; its members: {', '.join(names)}.")
-        return list(members or names)
+            raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
+        silent = [m for m in members or [] if m not in evaluable]
+        if silent:
+            raise ConfigError(f"{silent[0]!r} gives no logits of its own (a multi-branch network or an auxiliary "
+                              f"module without predictions); choose among: {', '.join(evaluable)}.")
+        return list(members or evaluable)
 
     def predict(self, inputs: Any, member: Optional[str] = None, batch_size: Optional[int] = None,
                 device: Union[str, torch.device, None] = None, progress: Any = "off") -> torch.Tensor:
@@ -518,9 +537,12 @@ class RunReader:
             model.to(self.device).eval()
             modules[entry["name"]] = model
             kind = "auxiliary" if entry.get("role") == "auxiliary" else "network"
-            members.append(Member(entry["name"], model, trainable=entry["role"] == "student", kind=kind,
-                                  info={"role": entry["role"], "network": entry.get("network")
-                                        or {"kind": "auxiliary", "module": entry.get("module", {})}}))
+            member = Member(entry["name"], model, trainable=entry["role"] == "student", kind=kind,
+                            info={"role": entry["role"], "network": entry.get("network")
+                                  or _auxiliary_network(entry.get("module", {}))})
+            if (entry.get("network") or {}).get("kind") == "multibranch":
+                member.predictor = None  # its forward gives every branch's outputs: its views are what predicts
+            members.append(member)
         for member, entry in zip([m for m in members if m.kind == "auxiliary"],
                                  [e for e in rows if e.get("role") == "auxiliary"]):
             if entry.get("predicts"):

@@ -148,8 +148,9 @@ def export_member(run_dir: str | Path, member: Optional[str] = None, fmt: str = 
     name = choose_member(run.cohort, member)
     participant = run.cohort[name]
     if participant.predictor is None:
-        raise ExportUsageError(f"{name!r} is an auxiliary module of the run that gives no logits of its own; export "
-                               f"a member or a predicting module ({', '.join(run.cohort.evaluable)}).")
+        raise ExportUsageError(f"{name!r} gives no logits of its own (an auxiliary module without predictions, or a "
+                               f"multi-branch network whose branches are the run's members); export a member or a "
+                               f"predicting module ({', '.join(run.cohort.evaluable)}).")
     if participant.kind == "auxiliary" and fmt == "safetensors":
         raise ExportUsageError(f"{name!r} is an auxiliary module whose predictions combine several of the run's "
                                "modules; export it as onnx or torchscript (one self-contained graph).")

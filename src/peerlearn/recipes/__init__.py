@@ -142,5 +142,10 @@ for _name, _target in (("independent", "peerlearn.recipes.mutual:IndependentReci
                        ("mutual", "peerlearn.recipes.mutual:MutualRecipe"),
                        ("distill", "peerlearn.recipes.distill:DistillRecipe"),
                        ("transfer", "peerlearn.recipes.transfer:TransferRecipe"),
-                       ("greedy", "peerlearn.recipes.greedy:GreedyRecipe")):
+                       ("greedy", "peerlearn.recipes.greedy:GreedyRecipe"),
+                       ("one", "peerlearn.recipes.one:OneRecipe"),
+                       ("cl_ilr", "peerlearn.recipes.cl_ilr:ClIlrRecipe"),
+                       ("okddip", "peerlearn.recipes.okddip:OkddipRecipe"),
+                       ("kdcl", "peerlearn.recipes.kdcl:KdclRecipe"),
+                       ("pcl", "peerlearn.recipes.pcl:PclRecipe")):
     register_recipe(_name, _target)

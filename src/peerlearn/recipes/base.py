@@ -464,8 +464,7 @@ class Recipe:
         if len(self.data.val) == 0:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.enabled' is true, but there is no "
                               "validation split; set data.val_fraction > 0 (or data.val_size).")
-        names = [m.name for m in self.config.members]
-        trainable = [m.name for m in self.config.members if m.trainable]
+        names, trainable = self.early_stopping_rows()
         if settings.of not in ("mean", "ensemble", *names):
             raise ConfigError(f"Invalid config: key 'regularize.early_stopping.of' has the value {settings.of!r}; "
                               f"allowed: mean, ensemble, {', '.join(names)}.")
@@ -473,6 +472,11 @@ class Recipe:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.of' is 'ensemble', but the cohort has "
                               "fewer than two trainable members; use mean or a member name.")
         return EarlyStopping(settings)
+
+    def early_stopping_rows(self) -> tuple[list[str], list[str]]:
+        """(the rows ``regularize.early_stopping.of`` may name, the rows of the ensemble), from the config alone
+        (early stopping is checked before the cohort is built): here the members, and the trainable ones."""
+        return [m.name for m in self.config.members], [m.name for m in self.config.members if m.trainable]
 
     def extra_state(self) -> dict[str, Any]:
         """Recipe state saved in checkpoints besides the models (here: the centre-loss centres)."""

@@ -120,7 +120,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions, trust_code: bool = 
     run = load_run(run_dir, command="report", trust_code=trust_code)
     summary = read_summary(run_dir)
     config, data, cohort = run.config, run.data, run.cohort
-    names = cohort.names
+    names = cohort.evaluable  # what gives logits (a multi-branch network predicts through its branches)
     trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names
     stream = run.stream(options.split, options.limit)
     if len(stream.split) == 0:

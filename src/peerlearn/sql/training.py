@@ -162,7 +162,7 @@ def build_config(statement: TrainStatement, url: str, features: list[str], store
                                                   "label": statement.label, "features": features}},
     }
     try:
-        config = load_config(base, overrides)
+        config = load_config(base, overrides)  # without members: the recipe's defaults (Recipe.defaults)
     except ConfigError as error:  # name the statement part: the recipe or a WITH key
         position = statement.positions["recipe"]
         for item in statement.assignments:
