@@ -17,7 +17,7 @@ from typing import Any
 from peerlearn.engine.run_record import RECORD_FORMAT, ROLES
 from peerlearn.errors import ConfigError
 
-NETWORK_KINDS = ("registry", "timm", "transfer")
+NETWORK_KINDS = ("registry", "timm", "transfer", "multibranch")
 MEMBER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -75,6 +75,13 @@ def _network(network: Any, key: str, depth: int = 0) -> None:
     allowed = NETWORK_KINDS if depth == 0 else ("registry", "timm")
     _need(kind in allowed, f"{key}.kind", kind, f"one of {', '.join(allowed)}")
     where = f"{key}."
+    if kind == "multibranch":  # a zoo network split into a shared trunk and K branches (models.multibranch)
+        _text(network, "model", where)
+        for name in ("model_args", "shape_args"):
+            _mapping(network, name, where)
+        _need(_is_int(network.get("branches")) and network["branches"] > 0, f"{where}branches",
+              network.get("branches"), "a positive integer")
+        return
     if kind == "registry":
         _text(network, "model", where)
         for name in ("model_args", "shape_args"):

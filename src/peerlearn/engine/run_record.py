@@ -50,7 +50,7 @@ from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.run_files import RUN_RECORD_NAME
 
 RECORD_FORMAT = 1
-ROLES = ("student", "teacher", "frozen")
+ROLES = ("student", "teacher", "frozen", "multibranch")  # multibranch: a network whose rows are its branches
 
 
 def registry_network(model: str, model_args: dict, shape_args: dict, attributes: Optional[dict] = None,
