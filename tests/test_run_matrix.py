@@ -351,8 +351,8 @@ def _exported_logits(fmt: str, model_path: Path, info_path: Path, inputs: torch.
         return formats.run_onnx(model_path, inputs)
     if fmt == "torchscript":
         return formats.run_torchscript(model_path, inputs)
-    with torch.no_grad():
-        return load_safetensors_model(info_path)(inputs).numpy()
+    with torch.no_grad():  # our own export (a network of our own needs trust to be rebuilt from its JSON)
+        return load_safetensors_model(info_path, trust_code=True)(inputs).numpy()
 
 
 @torch.no_grad()
