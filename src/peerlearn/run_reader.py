@@ -185,12 +185,13 @@ class LoadedRun:
         return [n for n in self.ensemble if n in names]
 
     def select(self, members: Optional[Sequence[str]] = None) -> list[str]:
-        """The named members (all when None); an unknown name is an error listing the run's members."""
+        """The named members (when None: every participant that gives logits, so not a connector or a memory
+        bank); an unknown name is an error listing the run's members."""
         names = self.cohort.names
         unknown = [m for m in members or [] if m not in names]
         if unknown:
             raise ConfigError(f"The run has no member {unknown[0]!r}; its members: {', '.join(names)}.")
-        return list(members or names)
+        return list(members or self.cohort.evaluable)
 
     def split(self, name: str, limit: Optional[int] = None) -> Split:
         if name not in SPLITS:

@@ -99,7 +99,7 @@ def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
     summary = read_summary(run_dir)
     run = load_run(run_dir, command="report")
     config, data, cohort = run.config, run.data, run.cohort
-    names = cohort.names
+    names = cohort.evaluable  # connectors and memory banks give no logits of their own
     trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names
     stream = run.stream(options.split, options.limit)
     if len(stream.split) == 0:
