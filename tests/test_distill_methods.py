@@ -271,6 +271,7 @@ class UserNet(torch.nn.Module):
 
 
 def test_a_user_module_is_read_by_path_without_edits_with_early_stopping(teacher_run, tmp_path):
+    torch.manual_seed(0)  # the module is built here, before peerlearn seeds anything
     net = UserNet()
     config = method_config(teacher_run, "fitnets", members=[{**TEACHER, "weights": str(teacher_run)},
                                                              {"name": "student"}],

@@ -7,8 +7,9 @@ Loss of a student with logits z, on a transfer item x with label y:
     mse : L = α · CE(softmax(z), y) + (1 − α) · ½ ‖z − v̄‖²,   v̄ = 1/M · Σ_m v_m
 
 (``distill.method``; the feature, relational and logit-relation methods fitnets, at, sp, rkd, pkt, crd, dkd and
-dist add their term to the CE, see ``recipes.distill_methods``). With α = 0 the transfer set needs no label. The CE term is ``Recipe.supervised_loss`` (items labelled −1
-are left out of it), so the shared regularisers reach it.
+dist add their term to the CE, see ``recipes.distill_methods``). With α = 0 the transfer set needs no label.
+The CE term is ``Recipe.supervised_loss`` (items labelled −1 are left out of it), so the shared regularisers
+reach it.
 
 Teachers are members with ``trainable: false`` (or listed in ``distill.teachers``). They come with
 ``weights`` (a run directory or a .safetensors file), or are trained first in a "teacher" stage of
@@ -128,12 +129,6 @@ class DistillConfig(Section):
         self.__dict__.update(method=method, loss=None)
         self.model_fields_set.add("method")
         return self
-
-
-def distill_method_names() -> list[str]:
-    from peerlearn.recipes.distill_methods import METHODS
-
-    return list(METHODS)
 
 
 DEFAULT_BIAS_GRID = [0.25 * i for i in range(41)]  # 0, 0.25, ..., 10
