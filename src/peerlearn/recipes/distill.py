@@ -653,6 +653,20 @@ class DistillRecipe(Recipe):
             self.bias_report[name] = report
             set_class_bias(model, bias_vector(found["bias"], self.data.num_classes, self.device))
 
+    def _method_summary(self) -> dict[str, Any]:
+        """The method's weight, layers and connectors (CRD: its memory banks' bytes) for summary.json."""
+        s = self.settings
+        if s.method in KD_METHODS:
+            return {}
+        out: dict[str, Any] = {"weight": method_weight(s), "with_kd": s.with_kd}
+        if self.layers is not None:
+            out["layers"] = {"students": self.layers.student_layers, "teachers": self.layers.teacher_layers}
+        if self.connectors:
+            modules = {aux: self.cohort[aux].model for aux in self.connectors.values()}
+            out["connectors"] = {aux: {"parameters": sum(p.numel() for p in m.parameters()),
+                                       "bank_bytes": bank_bytes(m)} for aux, m in modules.items()}
+        return out
+
     def role(self, name: str) -> str:
         return "teacher" if name in self.teacher_names else "student"
 
@@ -730,19 +744,6 @@ def teacher_mismatch(weights: Optional[str], data) -> str:
 def _short(values) -> str:
     shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in list(values)[:6]]
     return "[" + ", ".join(shown) + (", ...]" if len(values) > 6 else "]")
-    def _method_summary(self) -> dict[str, Any]:
-        """The method's weight, layers and connectors (CRD: its memory banks' bytes) for summary.json."""
-        s = self.settings
-        if s.method in KD_METHODS:
-            return {}
-        out: dict[str, Any] = {"weight": method_weight(s), "with_kd": s.with_kd}
-        if self.layers is not None:
-            out["layers"] = {"students": self.layers.student_layers, "teachers": self.layers.teacher_layers}
-        if self.connectors:
-            modules = {aux: self.cohort[aux].model for aux in self.connectors.values()}
-            out["connectors"] = {aux: {"parameters": sum(p.numel() for p in m.parameters()),
-                                       "bank_bytes": bank_bytes(m)} for aux, m in modules.items()}
-        return out
 
 
 class FitClassBias(Callback):
