@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from peerlearn.section_providers import load_section_providers
+
 FLOAT32_MAX = 3.4028234663852886e38
 INT64_LIMIT = 2**63
 
@@ -328,7 +330,8 @@ def check_engine(config: "RunConfig") -> None:
 # --------------------------------------------------------------------------- root
 # The recipes' sections, by their top-level YAML key. Each recipe declares its own (``section`` and
 # ``section_model`` on its class, in its module); ``peerlearn.recipes.register_recipe`` enters it here,
-# for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe.
+# for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe: the package
+# root declares ``peerlearn.recipes`` a section provider, imported by name before a config is first validated.
 RECIPE_SECTIONS: dict[str, type[Section]] = {}
 
 
@@ -407,7 +410,9 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _recipe_sections(self) -> "RunConfig":
         """Top-level keys beyond the built-in ones must be the sections of registered recipes
-        (``RECIPE_SECTIONS``), each validated by its schema; a recipe section left out takes its defaults."""
+        (``RECIPE_SECTIONS``), each validated by its schema; a recipe section left out takes its defaults.
+        The declared section providers (the shipped recipes) are imported first (``section_providers``)."""
+        load_section_providers()
         extra = self.__pydantic_extra__
         for key, value in list(extra.items()):
             section = RECIPE_SECTIONS.get(key)
