@@ -1,6 +1,8 @@
 """Fused cohort: stacked losses by hand and against the per-member forms; fused steps equal the loop."""
 
+import copy
 import math
+import re
 
 import pytest
 import torch
@@ -206,7 +208,7 @@ def test_the_choice_is_logged_and_an_unpackable_network_falls_back_to_vmap(tiny,
     config = load_config(tiny(members=members, engine={"fused": True}))
     _, _, built = prepare_run(config)
     assert built.executor.mode == "vmap"
-    assert "batched with vmap (not packed:" in caplog.text
+    assert "batched with vmap (not packed: the network (MobileNet) does not declare" in caplog.text
 
 
 def test_packed_network_owns_no_weights_and_member_keys_are_unchanged(tiny):
@@ -232,3 +234,71 @@ def test_fused_run_ends_like_the_loop_run(tiny, tmp_path):
     for a, b in zip(loop.cohort, fused.cohort):
         for x, y in zip(a.model.parameters(), b.model.parameters()):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def _sequential(**bn):
+    torch.manual_seed(len(bn))
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1, bias=True), torch.nn.BatchNorm2d(3, **bn),
+                               torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 3, stride=2, groups=1),
+                               torch.nn.BatchNorm2d(4, **bn), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 5)).double()
+
+
+@pytest.mark.parametrize("bn", [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}])
+def test_packed_sequential_equals_each_member_outputs_gradients_and_batchnorm_buffers(bn):
+    """Outputs, input-free gradients and BatchNorm buffers (cumulative average with momentum=None) of a packed
+    nn.Sequential against each member run on its own, over two training calls and one in eval mode."""
+    from peerlearn.engine.packed import PackedCohort
+
+    members = [_sequential(**bn) for _ in range(3)]
+    for k, member in enumerate(members):  # different weights per member
+        with torch.no_grad():
+            for p in member.parameters():
+                p.add_(0.1 * k)
+    twins = [copy.deepcopy(m) for m in members]
+    packed = PackedCohort(members, list("abc"))
+    for call, train in enumerate([True, True, False]):
+        x = torch.randn(6, 2, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(call))
+        for model in members + twins:
+            model.train(train)
+        logits, features = packed(x)
+        assert features is None and logits.shape == (3, 6, 5)
+        expected = torch.stack([twin(x) for twin in twins])
+        torch.testing.assert_close(logits, expected)
+        if train:
+            logits.square().sum().backward()
+            expected.square().sum().backward()
+    for member, twin in zip(members, twins):
+        for (name, a), b in zip(member.state_dict().items(), twin.state_dict().values()):
+            torch.testing.assert_close(a, b, msg=name)
+        for a, b in zip(member.parameters(), twin.parameters()):
+            torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_the_packer_names_what_it_cannot_pack():
+    from peerlearn.engine.packed import NotPackable, PackedCohort
+
+    class Concat(torch.nn.Module):  # concatenates channels: not declared packable
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(1, 2, 1), torch.nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    cases = {
+        "the network (Concat) does not declare a channel-wise forward": lambda: Concat(),
+        "0 pads with 'reflect'": lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding_mode="reflect")),
+        "1 flattens dimensions 2..-1": lambda: torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Flatten(2)),
+        "0 (LSTM) is a layer the packer does not know": lambda: torch.nn.Sequential(torch.nn.LSTM(2, 2)),
+    }
+    for message, make in cases.items():
+        with pytest.raises(NotPackable, match=re.escape(message)):
+            PackedCohort([make(), make()], ["a", "b"])
+    hooked = [torch.nn.Sequential(torch.nn.Linear(2, 2)) for _ in range(2)]
+    hooked[1][0].register_forward_hook(lambda *args: None)
+    with pytest.raises(NotPackable, match="0 has forward or backward hooks"):
+        PackedCohort(hooked, ["a", "b"])
+    with pytest.raises(NotPackable, match="differ at 0"):
+        PackedCohort([torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(torch.nn.Linear(2, 3))],
+                     ["a", "b"])

@@ -291,8 +291,9 @@ class RegularizeConfig(Section):
 class EngineConfig(Section):
     """How the cohort is executed. None of these changes the maths of a recipe (bf16 changes rounding)."""
 
-    fused: bool = Field(False, description="run members of one architecture as one batched model "
-                                           "(torch.func vmap); mutual/independent, simultaneous update")
+    fused: bool = Field(False, description="run members of one architecture as one batched model (packed: "
+                                           "layers grouped by member, else torch.func vmap); mutual/independent, "
+                                           "simultaneous update")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward passes "
                                                                    "(CUDA only; ignored with a warning on CPU)")
     compile: bool = Field(False, description="torch.compile each member's forward (CPU and CUDA)")

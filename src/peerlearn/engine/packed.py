@@ -170,7 +170,7 @@ def _has_hooks(module: nn.Module) -> bool:
 
 def _pack(modules: list[nn.Module], path: str, shared: _SharedInput) -> nn.Module:
     ref = modules[0]
-    where = path or type(ref).__name__
+    where = path or "the network"
     signature = _signature(ref)
     if any(_signature(m) != signature for m in modules[1:]):
         raise NotPackable(f"the members differ at {where}")
@@ -196,10 +196,10 @@ def _pack(modules: list[nn.Module], path: str, shared: _SharedInput) -> nn.Modul
             raise NotPackable(f"{where} ({type(ref).__name__}) has weights of its own")
         return ref
     if not ref._modules:
-        raise NotPackable(f"{where} is a {type(ref).__name__}, a layer the packer does not know")
+        raise NotPackable(f"{where} ({type(ref).__name__}) is a layer the packer does not know")
     if type(ref) is not nn.Sequential and not vars(type(ref)).get("packable", False):
-        raise NotPackable(f"{where} is a {type(ref).__name__}, whose forward is not declared channel-wise "
-                          "(class attribute packable = True)")
+        raise NotPackable(f"{where} ({type(ref).__name__}) does not declare a channel-wise forward "
+                          "(packable = True)")
     if ref._parameters or any(b is not None for b in ref._buffers.values()):
         raise NotPackable(f"{where} ({type(ref).__name__}) holds weights outside its layers")
     clone = type(ref).__new__(type(ref))
