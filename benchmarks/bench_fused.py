@@ -1,6 +1,6 @@
 """Training throughput of a DML cohort: member loop vs fused with vmap vs fused packed (grouped layers).
 
-    python benchmarks/bench_fused.py            # the measurement (about 10 minutes on a loaded 2-core machine)
+    python benchmarks/bench_fused.py            # the measurement (about 20 minutes on a loaded 2-core machine)
     python benchmarks/bench_fused.py --quick    # a smoke run (a minute), marked as not a result
 
 Writes section ``fused`` of docs/results.md. K members of one architecture, DML (simultaneous update, KL, SGD
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the table, leave docs/results.md alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    steps, passes = (3, 2) if args.quick else (4, 7)
+    steps, passes = (3, 2) if args.quick else (4, 5)
     tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
     body = (f"## Fused cohort: member loop vs vmap vs packed{tag}\n\n"
             f"DML (simultaneous update, KL, SGD momentum) of K members of one architecture, batch {BATCH}: "

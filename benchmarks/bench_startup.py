@@ -1,6 +1,6 @@
 """Start-up time of the command line against ``import torch``.
 
-    python benchmarks/bench_startup.py            # 15 interleaved rounds
+    python benchmarks/bench_startup.py            # 9 interleaved rounds
     python benchmarks/bench_startup.py --quick    # 3 rounds, marked as not a result
 
 Writes section ``startup`` of docs/results.md. Each command runs as a fresh process (this checkout's ``src``
@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, to check the script end to end")
     args = parser.parse_args()
-    rounds = 3 if args.quick else 15
+    rounds = 3 if args.quick else 9
     for command in COMMANDS.values():  # warm the file cache
         seconds(command)
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
