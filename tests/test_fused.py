@@ -275,6 +275,19 @@ def test_packed_sequential_equals_each_member_outputs_gradients_and_batchnorm_bu
             torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_a_first_layer_after_an_in_place_change_of_the_input_reads_the_changed_input():
+    """The first convolution reads the shared input once, unless an in-place layer changed it before."""
+    from peerlearn.engine.packed import PackedCohort
+
+    def make():
+        return torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).double()
+
+    members = [make() for _ in range(2)]
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    logits, _ = PackedCohort(members, ["a", "b"])(x.clone())
+    torch.testing.assert_close(logits, torch.stack([m(x.clone()) for m in members]))
+
+
 def test_the_packer_names_what_it_cannot_pack():
     from peerlearn.engine.packed import NotPackable, PackedCohort
 

@@ -55,10 +55,14 @@ class NotPackable(Exception):
 class _SharedInput:
     """The cohort's input of the current call: ``raw`` [B, C, ...] and ``repeated`` [B, K·C, ...].
 
-    A layer whose input *is* ``repeated`` (the first layer) reads ``raw`` once instead."""
+    A layer whose input *is* ``repeated``, unmodified (the first layer), reads ``raw`` once instead."""
 
     raw: Optional[torch.Tensor] = None
     repeated: Optional[torch.Tensor] = None
+    version: int = 0  # ``repeated._version`` when it was made: an in-place change (a ReLU) bumps it
+
+    def is_input(self, x: torch.Tensor) -> bool:
+        return x is self.repeated and x._version == self.version
 
 
 class _PackedLayer(nn.Module):
@@ -89,7 +93,7 @@ class PackedConv2d(_PackedLayer):
         conv = self.members[0]
         weight = torch.cat([m.weight for m in self.members])
         bias = _cat([m.bias for m in self.members])
-        if x is self.shared.repeated and conv.groups == 1:  # the raw input, once: C_in → K·C_out
+        if self.shared.is_input(x) and conv.groups == 1:  # the raw input, once: C_in → K·C_out
             return F.conv2d(self.shared.raw, weight, bias, conv.stride, conv.padding, conv.dilation, 1)
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups * self.k)
 
@@ -99,7 +103,7 @@ class PackedLinear(_PackedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         linear = self.members[0]
-        if x is self.shared.repeated:  # the raw input, once: D → K·O
+        if self.shared.is_input(x):  # the raw input, once: D → K·O
             return F.linear(self.shared.raw, torch.cat([m.weight for m in self.members]),
                             _cat([m.bias for m in self.members]))
         if x.dim() != 2:
@@ -248,7 +252,7 @@ class PackedCohort:
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         k = len(self.models)
         repeated = x.repeat(1, k, *([1] * (x.dim() - 2)))
-        self.shared.raw, self.shared.repeated = x, repeated
+        self.shared.raw, self.shared.repeated, self.shared.version = x, repeated, repeated._version
         try:
             if self.with_features:
                 logits, features = self.network.forward_with_features(repeated)
