@@ -6,7 +6,7 @@ CHROMIUM ?= /usr/bin/chromium
 PEERLEARN_DATA ?= $(abspath ../shared/data)
 export PEERLEARN_DATA
 
-.PHONY: install install-test browser postgres demo test test-slow clean
+.PHONY: install install-test browser postgres demo test test-slow bench-gpu clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: install-test browser postgres
 
 test-slow: install-test browser postgres
 	$(VENV)/bin/python -m pytest -q -m slow
+
+# The GPU check (benchmarks/bench_gpu.py, under 5 minutes): bf16, channels-last, pinned memory, compile, packed
+# fusion and NCCL, then loop / fused / compiled throughput and peak memory into docs/results.md. Exit code 4 and
+# one line when there is no CUDA device.
+bench-gpu: install
+	$(VENV)/bin/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

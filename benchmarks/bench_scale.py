@@ -85,7 +85,8 @@ def main() -> None:
         f"{repeats} timings of {steps} steps (after 3 warm-up steps); in brackets the spread (std / mean) over the "
         "rounds. The machine may be shared with other jobs, which adds noise to every timing. *samples/s* = batch "
         "items per second through the whole cohort (every member sees each item). *fused* = DML simultaneous with "
-        "`engine.fused: true` (one vmapped forward/backward for all members, each member's own optimizer).")
+        "`engine.fused: true` (one batched forward/backward for all members: the packed network with layers grouped "
+        "by member for `small_cnn`, each member's own optimizer; `bench_fused.py` compares packed with vmap).")
     for device in devices:
         times = measure(sizes, steps, repeats, rounds, device)
         rows, scaling = tables(times)

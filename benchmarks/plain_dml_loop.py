@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-every-epoch", action="store_true",
+                        help="also score the test split after every epoch (what peerlearn's default eval_test does)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -130,7 +132,11 @@ def main() -> None:
             for optimizer in optimizers:
                 optimizer.step()
         history.append({"epoch": epoch + 1, "val": evaluate(models, val_x, val_y, normalise, args.eval_batch)})
-    final = {"val": history[-1]["val"], "test": evaluate(models, test_x, test_y, normalise, args.eval_batch)}
+        if args.test_every_epoch:
+            history[-1]["test"] = evaluate(models, test_x, test_y, normalise, args.eval_batch)
+    final = {"val": history[-1]["val"],
+             "test": history[-1]["test"] if args.test_every_epoch else evaluate(models, test_x, test_y, normalise,
+                                                                                  args.eval_batch)}
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save({name: m.state_dict() for name, m in zip("ab", models)}, args.out / "weights.pt")
     (args.out / "metrics.json").write_text(json.dumps({"history": history, "final": final}, indent=1))

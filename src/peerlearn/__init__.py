@@ -6,11 +6,45 @@ on one small core: a cohort of members, loss terms and a trainer that runs stage
 
 __version__ = "0.1.0"
 
-from peerlearn.api import RunResult, load_run, train  # noqa: E402
-from peerlearn.config import RunConfig, load_config  # noqa: E402
-from peerlearn.data.user import UserData  # noqa: E402
-from peerlearn.models import available_models, create_model  # noqa: E402
-from peerlearn.models.taps import LayerTaps  # noqa: E402
+from typing import TYPE_CHECKING
+
+from peerlearn.section_providers import provide_sections  # noqa: E402
+
+# The shipped recipes provide config sections (``mutual:``, ``distill:``, ...): imported before a config is read.
+provide_sections("peerlearn.recipes")
+
+# The public names, imported on first use (PEP 562): ``import peerlearn`` and ``peerlearn --help`` do not pay for
+# torch, pydantic and the recipes until something needs them.
+_LAZY = {
+    "RunResult": "peerlearn.api", "load_run": "peerlearn.api", "train": "peerlearn.api",
+    "RunConfig": "peerlearn.config", "load_config": "peerlearn.config",
+    "UserData": "peerlearn.data.user",
+    "available_models": "peerlearn.models", "create_model": "peerlearn.models",
+    "LayerTaps": "peerlearn.models.taps",
+}
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from peerlearn.api import RunResult, load_run, train
+    from peerlearn.config import RunConfig, load_config
+    from peerlearn.data.user import UserData
+    from peerlearn.models import available_models, create_model
+    from peerlearn.models.taps import LayerTaps
+
+
+def __getattr__(name: str):
+    """``peerlearn.train`` and the other public names: imported from their module the first time they are read."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peerlearn' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True, data=None,

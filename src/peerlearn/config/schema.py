@@ -12,6 +12,8 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args,
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from peerlearn.section_providers import load_section_providers
+
 FLOAT32_MAX = 3.4028234663852886e38
 INT64_LIMIT = 2**63
 
@@ -305,8 +307,9 @@ class RegularizeConfig(Section):
 class EngineConfig(Section):
     """How the cohort is executed. None of these changes the maths of a recipe (bf16 changes rounding)."""
 
-    fused: bool = Field(False, description="run members of one architecture as one batched model "
-                                           "(torch.func vmap); mutual/independent, simultaneous update")
+    fused: bool = Field(False, description="run members of one architecture as one batched model (packed: "
+                                           "layers grouped by member, else torch.func vmap); mutual/independent, "
+                                           "simultaneous update")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward passes "
                                                                    "(CUDA only; ignored with a warning on CPU)")
     compile: bool = Field(False, description="torch.compile each member's forward (CPU and CUDA)")
@@ -346,7 +349,9 @@ def check_engine(config: "RunConfig") -> None:
 # ``section_model`` on its class, in its module); ``peerlearn.recipes.register_recipe`` enters it here,
 # for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe: it
 # asks the registry for the chosen recipe's class through the finder the registry installs
-# (``set_recipe_finder``), and reads the section, defaults and rules off that class.
+# (``set_recipe_finder``), and reads the section, defaults and rules off that class. The package root declares
+# ``peerlearn.recipes`` a section provider (``peerlearn.section_providers``), imported by name before the finder
+# is first asked, so that ``import peerlearn`` stays light.
 RECIPE_SECTIONS: dict[str, type[Section]] = {}
 SECTION_READERS: dict[str, list[str]] = {}  # section key -> the registered recipes that read it
 _RECIPE_FINDER: list[Callable[[str, bool], Optional[type]]] = []
@@ -376,6 +381,7 @@ def set_recipe_finder(finder: Callable[[str, bool], Optional[type]], default: st
 
 def default_recipe() -> str:
     """The recipe of a config that names none, as the recipe registry declares it."""
+    load_section_providers()  # the shipped recipes install the registry's finder when imported
     if not _DEFAULT_RECIPE:
         raise ValueError("no recipe registry is loaded (import peerlearn.recipes)")
     return _DEFAULT_RECIPE[0]
@@ -383,6 +389,7 @@ def default_recipe() -> str:
 
 def find_recipe_class(value: str, import_code: bool = True) -> Optional[type]:
     """The class of recipe ``value`` through the installed finder (None when none is installed)."""
+    load_section_providers()
     return _RECIPE_FINDER[0](value, import_code) if _RECIPE_FINDER else None
 
 

@@ -18,8 +18,10 @@ Executors:
   peers' targets from the same forward.
 * ``SequentialLoop`` (DML Algorithm 1): member 1 steps, its outputs are recomputed with its new weights
   (no grad, BatchNorm statistics untouched), member 2 steps, ...
-* ``FusedExecutor``: the simultaneous update with one ``vmap``-ed forward of members of one architecture
-  (``engine.fused``); the stacked logits [K, B, C] are handed to the same ``losses`` member by member.
+* ``FusedExecutor``: the simultaneous update with one batched forward of members of one architecture: a
+  packed network with layers grouped by member (``engine.packed``) when the architecture allows, else a
+  ``vmap``-ed one (``engine.fused``); the stacked logits [K, B, C] are handed to the same ``losses`` member by
+  member.
 * ``DistributedExecutor``: the simultaneous update with one member per process; the peers' outputs come by
   all-gather (detached), and a member's replicas average their gradients (``engine.distributed``).
 
@@ -36,7 +38,9 @@ import torch
 
 from peerlearn.engine.cohort import Member, preserved_batchnorm_stats
 from peerlearn.engine.distributed import all_gather_rows, average_gradients
+from peerlearn.engine.epoch_log import ensure_handler, logger
 from peerlearn.engine.fused import FusedCohort
+from peerlearn.engine.packed import NotPackable, PackedCohort
 from peerlearn.engine.trainer import check_finite
 
 Outputs = tuple[torch.Tensor, Optional[torch.Tensor]]
@@ -172,14 +176,35 @@ class SequentialLoop(Executor):
 
 
 class FusedExecutor(Executor):
-    """The simultaneous update with one batched (``vmap``) forward of members of one architecture."""
+    """The simultaneous update with one batched forward of members of one architecture.
+
+    Two ways to batch them, chosen once when the executor is made (``mode="auto"``) and logged on the
+    ``peerlearn`` logger: *packed* (``engine.packed``: one network whose layers are grouped by member) when
+    the architecture can be packed, else *vmap* (``engine.fused``: the architecture mapped over the
+    stacked parameters). ``mode="packed"`` / ``"vmap"`` forces one (benchmarks, tests)."""
 
     name = "fused"
 
-    def __init__(self, recipe: StepRecipe):
+    def __init__(self, recipe: StepRecipe, mode: str = "auto"):
         members = recipe.step_members()
-        self.fused = FusedCohort([m.model for m in members], [m.name for m in members],
-                                 with_features=recipe.needs_features())
+        models, names = [m.model for m in members], [m.name for m in members]
+        with_features = recipe.needs_features()
+        self.fused, self.mode, self.reason = None, "vmap", ""
+        if mode in ("auto", "packed"):
+            try:
+                self.fused, self.mode = PackedCohort(models, names, with_features), "packed"
+            except NotPackable as error:
+                if mode == "packed":
+                    raise
+                self.reason = str(error)
+        if self.fused is None:
+            self.fused = FusedCohort(models, names, with_features=with_features)
+        ensure_handler()
+        if self.mode == "packed":
+            logger.info("engine.fused: %d members packed into one network with grouped layers", len(models))
+        else:
+            logger.info("engine.fused: %d members batched with vmap (not packed: %s)", len(models),
+                        self.reason or "asked for vmap")
 
     def step(self, recipe: StepRecipe, batch) -> dict[str, Any]:
         members = recipe.step_members()

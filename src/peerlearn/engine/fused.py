@@ -58,6 +58,8 @@ def check_fusable(models: list[nn.Module], names: list[str]) -> None:
 class FusedCohort:
     """Callable ``fused(x) -> (logits [K, B, C], features [K, B, D] or None)`` over live member models."""
 
+    kind = "vmap"
+
     def __init__(self, models: list[nn.Module], names: list[str], with_features: bool = False):
         check_fusable(models, names)
         self.models = models

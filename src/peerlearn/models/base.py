@@ -21,6 +21,11 @@ class PeerModel(nn.Module):
 
     feature_dim: int
     classifier: nn.Module
+    # True when ``forward`` only composes the submodules and combines their outputs elementwise (no channel
+    # concatenation or reshape across channels): a fused cohort may then pack K copies into one network with
+    # grouped layers (``engine.packed``). Each class declares it for itself; subclasses do not inherit a promise
+    # about a forward they may change.
+    packable = False
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

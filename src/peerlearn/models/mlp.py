@@ -17,6 +17,8 @@ class MLP(PeerModel):
     Features are the last hidden layer's activations (after its dropout).
     """
 
+    packable = True  # forward composes its layers channel-wise (engine.packed)
+
     def __init__(self, in_features: int, num_classes: int, widths: Sequence[int] = (800, 800),
                  dropout: float = 0.0, input_dropout: float = 0.0):
         super().__init__()

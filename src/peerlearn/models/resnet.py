@@ -29,6 +29,8 @@ WIDTHS = (16, 32, 64)
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with a residual connection (projection when the shape changes)."""
 
+    packable = True  # forward composes its layers channel-wise (engine.packed)
+
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -58,6 +60,8 @@ def blocks_per_group(depth: int) -> int:
 
 class CifarResNet(PeerModel):
     """ResNet-(6n+2) for small images; features are the 64 globally pooled channels (after optional dropout)."""
+
+    packable = True  # forward composes its layers channel-wise (engine.packed)
 
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, dropout: float = 0.0):
         super().__init__()

@@ -16,6 +16,8 @@ def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(PeerModel):
     """[conv-bn-relu ×2, maxpool] ×2 at widths (w, 2w), global average pool, dropout, linear."""
 
+    packable = True  # forward composes its layers channel-wise (engine.packed)
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.0):
         super().__init__()
         self.body = nn.Sequential(

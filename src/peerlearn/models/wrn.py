@@ -26,6 +26,8 @@ from peerlearn.models.registry import register_model
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-[dropout]-BN-ReLU-conv3x3 with an identity or 1x1-projection shortcut."""
 
+    packable = True  # forward composes its layers channel-wise (engine.packed)
+
     def __init__(self, cin: int, cout: int, stride: int = 1, dropout: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -55,6 +57,8 @@ def blocks_per_group(depth: int) -> int:
 
 class WideResNet(PeerModel):
     """WRN-depth-widen_factor; features are the pooled 64k channels after the final BN-ReLU."""
+
+    packable = True  # forward composes its layers channel-wise (engine.packed)
 
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 28, widen_factor: int = 10,
                  dropout: float = 0.0):
