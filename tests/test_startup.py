@@ -42,5 +42,5 @@ def test_public_names_are_imported_on_first_use():
 def test_a_config_read_through_the_config_layer_alone_holds_recipe_sections():
     code = ("from peerlearn.config import load_config\n"
             "config = load_config({'recipe': 'mutual', 'mutual': {'temperature': 3.0}})\n"
-            "print(config.mutual.temperature, type(config.distill).__name__)")
-    assert _python(code) == "3.0 DistillConfig"
+            "print(config.mutual.temperature, hasattr(config, 'distill'))")
+    assert _python(code) == "3.0 False"  # the chosen recipe's section only

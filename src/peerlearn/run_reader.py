@@ -182,11 +182,9 @@ def build_network(network: dict[str, Any]) -> nn.Module:
                              dropout=network.get("dropout", 0.0), input_pads=network["input_pads"],
                              background=network["background"]).eval()
     if kind == "multibranch":  # K branches on a shared trunk (the online-distillation recipes' networks)
-        from peerlearn.models.multibranch import create_multibranch
+        from peerlearn.models.multibranch import from_record
 
-        return create_multibranch(network["model"], num_branches=int(network["branches"]),
-                                  trunk_grad_scale=float(network.get("trunk_grad_scale", 1.0)),
-                                  **network["shape_args"], **network["model_args"]).eval()
+        return from_record(network)
     if kind == "view":  # one branch of a shared-trunk network (an exported view)
         from peerlearn.recipes.base import Recipe
 

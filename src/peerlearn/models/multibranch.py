@@ -308,3 +308,11 @@ for _name in ("cifar_resnet", "resnet20", "resnet32", "resnet56"):
     register_multibranch(_name, _split_cifar_resnet)
 register_multibranch("small_cnn", _split_small_cnn)
 register_multibranch("mlp", _split_mlp)
+
+
+def from_record(network: dict) -> "MultiBranchNet":
+    """A fresh (untrained) multi-branch network from its run.json record ``{"kind": "multibranch", "model",
+    "branches", "trunk_grad_scale", "shape_args", "model_args"}``, in eval mode."""
+    return create_multibranch(network["model"], num_branches=int(network["branches"]),
+                              trunk_grad_scale=float(network.get("trunk_grad_scale", 1.0)),
+                              **network["shape_args"], **network["model_args"]).eval()

@@ -102,10 +102,10 @@ class PclRecipe(BranchRecipe):
 
     @classmethod
     def build_auxiliary(cls, name: str, spec: dict[str, Any]) -> nn.Module:
-        if name == EMA:
-            from peerlearn.run_reader import build_network
+        if name == EMA:  # the temporal mean is a copy of the multi-branch network
+            from peerlearn.models.multibranch import from_record
 
-            return build_network(spec["network"])
+            return from_record(spec["network"])
         return PeerEnsembleClassifier(int(spec["feature_dim"]), int(spec["branches"]), int(spec["num_classes"]))
 
     @classmethod
