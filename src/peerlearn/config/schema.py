@@ -238,7 +238,9 @@ class TrainConfig(Section):
     deterministic: bool = Field(True, description="deterministic kernels and seeded data order")
     progress: Literal["auto", "on", "off"] = Field("auto", description="progress bar (auto: only on a terminal)")
     eval_every: int = Field(1, gt=0, description="evaluate every N epochs (and always at the end)")
-    eval_test: bool = Field(True, description="also evaluate on the test split every evaluation")
+    eval_test: bool = Field(False, description="also evaluate on the test split every evaluation (default: "
+                                                "validation each evaluation, test once at the end, so that "
+                                                "choices are made on validation)")
     checkpoint_every_steps: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps")
     threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
 

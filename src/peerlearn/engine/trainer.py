@@ -21,7 +21,7 @@ from peerlearn.config import RunConfig
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
-from peerlearn.engine.epoch_log import log_epoch
+from peerlearn.engine.epoch_log import log_epoch, log_final
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters
 from peerlearn.engine.last_evaluation import LastEvaluation
@@ -439,6 +439,7 @@ class Trainer:
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
             self.write_run_record(finished=True)
+            log_final(final)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 

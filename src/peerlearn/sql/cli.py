@@ -26,8 +26,9 @@ def add_sql_parser(subparsers) -> argparse.ArgumentParser:
                         help="the model store (default: $PEERLEARN_MODELS, else ./models)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let TO TRAIN replace a model and TO PREDICT a table of the same name")
-    parser.add_argument("--demo-db", default=None, metavar="PATH",
-                        help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit")
+    parser.add_argument("--demo-db", default=None, metavar="PATH|URL",
+                        help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit; a database "
+                             "URL (postgresql+psycopg://user@host/name) gets the tables in that database")
     return parser
 
 
@@ -38,7 +39,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
         from peerlearn.sql.demo import create_demo_db
 
         url = create_demo_db(args.demo_db, overwrite=args.overwrite)
-        print(f"demo database with tables wine, breast_cancer, iris: {url}")
+        from peerlearn.sql.runner import hide_password
+
+        print(f"demo database with tables wine, breast_cancer, iris: {hide_password(url)}")
         return 0
     if not args.statement:
         raise ConfigError('peerlearn sql needs a statement in quotes, e.g. peerlearn sql "SELECT * FROM wine TO '
