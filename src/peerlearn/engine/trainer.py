@@ -373,8 +373,10 @@ class Trainer:
                 if self.position.step_in_epoch < len(stream):  # the epoch's end checkpoints by itself
                     self._stop_if_signalled(at_epoch_end=False)
             bar.close()
+            # a distributed process steps only the schedule of the member it trains (stepping one whose optimizer
+            # never stepped here is what torch warns about); the sync then brings every copy up to date
+            self.cohort.step_schedules("epoch", None if self.distributed is None else [self.distributed.member_name])
             self._sync()
-            self.cohort.step_schedules("epoch")
             self.elapsed += time.perf_counter() - started
             train_means = {k: v / max(self._epoch_count, 1) for k, v in sums.items()}
             lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.updating}
