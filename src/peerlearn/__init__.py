@@ -13,11 +13,12 @@ from peerlearn.models import available_models, create_model  # noqa: E402
 from peerlearn.models.taps import LayerTaps  # noqa: E402
 
 
-def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True) -> dict:
+def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True,
+                 progress="auto") -> dict:
     """Metrics of a finished run (see ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
-    return run(run_dir, split=split, members=members, device=device, save=save)
+    return run(run_dir, split=split, members=members, device=device, save=save, progress=progress)
 
 
 def analyze_run(run_dir, **options) -> dict:
@@ -25,6 +26,14 @@ def analyze_run(run_dir, **options) -> dict:
     from peerlearn.analysis_runner import analyze_run as run
 
     return run(run_dir, **options)
+
+
+def sweep(config=None, **options):
+    """Train a config once per seed and per grid point into one sweep folder (see ``peerlearn.sweeps.sweep``):
+    ``peerlearn.sweep("c.yaml", seeds=[0, 1, 2], grid={"mutual.weight": [0.5, 1, 2]}, jobs=2)``."""
+    from peerlearn.sweeps import sweep as run
+
+    return run(config, **options)
 
 
 def layers(config=None, overrides=None, **options) -> list[dict]:
@@ -36,4 +45,4 @@ def layers(config=None, overrides=None, **options) -> list[dict]:
 
 
 __all__ = ["LayerTaps", "RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model",
-           "evaluate_run", "layers", "load_config", "load_run", "train", "__version__"]
+           "evaluate_run", "layers", "load_config", "load_run", "sweep", "train", "__version__"]

@@ -23,6 +23,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
+from peerlearn.progress import Mode
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -48,17 +49,18 @@ def metrics_of(log_probs: torch.Tensor, labels: torch.Tensor, class_names) -> di
     return classification_metrics(log_probs.exp(), labels, class_names, log_probs=log_probs)
 
 
-def classification_section(run, split: str, names: Sequence[str]) -> dict[str, Any] | None:
+def classification_section(run, split: str, names: Sequence[str], progress: Mode = "off") -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on ``split`` (None when it has no labelled item)."""
-    return classification_scores(run, split_stream(run, split), names)
+    return classification_scores(run, split_stream(run, split), names, progress=progress)
 
 
-def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dict[str, Any] | None:
+def classification_scores(run, stream: BatchStream, names: Sequence[str], progress: Mode = "off"
+                          ) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on the items of ``stream`` (None when none
     is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
-    logits, _, labels = predict_with_features(run.cohort, stream, names)
+    logits, _, labels = predict_with_features(run.cohort, stream, names, progress=progress)
     class_names = run.class_names
     result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
     averaged = ensemble_members(run, names)
@@ -67,7 +69,8 @@ def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dic
     return result
 
 
-def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS) -> dict[str, Any] | None:
+def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS, progress: Mode = "off"
+                      ) -> dict[str, Any] | None:
     """CMC / mAP of each member's features and of the cohort's concatenated features (None without query/gallery)."""
     parts = run.data.retrieval
     if not {"query", "gallery"} <= set(parts):
@@ -76,7 +79,7 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
     for key in ("query", "gallery"):
         part = parts[key]
         stream = run.stream_of(Split(part.x, part.identities))
-        features[key] = predict_with_features(run.cohort, stream, names)[1]
+        features[key] = predict_with_features(run.cohort, stream, names, progress=progress)[1]
     query, gallery = parts["query"], parts["gallery"]
 
     def score(q, g):
@@ -92,7 +95,7 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
-                 device: str = "cpu", save: bool = True) -> dict[str, Any]:
+                 device: str = "cpu", save: bool = True, progress: Mode = "auto") -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
 
     Returns (and saves as ``RUN_DIR/evaluation_<split>.json``)::
@@ -102,6 +105,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
                                                    per_class: [...], confusion: [[...]]}} or None,
          "retrieval": {"query_items", "gallery_items",
                        "scores": {member or "cohort": {cmc: {rank1, rank5, rank10}, map, queries, skipped}}} or None}
+
+    ``progress``: a bar over the batches on a terminal, a line every few seconds off it (``peerlearn.progress``).
     """
     from peerlearn.api import load_run
 
@@ -116,8 +121,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "items": len(getattr(data, split)),
         "class_names": run.class_names,
         "members": names,
-        "classification": classification_section(run, split, names),
-        "retrieval": retrieval_section(run, names),
+        "classification": classification_section(run, split, names, progress=progress),
+        "retrieval": retrieval_section(run, names, progress=progress),
     }
     if save:
         (Path(run_dir) / f"evaluation_{split}.json").write_text(json.dumps(result, indent=2))

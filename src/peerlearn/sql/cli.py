@@ -26,6 +26,9 @@ def add_sql_parser(subparsers) -> argparse.ArgumentParser:
                         help="the model store (default: $PEERLEARN_MODELS, else ./models)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let TO TRAIN replace a model and TO PREDICT a table of the same name")
+    parser.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                        help="progress on standard error: auto (a bar on a terminal, else a line every few "
+                             "seconds of slow work), on (a bar), off")
     parser.add_argument("--demo-db", default=None, metavar="PATH|URL",
                         help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit; a database "
                              "URL (postgresql+psycopg://user@host/name) gets the tables in that database")
@@ -48,6 +51,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
                           'TRAIN mutual LABEL cultivar INTO wine_dml" --db demo.db (or --demo-db PATH).')
     from peerlearn.sql.runner import run
 
-    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite)
+    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite, progress=args.progress)
     print(result.text)
     return 0
