@@ -6,7 +6,7 @@ CHROMIUM ?= /usr/bin/chromium
 PEERLEARN_DATA ?= $(abspath ../shared/data)
 export PEERLEARN_DATA
 
-.PHONY: install install-test browser postgres demo test test-slow clean
+.PHONY: install install-test browser postgres mlflow-server demo test test-slow clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +35,18 @@ postgres:
 		echo "postgresql: the server programs are installed"; \
 	else bash tools/apt-install.sh postgresql "the PostgreSQL tests are skipped"; fi
 
-test: install-test browser postgres
+# A real MLflow tracking server for the test of tracking.mlflow = http://...: the full mlflow package (its
+# server is not in mlflow-skinny) in its own environment, so that it cannot change the test environment.
+mlflow-server:
+	@if [ -x .venv-mlflow/bin/mlflow ]; then echo "mlflow server: .venv-mlflow is installed"; \
+	else $(PYTHON) -m venv .venv-mlflow && .venv-mlflow/bin/pip install -q "mlflow>=3,<4" \
+		|| echo "mlflow could not be installed: the MLflow server test is skipped"; fi
+
+test: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q
 
-test-slow: install-test browser postgres
+test-slow: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-mlflow build dist src/*.egg-info .pytest_cache

@@ -52,3 +52,26 @@ def test_pip_plans_no_other_torch_for_the_timm_extra_under_the_constraint(tmp_pa
     assert done.returncode == 0, done.stderr[-2000:]
     plan = next(line for line in done.stdout.splitlines() if line.startswith("Would install"))
     assert " torch-" not in plan and "timm-" in plan
+
+
+def test_the_tensorboard_extra_installs_the_viewer():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert any(req.startswith("tensorboard>=") for req in extras["tensorboard"])
+    assert "pip install 'peerlearn[tensorboard]'" in (REPO / "docs" / "tracking.md").read_text()
+
+
+@pytest.mark.slow  # asks the package index
+def test_pip_resolves_the_tensorboard_extra_without_another_torch(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    (tmp_path / "c.txt").write_text(f"torch=={torch.__version__}\n")
+    requirement = next(r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["tensorboard"])
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", requirement, "-c",
+                           str(tmp_path / "c.txt")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tensorboard" in done.stdout

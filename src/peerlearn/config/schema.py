@@ -7,6 +7,7 @@ Every key is checked before anything trains. A wrong key, type or value raises `
 from __future__ import annotations
 
 import math
+import re
 import types
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
@@ -249,8 +250,21 @@ class TrackingConfig(Section):
     """Where metrics go besides metrics.jsonl (always written)."""
 
     tensorboard: bool = Field(True, description="TensorBoard events in RUN_DIR/tensorboard")
-    mlflow: bool = Field(False, description="also log the flattened config and per-epoch metrics to MLflow, "
-                                            "SQLite file RUN_DIR/mlflow.db (needs peerlearn[mlflow])")
+    mlflow: Union[bool, str] = Field(False, description="also log the flattened config and the metrics to MLflow "
+                                                        "(needs peerlearn[mlflow]): true = a SQLite file "
+                                                        "RUN_DIR/mlflow.db; or any MLflow tracking URI, shared by "
+                                                        "many runs: sqlite:////abs/mlflow.db, "
+                                                        "http://host:5000 (a tracking server), file:///abs/mlruns")
+    mlflow_experiment: str = Field("peerlearn", min_length=1, description="the MLflow experiment the runs are "
+                                                                          "logged under")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _tracking_uri(cls, value):
+        if isinstance(value, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value):
+            raise ValueError("tracking.mlflow is true, false or an MLflow tracking URI such as "
+                             "sqlite:////abs/path/mlflow.db, http://127.0.0.1:5000 or file:///abs/mlruns")
+        return value
     log_every_steps: int = Field(50, ge=0, description="log one training step's loss terms and learning rates "
                                                        "every N global steps (metrics.jsonl kind 'step', "
                                                        "TensorBoard, MLflow); 0: only per-epoch means")
