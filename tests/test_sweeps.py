@@ -77,3 +77,27 @@ def test_the_cli_sweep_runs_jobs_at_once_and_refuses_a_bad_grid_before_training(
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
     refused = run_cli("train", str(config), "--jobs", "2", "--out", str(tmp_path / "x"))
     assert refused.returncode == 2 and "--jobs runs the runs of a sweep" in refused.stderr
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on_but_a_stop_signal_ends_the_sweep(tmp_path, monkeypatch):
+    import peerlearn.api
+    from peerlearn.errors import Preempted, TrainingError
+
+    calls = []
+
+    def fake_train(config, out, overrides, **kwargs):
+        calls.append(overrides)
+        if "seed=1" in overrides:
+            raise TrainingError("The loss of member 'a' is not finite")
+        if "seed=3" in overrides:
+            raise Preempted("Stopped by SIGTERM", 15)
+        return peerlearn.api.RunResult(out / f"run-{len(calls)}", {"members": {}}, None, None, None)
+
+    monkeypatch.setattr(peerlearn.api, "train", fake_train)
+    with pytest.raises(Preempted):
+        peerlearn.sweep(small(), seeds=[0, 1, 2, 3, 4], out=tmp_path)
+    assert len(calls) == 4  # seed 4 never started
+    record = json.loads(next(tmp_path.glob("tiny-sweep-*/sweep.json")).read_text())
+    assert [r["status"] for r in record["runs"]] == ["done", "failed", "done", "failed", "pending"]
+    assert record["runs"][1]["exit_code"] == 3 and "not finite" in record["runs"][1]["error"]
+    assert record["runs"][3]["exit_code"] == 143

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from peerlearn.config import RunConfig, load_config
 from peerlearn.engine.run_dir import create_run_dir, ensure_writable, save_config, write_text_file
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError, Preempted
 
 SWEEP_FILE = "sweep.json"
 SWEEP_CONFIG = "sweep_config.yaml"
@@ -245,10 +245,17 @@ class Sweep:
         try:
             result = train(self.source, out=self.sweep_dir, overrides=[*self.fixed, *run.overrides], members=members,
                            data=data)
-        except PeerlearnError as error:
+        except Preempted as error:  # SIGINT/SIGTERM: the run saved its checkpoint; the sweep stops too
             run.status, run.error, run.exit_code = "failed", str(error), error.exit_code
-        except BaseException:
-            run.status, run.error = "failed", "interrupted"
+            run.seconds = round(time.perf_counter() - started, 3)
+            self.save()
+            raise
+        except PeerlearnError as error:  # this run's own failure (diverged, a resource): the others go on
+            run.status, run.error, run.exit_code = "failed", str(error), error.exit_code
+        except BaseException as error:  # Ctrl-C, SIGTERM, or a crash: recorded, then the sweep stops
+            stopped = isinstance(error, (KeyboardInterrupt, SystemExit))
+            run.status = "failed"
+            run.error = "interrupted" if stopped else f"{type(error).__name__}: {error}"[:500]
             run.seconds = round(time.perf_counter() - started, 3)
             self.save()
             raise
