@@ -36,11 +36,10 @@ postgres:
 	else bash tools/apt-install.sh postgresql "the PostgreSQL tests are skipped"; fi
 
 # A real MLflow tracking server for the test of tracking.mlflow = http://...: the full mlflow package (its
-# server is not in mlflow-skinny) in its own environment, so that it cannot change the test environment.
+# server is not in mlflow-skinny), pinned, in its own environment .venv-mlflow, so that it cannot change the
+# test environment (its torch). Fails unless the package registry is unreachable (then the test skips, saying so).
 mlflow-server:
-	@if [ -x .venv-mlflow/bin/mlflow ]; then echo "mlflow server: .venv-mlflow is installed"; \
-	else $(PYTHON) -m venv .venv-mlflow && .venv-mlflow/bin/pip install -q "mlflow>=3,<4" \
-		|| echo "mlflow could not be installed: the MLflow server test is skipped"; fi
+	@bash tools/mlflow-server.sh $(PYTHON)
 
 test: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q
@@ -49,4 +48,4 @@ test-slow: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) .venv-mlflow build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-mlflow .venv-mlflow.unavailable build dist src/*.egg-info .pytest_cache

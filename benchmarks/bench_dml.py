@@ -40,7 +40,7 @@ VARIANTS = {
 }
 
 SEMI = {
-    "single network": ("fmnist_semisup_dml.yaml", {"recipe": "independent", "members": [
+    "single network": ("fmnist_semisup_dml.yaml", {"recipe": "independent", "mutual": None, "members": [
         {"name": "a", "model": "small_cnn", "model_args": {"width": 16}}]}),
     "DML-labelled": ("fmnist_semisup_dml.yaml", {"mutual.mimic_on": "labelled"}),
     "DML-all": ("fmnist_semisup_dml.yaml", {"mutual.mimic_on": "all"}),

@@ -22,14 +22,18 @@ def real_data_root() -> Path | None:
 
 @pytest.fixture(autouse=True, scope="session")
 def _caches_in_a_temporary_folder(tmp_path_factory):
-    """Feature and decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache."""
-    previous = os.environ.get("PEERLEARN_CACHE")
-    os.environ["PEERLEARN_CACHE"] = str(tmp_path_factory.mktemp("peerlearn-cache"))
+    """Feature and decoded-image caches of the tests go to a temporary folder, not the user's ~/.cache; the
+    key that signs the tests' runs (peerlearn.trust) to another one, not the user's ~/.config."""
+    values = {"PEERLEARN_CACHE": str(tmp_path_factory.mktemp("peerlearn-cache")),
+              "PEERLEARN_TRUST_KEY_FILE": str(tmp_path_factory.mktemp("peerlearn-config") / "trust.key")}
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     yield
-    if previous is None:
-        os.environ.pop("PEERLEARN_CACHE", None)
-    else:
-        os.environ["PEERLEARN_CACHE"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from peerlearn.engine.checkpoint import load_weights
 
 import peerlearn
 from peerlearn.api import prepare_run
@@ -67,13 +68,17 @@ def test_transfer_refuses_a_member_model_that_no_backbone_uses(source_run, tmp_p
     prepare_run(load_config(tiny_config(recipe="transfer", members=ONE, transfer=transfer)))  # its own: fine
 
 
-def test_a_teacher_named_unlike_the_saved_member_is_named_in_the_error(source_run):
+def test_a_teacher_named_unlike_the_only_saved_member_takes_its_weights(source_run):
+    """A run with one member gives it whatever it is called (RUN_DIR:member picks one of several: see
+    tests/test_teacher_weights.py, which also covers the error naming the saved members)."""
     teacher = {"name": "teacher", **{k: v for k, v in ONE[0].items() if k != "name"}, "trainable": False,
                "weights": str(source_run.run_dir)}
     config = tiny_config(recipe="distill", members=[teacher, {"name": "s", "model": "mlp"}],
                          distill={"teacher_epochs": 0})
-    with pytest.raises(ConfigError, match=r"member\(s\) a, none named 'teacher'.*name: a"):
-        prepare_run(load_config(config))
+    _, _, recipe = prepare_run(load_config(config))
+    saved = load_weights(source_run.run_dir / "model.safetensors", "a")
+    for key, value in recipe.cohort["teacher"].model.state_dict().items():
+        assert torch.equal(value.cpu(), saved[key]), key
 
 
 def test_the_log_of_a_non_main_rank_closes_like_the_real_one():
@@ -94,7 +99,11 @@ def test_reading_a_run_whose_dataset_changed_or_that_has_no_record_is_a_clear_er
     record = json.loads((changed / "run.json").read_text())
     record["data"]["sizes"]["test"] += 1
     (changed / "run.json").write_text(json.dumps(record))
-    assert main(["evaluate", str(changed)]) == 1
+    assert main(["evaluate", str(changed)]) == 2  # the edit is caught by run.json's recorded hash
+    assert "does not match the SHA-256 recorded" in capsys.readouterr().err
+    assert main(["trust", str(changed)]) == 0  # accepted as deliberate: the dataset check then speaks
+    capsys.readouterr()
+    assert main(["evaluate", str(changed)]) == 2
     assert "files changed since" in capsys.readouterr().err
     older = Path(shutil.copytree(source_run.run_dir, tmp_path / "older"))
     (older / "run.json").unlink()

@@ -54,7 +54,7 @@ def test_bad_list_overrides_are_config_errors(text, words):
 
 
 def test_overrides_validate_through_load_config():
-    config = load_config(tiny_config(), ["members.2.model=mlp", "members.2.name=c",
+    config = load_config(tiny_config(recipe="transfer"), ["members.2.model=mlp", "members.2.name=c",
                                          "members.+={name: d, model: mlp}", "transfer.backbones.0.source=x"])
     assert [m.name for m in config.members] == ["a", "b", "c", "d"]
     assert config.members[2].model == "mlp" and config.transfer.backbones[0].source == "x"

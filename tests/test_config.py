@@ -18,16 +18,18 @@ from peerlearn.errors import ConfigError
     ("train.epochs=abc", "train.epochs", "integer"),
     ("recipe=magic", "recipe", "mutual"),
     ("data.source=imagenet21k", "data.source", "fashion_mnist"),
-    ("mutual.divergence=l2", "mutual.divergence", "'kl'"),
+    ("recipe=mutual | mutual.divergence=l2", "mutual.divergence", "'kl'"),
+    ("mutual.weight=5", "mutual", "this run's recipe is 'independent', which has no section"),
+    ("recipe=distill | mutual.weight=5", "mutual", "whose section is 'distill'"),
+    ("recipe=pkg_never_there.mod:Recipe", "recipe", "cannot be imported"),
     ("members.0.optim={lr: 0}", "members.0.optim.lr", "greater than 0"),
     ("members.1.schedule={gamma: 2}", "members.1.schedule.gamma", "less than or equal"),
     ("members=[{name: a}, {name: a}]", "members", "unique"),
     ("data.val_fraction=1.5", "data.val_fraction", "less than 1"),
-    ("optim.nesterov=true optim.momentum=0", "optim", "momentum"),
+    ("optim.nesterov=true | optim.momentum=0", "optim", "momentum"),
 ])
 def test_bad_values_name_the_key(override, key, hint, capsys):
-    code = main(["train", "--out", "/nonexistent-never-created", *override.split(" optim.")[:1],
-                 *["optim." + rest for rest in override.split(" optim.")[1:]]])
+    code = main(["train", "--out", "/nonexistent-never-created", *override.split(" | ")])
     err = capsys.readouterr().err
     assert code == 2
     assert key in err and hint in err
@@ -59,7 +61,7 @@ def test_missing_or_broken_config_files(tmp_path, capsys):
 
 
 def test_overrides_reach_the_right_keys_and_yaml_types():
-    config = load_config({"members": [{"name": "x"}, {"name": "y"}]},
+    config = load_config({"recipe": "mutual", "members": [{"name": "x"}, {"name": "y"}]},
                          ["optim.lr=0.05", "members.1.model=mlp", "members.1.model_args={widths: [16]}",
                           "data.augment.flip=true", "mutual.update=sequential"])
     assert config.optim.lr == 0.05

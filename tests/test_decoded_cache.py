@@ -1,9 +1,12 @@
 """The decoded-image cache of a streamed image folder: built once, read by later epochs and runs with identical
-batches, rebuilt when a file changes, and never used with ``cache: false``."""
+batches, rebuilt when a file changes (even with the same name, size and modification time) or when the
+cache's own bytes are damaged, with a warning, and never used with ``cache: false``."""
 
+import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_config
@@ -84,9 +87,73 @@ def test_a_wrong_length_array_is_rebuilt(tmp_path):
     reference = streamed(root, cache).train.x.materialize()
     array = next(cache.glob("*.u8"))
     array.write_bytes(array.read_bytes()[:100])  # truncated, e.g. by a full disk
-    rebuilt = streamed(root, cache).train.x
+    with pytest.warns(UserWarning, match="holds 100 bytes"):
+        rebuilt = streamed(root, cache).train.x
     assert torch.equal(rebuilt.materialize(), reference)
     assert array.stat().st_size == 75 * int(np.prod(rebuilt.item_shape))
+
+
+def test_a_damaged_array_of_the_right_length_is_found_by_its_checksum_and_rebuilt(tmp_path):
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    reference = streamed(root, cache, cache=False).train.x.materialize()
+    streamed(root, cache)
+    array = next(cache.glob("*.u8"))
+    size = array.stat().st_size
+    array.write_bytes(np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8).tobytes())
+    with pytest.warns(UserWarning, match="no longer match their SHA-256"):
+        rebuilt = streamed(root, cache).train.x
+    assert torch.equal(rebuilt.materialize(), reference)
+    with pytest.warns(UserWarning, match="no longer match"):  # one flipped byte is enough
+        data = bytearray(array.read_bytes())
+        data[size // 2] ^= 1
+        array.write_bytes(bytes(data))
+        assert torch.equal(streamed(root, cache).train.x.materialize(), reference)
+
+
+def everything(data):
+    """Every item of every split, in split order."""
+    return torch.cat([getattr(data, split).x.materialize() for split in ("train", "val", "test")])
+
+
+def test_images_changed_with_the_same_names_sizes_and_mtimes_are_found_by_their_bytes(tmp_path):
+    from PIL import Image
+
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    for path in sorted((root / "class0").glob("*.png")):  # uncompressed PNGs: equal sizes for equal shapes
+        Image.open(path).convert("RGB").save(path, compress_level=0)
+    before = everything(streamed(root, cache))
+    first, second = root / "class0" / "000.png", root / "class0" / "001.png"
+    stat = first.stat()
+    first.write_bytes(second.read_bytes())  # other pixels, same name and size ...
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the old modification time
+    assert (first.stat().st_size, first.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    with pytest.warns(UserWarning, match="images' bytes changed"):
+        after = everything(streamed(root, cache))
+    assert len(list(cache.glob("*.u8"))) == 1  # the same key: the array itself was rebuilt
+    assert torch.equal(after, everything(streamed(root, cache, cache=False)))
+    assert not torch.equal(after, before)
+
+
+def test_the_manifest_records_both_digests_and_a_missing_one_rebuilds(tmp_path, monkeypatch):
+    root, cache = write_folder(tmp_path / "images"), tmp_path / "cache"
+    data = streamed(root, cache)
+    manifest_path = next(cache.glob("*.json"))
+    manifest = json.loads(manifest_path.read_text())
+    array = next(cache.glob("*.u8"))
+    assert manifest["array"] == decoded_cache.array_digest(array)
+    files = sorted(root.rglob("*.png"))  # the order the cache holds them in
+    assert manifest["content"] == decoded_cache.content_digest(files, 1)
+    manifest_path.unlink()
+    with pytest.warns(UserWarning, match="manifest"):
+        streamed(root, cache)
+    assert manifest_path.is_file()
+    # a valid cache is used without a warning and without decoding
+    monkeypatch.setattr(decoded_cache, "build_array", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed(root, cache)
 
 
 class Noisy(torch.utils.data.Dataset):

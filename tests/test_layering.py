@@ -17,17 +17,18 @@ ROOT = "__init__"  # the package's own __init__.py: the public facade
 
 # From the bottom up. A name is a top-level module (peerlearn/NAME.py) or sub-package (peerlearn/NAME/).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("utilities", ("errors", "tables", "progress")),
+    ("utilities", ("errors", "tables", "progress", "command_options", "trust", "run_files")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("config", ("config",)),  # describes a run: checks names against the data and model registries
     ("losses", ("losses",)),
     ("regularize", ("regularize",)),
     ("engine", ("engine",)),  # cohort, trainer, checkpoints, tracking, execution modes
+    ("safe writes", ("safe_write",)),  # how after-training commands write files (temp + rename, no links)
     ("transfer", ("transfer",)),  # backbones, feature caches, alignment: used by the transfer recipe
     ("recipes", ("recipes",)),
     ("user inputs", ("user_inputs",)),  # members and data given from Python, merged into a config
-    ("run reader", ("run_reader",)),  # a finished run read back from its directory
+    ("run reader", ("run_reader", "run_checks", "predict")),  # a finished run read back from its directory; its predictions
     ("api", ("api",)),  # train, prepare_run, load_run
     ("layer listing", ("layer_list",)),  # the readable layers of a config's members
     ("evaluate", ("evaluate",)),  # after-training metrics of a run

@@ -19,7 +19,8 @@ from peerlearn.models import (Branch, BranchNet, MultiBranchNet, OneGate, PeerAt
 # (name, options, input shape): small so each test is fast on a CPU
 CASES = [("small_cnn", {"width": 8, "in_channels": 1}, (4, 1, 28, 28)),
          ("resnet20", {}, (4, 3, 16, 16)),
-         ("cifar_resnet", {"depth": 8}, (4, 3, 16, 16))]
+         ("cifar_resnet", {"depth": 8}, (4, 3, 16, 16)),
+         ("mlp", {"in_features": 12, "widths": [16, 8]}, (4, 12))]
 
 
 def build(name, options, k=3, seed=0):
@@ -28,9 +29,11 @@ def build(name, options, k=3, seed=0):
 
 
 def test_the_zoo_splits_are_registered():
-    assert {"small_cnn", "resnet20", "resnet32", "resnet56", "cifar_resnet"} <= set(available_multibranch())
+    assert {"small_cnn", "resnet20", "resnet32", "resnet56", "cifar_resnet", "mlp"} <= set(available_multibranch())
     with pytest.raises(ValueError, match="no multi-branch split"):
-        create_multibranch("mlp", 10)
+        create_multibranch("mobilenet", 10)
+    with pytest.raises(ValueError, match="at least 2 hidden layers"):
+        create_multibranch("mlp", 10, in_features=12, widths=[16])
     with pytest.raises(ValueError, match="num_branches"):
         create_multibranch("resnet20", 10, num_branches=0)
 

@@ -18,7 +18,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.recipes import get_recipe, recipes_with, register_recipe
 from peerlearn.recipes.base import Recipe
 
-BASE_COMMANDS = {"evaluate", "analyze", "report", "export"}
+BASE_COMMANDS = {"evaluate", "analyze", "report", "export", "predict"}
 # what each shipped recipe is expected to declare: (section, fused, distributed, extra commands)
 EXPECTED = {
     "independent": (None, True, True, set()),
@@ -26,6 +26,11 @@ EXPECTED = {
     "distill": ("distill", False, False, set()),
     "transfer": ("transfer", False, False, set()),
     "greedy": ("greedy", False, False, {"probe"}),
+    "one": ("one", False, False, set()),
+    "cl_ilr": ("cl_ilr", False, False, set()),
+    "okddip": ("okddip", False, False, set()),
+    "kdcl": ("kdcl", False, False, set()),
+    "pcl": ("pcl", False, False, set()),
 }
 
 
@@ -36,7 +41,7 @@ def test_every_registered_recipe_declares_section_validation_and_capabilities(na
     section, fused, distributed, extra = EXPECTED[name]
     assert cls.section == section
     if section is not None:
-        settings = getattr(RunConfig(), section)
+        settings = getattr(RunConfig(recipe=name), section)
         assert isinstance(settings, Section)
         assert type(settings) is cls.section_model  # declared by the recipe ...
         assert type(settings).__module__ == cls.__module__  # ... in the recipe's own module
@@ -170,13 +175,15 @@ class ScaledPairRecipe(PairRecipe):
 @pytest.fixture
 def registry_restored(monkeypatch):
     """Registrations made by the test are undone after it (recipes and their sections)."""
-    from peerlearn.config import RECIPE_SECTIONS
+    from peerlearn.config import RECIPE_SECTIONS, SECTION_READERS
 
     monkeypatch.setattr(recipes, "_RECIPES", dict(recipes._RECIPES))
-    sections = dict(RECIPE_SECTIONS)
+    sections, readers = dict(RECIPE_SECTIONS), {k: list(v) for k, v in SECTION_READERS.items()}
     yield
     RECIPE_SECTIONS.clear()
     RECIPE_SECTIONS.update(sections)
+    SECTION_READERS.clear()
+    SECTION_READERS.update(readers)
 
 
 def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(registry_restored, tiny, tmp_path,
@@ -186,8 +193,8 @@ def test_a_recipe_with_its_own_settings_is_one_module_and_one_registry_line(regi
     members = [{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in "ab"]
     config = tiny(recipe="scaled_pair", members=members, train={"epochs": 1, "progress": "off", "threads": 1},
                   scaled_pair={"loss_scale": 2.0})
-    with pytest.raises(ConfigError, match="key 'scaled_pair' is not a known key"):
-        load_config(config)  # before registration the key is unknown, as any typo
+    with pytest.raises(ConfigError, match="key 'recipe' has the value 'scaled_pair': unknown recipe"):
+        load_config(config)  # before registration the name is unknown
     register_recipe("scaled_pair", ScaledPairRecipe)  # the one line: the recipe and its section
     assert load_config(config).scaled_pair.loss_scale == 2.0
     assert load_config(config, ["scaled_pair.loss_scale=3"]).scaled_pair.loss_scale == 3.0

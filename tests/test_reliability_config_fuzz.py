@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from conftest import run_cli, tiny_config
 from peerlearn.cli import main
-from peerlearn.config import RECIPE_SECTIONS, RunConfig, load_config
+from peerlearn.config import RECIPE_SECTIONS, SECTION_READERS, RunConfig, load_config
 from peerlearn.errors import ConfigError
 
 BASE = tiny_config(train={"epochs": 1})
@@ -61,10 +61,11 @@ def schema_fields(model: type[BaseModel] = RunConfig, prefix: str = "", scaffold
     """(dotted key, annotation, scaffold) for every field of the schema, depth first. ``scaffold`` lists
     the (key, value) pairs that must exist before the field can be set (e.g. a list item of a section)."""
     found = []
-    fields = [(name, field.annotation) for name, field in model.model_fields.items()]
-    if model is RunConfig:  # the recipes' sections, declared in their modules
-        fields += list(RECIPE_SECTIONS.items())
-    for name, declared in fields:
+    fields = [(name, field.annotation, scaffold) for name, field in model.model_fields.items()]
+    if model is RunConfig:  # the recipes' sections, declared in their modules: each in a config of its recipe
+        fields += [(name, section, scaffold + (("recipe", SECTION_READERS[name][0]),))
+                   for name, section in RECIPE_SECTIONS.items()]
+    for name, declared, scaffold in fields:
         key = f"{prefix}{name}"
         annotation = _unwrap(declared)
         found.append((key, declared, scaffold))
@@ -222,6 +223,9 @@ def test_bad_override_values_name_the_key(overrides, key, capsys):
     ({}, ["optim.lr.x=1"], "optim.lr"),
     ({}, ["optim.lr=[1,"], "optim.lr"),
     ({}, ["train.zz=1"], "train.zz"),
+    ({"mutual": {"weight": 5}}, [], "mutual"),  # another recipe's section (the recipe is independent)
+    ({"recipe": "distill", "greedy": {}}, [], "greedy"),
+    ({}, ["recipe=no_such_pkg.mod:Recipe"], "recipe"),
 ])
 def test_cross_key_rules_and_override_syntax(sections, overrides, key, capsys):
     code, err = _train_text(yaml.safe_dump(tiny_config(**sections)).encode(), overrides, capsys)

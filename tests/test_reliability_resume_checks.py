@@ -21,8 +21,9 @@ from peerlearn.engine.checkpoint import DIGEST_KEY, FORMAT_KEY, load_state, save
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished one-epoch run (its checkpoint is at the end of epoch 1)."""
-    return peerlearn.train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("runs")).run_dir
+    """A finished one-epoch DML run (its checkpoint is at the end of epoch 1)."""
+    return peerlearn.train(tiny_config(recipe="mutual", train={"epochs": 1}),
+                           out=tmp_path_factory.mktemp("runs")).run_dir
 
 
 @pytest.fixture
@@ -75,8 +76,24 @@ def test_changes_that_the_checkpoint_cannot_follow_are_refused(run, capsys):
     assert code == 2 and "Cannot change members.0.model" in err, err
     code, err = _resume(run, "--change", "optim.lr=true", capsys=capsys)
     assert code == 2 and "optim.lr" in err, err
+    code, err = _resume(run, "--change", "mutual.update=sequential", capsys=capsys)  # the recipe's own section
+    assert code == 2 and "Cannot change mutual.update" in err and "mutual.weight" in err, err
+    code, err = _resume(run, "--change", "schedule.name=cosine", capsys=capsys)  # schedule.* but its name
+    assert code == 2 and "Cannot change schedule.name" in err and "schedule.gamma" in err, err
     code, err = main(["train", "--change", "optim.lr=0.1"]), capsys.readouterr().err
     assert code == 2 and "--resume" in err
+
+
+def test_a_change_refused_after_the_checks_writes_nothing(run, capsys):
+    """train.device is a key that may change, but a device this machine lacks is only found when the run is
+    set up: nothing may have been recorded by then, and a plain resume still works."""
+    before = {name: (run / name).read_bytes() for name in ("config.yaml", "checkpoint.safetensors")}
+    code, err = _resume(run, "--change", "train.device=cuda:99", capsys=capsys)
+    assert code == 2 and "train.device" in err, err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert not list(run.glob(".*.tmp"))
+    code, err = _resume(run, capsys=capsys)
+    assert code == 0, err
 
 
 def _rewrite(path: Path, tensors=None, metadata=None) -> None:

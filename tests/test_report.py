@@ -135,6 +135,11 @@ def test_summary_figures_show_every_seed_from_zero_and_paired_differences_around
     plots.close(fig)
     comparisons = compare_groups(groups, differing_settings)
     assert [(c.a_name, c.b_name, c.keys) for c in comparisons] == [("mutual", "independent", ["recipe"])]
+    # a config holds its own recipe's section only: those keys do not count, the recipe tells the groups apart
+    assert differing_settings({"recipe": "mutual", "mutual.weight": "1.0", "optim.lr": "0.1"},
+                              {"recipe": "independent", "optim.lr": "0.1"}) == ["recipe"]
+    assert differing_settings({"recipe": "mutual", "mutual.weight": "1.0"},
+                              {"recipe": "mutual", "mutual.weight": "2.0"}) == ["mutual.weight"]
     ensemble = comparisons[0].differences["ensemble"]
     assert ensemble.differences == pytest.approx([-0.66, -0.82, -0.28])
     fig = plots.paired_differences(comparisons)
@@ -170,7 +175,7 @@ def test_report_cli_default_output_and_bad_input(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 1
     assert "not a finished peerlearn run" in capsys.readouterr().err
     assert main(["report", str(runs[0]), "--draws", "0"]) == 2
-    assert "draws must be at least 1" in capsys.readouterr().err
+    assert "--draws must be an integer ≥ 1, got 0" in capsys.readouterr().err
 
 
 def chromium() -> str | None:

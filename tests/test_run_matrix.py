@@ -5,7 +5,11 @@ The runs are trained once per session, on first use, and every after-training co
 in-process through the CLI's ``main``: ``evaluate`` must give each member's (and the ensemble's) top-1
 of summary.json, ``analyze`` and ``report`` must finish, each export format must give the logits of
 the trained module (|Δ| < 1e-4), ``probe`` must read the runs whose recipe lists it in ``Recipe.commands``
-(greedy) and refuse the others with exit 2, ``--resume`` of a finished run must leave its scores alone.
+(greedy) and refuse the others with exit 2, ``--resume`` of a finished run must leave its scores alone, and
+``predict`` (``run.predict`` and the CLI on image files or CSV rows) must give each member's and the ensemble's
+test top-1 of summary.json. Runs on data given from Python (``UserData`` tensors or a Dataset, with members that
+are the user's modules and factories) are read without that data: they are scored on it with ``evaluate --data``
+semantics (``evaluate_run(data=...)``), and the commands that read the training splits refuse them with exit 2.
 A new recipe or mode joins by adding one entry to ``CASES``; a command a recipe declares must be one this
 file runs.
 """
@@ -56,6 +60,7 @@ class Case:
 
     build: Callable[["Shared"], dict]
     formats: tuple[str, ...] = EXPORT_FORMATS  # export formats checked in the fast matrix
+    python: Optional[Callable[["Shared"], dict]] = None  # members= and data= given to peerlearn.train
 
 
 @dataclass
@@ -98,6 +103,75 @@ class Shared:
             sys.path.insert(0, str(folder))
         __import__(REGISTERED_MODULE)
         return folder
+
+
+USER_MODULE = "matrix_user_nets"
+USER_NETS = '''
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class UserNet(nn.Module):
+    """A user's network: its own names, no peerlearn base class."""
+
+    def __init__(self, num_classes=10, hidden=16):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.out(self.trunk(x))
+
+
+def user_factory(num_classes, hidden=12):
+    return UserNet(num_classes, hidden)
+
+
+class UnitImages(Dataset):
+    """Float images in 0..1 (as torchvision's ToTensor gives), labels as targets."""
+
+    def __init__(self, x, y):
+        self.x, self.targets = x.float() / 255.0, y
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.targets[i])
+'''
+
+
+def user_module(shared: "Shared"):
+    """A module on sys.path with a user's network, factory and Dataset (importable again in a new process)."""
+    folder = shared.root / "modules"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{USER_MODULE}.py").write_text(textwrap.dedent(USER_NETS))
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return __import__(USER_MODULE)
+
+
+def user_digits():
+    """scikit-learn digits as the user would hold them: uint8 tensors, official train/test parts."""
+    from peerlearn.config import DataConfig
+    from peerlearn.data import load_raw
+
+    return load_raw(DataConfig(source="digits"))
+
+
+def user_tensors(shared: "Shared") -> dict:
+    nets, raw = user_module(shared), user_digits()
+    return {"members": {"a": nets.UserNet(), "b": nets.user_factory},
+            "data": peerlearn.UserData(train=(raw.train_x, raw.train_y), test=(raw.test_x, raw.test_y),
+                                       class_names=[f"d{i}" for i in range(10)])}
+
+
+def user_dataset(shared: "Shared") -> dict:
+    nets, raw = user_module(shared), user_digits()
+    return {"members": {"a": nets.user_factory},
+            "data": peerlearn.UserData(train=nets.UnitImages(raw.train_x, raw.train_y),
+                                       test=nets.UnitImages(raw.test_x, raw.test_y), class_names=raw.class_names)}
 
 
 def teacher(shared: Shared, name: str = "a") -> dict:
@@ -158,6 +232,17 @@ CASES: dict[str, Case] = {
                                            "val_size": None, "val_fraction": 0.2,
                                            "options": {"label": "label", "test_fraction": 0.25}})),
     "registered-model": Case(registered),
+    "user-tensors": Case(lambda s: config("user-tensors", "mutual", [{"name": "a"}, {"name": "b"}]),
+                         python=user_tensors),
+    "user-dataset": Case(lambda s: config("user-dataset", "independent", [{"name": "a"}],
+                                          data={"stream": True, "stream_workers": 0}), python=user_dataset),
+    # online distillation: one multi-branch network (branches as views, auxiliary modules) or separate members
+    "online-one": Case(lambda s: config("one", "one", [{"name": "net", **CNN}])),
+    "online-cl_ilr": Case(lambda s: config("cl_ilr", "cl_ilr", [{"name": "net", **CNN}])),
+    "online-okddip": Case(lambda s: config("okddip", "okddip", [{"name": "net", **CNN}])),
+    "online-kdcl": Case(lambda s: config("kdcl", "kdcl", [{"name": "a", **CNN}, {"name": "b", **MLP}],
+                                         data={"augment": {"crop_padding": 1}}, kdcl={"teacher": "general"})),
+    "online-pcl": Case(lambda s: config("pcl", "pcl", [{"name": "net", **CNN}], data={"augment": {"flip": True}})),
 }
 
 
@@ -172,9 +257,32 @@ def trained(shared):
     def get(case: str):
         key = f"case:{case}"
         if key not in shared.runs:
-            shared.runs[key] = peerlearn.train(CASES[case].build(shared), out=shared.root / "runs")
+            python = CASES[case].python(shared) if CASES[case].python else {}
+            shared.runs[key] = peerlearn.train(CASES[case].build(shared), out=shared.root / "runs", **python)
         return shared.runs[key]
     return get
+
+
+def is_python_data(case: str) -> bool:
+    return CASES[case].python is not None
+
+
+def stored_test_items(case: str, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's test split, as stored (its own source, or the user's tensors for data given from Python)."""
+    if is_python_data(case):
+        raw = user_digits()
+        return raw.test_x, raw.test_y
+    return run.data.test.x, run.data.test.y
+
+
+def refuses_without_its_data(case: str, capsys, *argv: str) -> bool:
+    """For a run on data given from Python: the command exits 2, saying to give labelled data; True then."""
+    if not is_python_data(case):
+        return False
+    assert main(list(argv)) == 2
+    error = capsys.readouterr().err
+    assert "given from Python" in error and "Traceback" not in error, error
+    return True
 
 
 def run_main(capsys, *argv: str) -> str:
@@ -193,6 +301,12 @@ def test_evaluate_reports_the_summary(case, trained, capsys):
     assert record["finished"] and record["stage"]["index"] == len(record["stage"]["names"]) - 1
     students = [m["name"] for m in record["members"] if m["role"] == "student"]
     assert record["ensemble"] == students  # the cohort's ensemble is its students, never its teachers
+    if refuses_without_its_data(case, capsys, "evaluate", str(result.run_dir), "--json"):
+        x, y = stored_test_items(case, None)
+        scores = peerlearn.evaluate_run(result.run_dir, data=(x, y), save=False)["classification"]
+        for name, entry in summary["members"].items():
+            assert scores[name]["top1"] == pytest.approx(entry["test"]["top1"], abs=1e-6), (case, name)
+        return
     for split in ("test", "val"):
         evaluation = json.loads(run_main(capsys, "evaluate", str(result.run_dir), "--split", split, "--json"))
         scores = evaluation["classification"]
@@ -211,6 +325,8 @@ def test_analyze_and_the_report_read_the_run(case, trained, capsys):
     from peerlearn.report.collect import collect_run
 
     result = trained(case)
+    if refuses_without_its_data(case, capsys, "analyze", str(result.run_dir), "--limit", "64"):
+        return
     analysis = json.loads(run_main(capsys, "analyze", str(result.run_dir), "--limit", "64", "--sigmas", "0", "0.01",
                                    "--draws", "1", "--tsne-items", "0", "--json"))
     assert set(analysis["entropy"]) == set(result.summary["members"])
@@ -257,7 +373,7 @@ def check_exports(case: str, result, formats, exporter: str, capsys, tmp_path) -
 
     run = load_run(result.run_dir)
     member = next(name for name, role in run.roles.items() if role == "student")
-    inputs = run.normalizer(run.data.test.x[:16]).float()
+    inputs = run.normalizer(stored_test_items(case, run)[0][:16]).float()
     reference = _trained_logits(result, member, inputs)
     for fmt in formats:
         out = tmp_path / fmt
@@ -273,8 +389,51 @@ def test_every_export_format_gives_the_run_logits(case, trained, capsys, tmp_pat
     check_exports(case, trained(case), CASES[case].formats, "legacy", capsys, tmp_path)
 
 
-# the after-training commands this file runs on every case (evaluate, analyze, report, export above)
-MATRIX_COMMANDS = {"evaluate", "analyze", "report", "export", "probe"}
+def write_inputs(run, x: torch.Tensor, folder: Path) -> Path:
+    """Inputs as the files `peerlearn predict` reads: grayscale PNGs (one-channel uint8 images, in a subfolder:
+    the folder is searched recursively) or the rows of a CSV file with the run's feature columns."""
+    if run.pipeline.is_image:
+        from PIL import Image
+
+        for i, item in enumerate(x):
+            (folder / "inner").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(item[0].numpy()).save(folder / "inner" / f"{i:03d}.png")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    names = run.pipeline.feature_names
+    lines = [",".join(names)] + [",".join(repr(float(v)) for v in row) for row in x]
+    (folder / "rows.csv").write_text("\n".join(lines) + "\n")
+    return folder / "rows.csv"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_predict_gives_the_summary_scores_and_the_cli_the_same_classes(case, trained, capsys, tmp_path):
+    from peerlearn.api import load_run
+
+    result = trained(case)
+    run = load_run(result.run_dir)
+    x, y = stored_test_items(case, run)
+    summary = result.summary
+
+    def top1(probabilities):
+        return float((probabilities.argmax(1) == y).double().mean())
+
+    for name, entry in summary["members"].items():
+        assert top1(run.predict(x, member=name)) == pytest.approx(entry["test"]["top1"], abs=1e-6), (case, name)
+    ensemble = run.predict(x, batch_size=100)
+    if summary["ensemble"]:
+        assert top1(ensemble) == pytest.approx(summary["ensemble"]["test"]["top1"], abs=1e-6), case
+    else:  # one student: the ensemble is that member
+        assert torch.equal(ensemble, run.predict(x, member=run.ensemble[0], batch_size=100)), case
+    source = write_inputs(run, x[:12], tmp_path / "inputs")
+    out = tmp_path / "predictions.csv"
+    run_main(capsys, "predict", str(result.run_dir), str(source), "--out", str(out), "--progress", "off")
+    rows = out.read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == [run.class_names[int(i)] for i in ensemble[:12].argmax(1)], case
+
+
+# the after-training commands this file runs on every case (evaluate, analyze, report, export, predict above)
+MATRIX_COMMANDS = {"evaluate", "analyze", "report", "export", "probe", "predict"}
 
 
 def test_every_command_a_recipe_declares_is_run_by_the_matrix():

@@ -1,6 +1,7 @@
 """Streaming through a DataLoader with workers gives the in-memory path's batches: same splits, order, items
 and augmentation, and a run resumed mid-epoch equals an uninterrupted one."""
 
+import json
 from functools import partial
 
 import numpy as np
@@ -65,11 +66,24 @@ def test_streamed_and_in_memory_give_the_same_splits_and_batches(folder):
     assert torch.equal(tail[0][1].x, batches[0][3][1].x)
 
 
-def test_streamed_statistics_equal_in_memory_ones():
-    x = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
-    items = LazyItems(torch.utils.data.TensorDataset(x, torch.zeros(50)), workers=0)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_streamed_statistics_equal_in_memory_ones_bit_for_bit(dtype):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (700, 3, 4, 4), dtype=torch.uint8, generator=generator)  # three chunks of items
+    x = x if dtype == torch.uint8 else x.float() / 7.3
+    items = LazyItems(torch.utils.data.TensorDataset(x, torch.zeros(len(x))), workers=0)
     ours, theirs = streamed_channel_stats(items), channel_stats(x)
-    assert np.allclose(ours[0], theirs[0], atol=1e-6) and np.allclose(ours[1], theirs[1], atol=1e-6)
+    assert ours == theirs  # the same floats, not merely close
+    # and the values computed independently, in float64 over all items at once
+    values = x.double().div(255.0 if dtype == torch.uint8 else 1.0).transpose(0, 1).reshape(3, -1)
+    assert np.allclose(theirs[0], values.mean(1).numpy(), rtol=1e-12, atol=0)
+    assert np.allclose(theirs[1], values.std(1).numpy(), rtol=1e-9, atol=0)
+
+
+def test_tabular_statistics_are_per_feature():
+    x = torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]])
+    mean, std = channel_stats(x)
+    assert mean == [3.0, 10.0] and std[0] == 2.0 and std[1] == 1e-6  # a constant feature's std is floored
 
 
 def test_auto_streams_large_folders_and_user_datasets_only(folder):
@@ -122,7 +136,9 @@ def test_streamed_image_folder_trains_like_the_in_memory_one(folder, tmp_path):
                for stream in (False, True)]
     for name in ("a", "b"):
         ours, theirs = (r.cohort[name].model.state_dict() for r in results)
-        assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-4) for k in theirs)
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name  # the same weights, bit for bit
+    records = [json.loads((r.run_dir / "run.json").read_text())["data"]["normalization"] for r in results]
+    assert records[0] == records[1]
 
 
 def test_user_dataset_streams_by_default_and_reads_into_memory_when_asked():

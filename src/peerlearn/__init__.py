@@ -13,12 +13,14 @@ from peerlearn.models import available_models, create_model  # noqa: E402
 from peerlearn.models.taps import LayerTaps  # noqa: E402
 
 
-def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True,
-                 progress="auto") -> dict:
-    """Metrics of a finished run (see ``peerlearn.evaluate.runner.evaluate_run``)."""
+def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True, data=None,
+                 label_column=None, trust_code: bool = False, progress="auto") -> dict:
+    """Metrics of a finished run on one of its splits, or on other labelled ``data`` (see
+    ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
-    return run(run_dir, split=split, members=members, device=device, save=save, progress=progress)
+    return run(run_dir, split=split, members=members, device=device, save=save, data=data, label_column=label_column,
+               trust_code=trust_code, progress=progress)
 
 
 def analyze_run(run_dir, **options) -> dict:

@@ -6,14 +6,18 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from peerlearn import command_options as options
 from peerlearn.api import load_run
 from peerlearn.data.batches import BatchStream
 from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank_mass
 from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
 from peerlearn.evaluate.features import predict_with_features
+from peerlearn.evaluate.options import check_count, check_members, check_positive, check_sigmas, check_split
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
 from peerlearn.progress import Mode, progress_bar
+from peerlearn.safe_write import check_writable, write_file
+from peerlearn.run_files import ANALYSIS_NAME
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02, 0.05)
 DEFAULT_TSNE_ITEMS = 1000
@@ -37,14 +41,30 @@ def feature_analyses(run, stream: BatchStream, names: Sequence[str], tsne_items:
     return cka, embedding
 
 
+def check_analysis_options(split: str, sigmas: Sequence[float], draws: int, limit: int | None,
+                           members: Sequence[str] | None, tsne_items: int, perplexity: float) -> None:
+    """Each option in its range (ConfigError, exit 2, naming it): ``--limit``, ``--draws`` ≥ 1,
+    ``--tsne-items`` ≥ 0, ``--perplexity`` > 0, ``--sigmas`` finite and ≥ 0."""
+    check_split("--split", split)
+    check_sigmas("--sigmas", sigmas)
+    check_count("--draws", draws)
+    check_count("--limit", limit, optional=True)
+    check_members("--member", members)
+    check_count("--tsne-items", tsne_items, minimum=0)
+    check_positive("--perplexity", perplexity)
+
+
 def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[float] = DEFAULT_SIGMAS,
                 draws: int = 3, limit: int | None = 5000, members: Sequence[str] | None = None,
-                tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0, progress: Mode = "auto"
-                ) -> dict[str, Any]:
+                tsne_items: int = DEFAULT_TSNE_ITEMS, perplexity: float = 30.0,
+                trust_code: bool = False, progress: Mode = "auto") -> dict[str, Any]:
     """Posterior entropy, rank-1..5 mass, the flatness curve of every member, linear CKA between members'
     features and a t-SNE map of two members' features; saved as analysis.json (the map as tsne.json).
-    ``progress``: bars on a terminal, a line every few seconds off it (``peerlearn.progress``)."""
-    run = load_run(run_dir, command="analyze")
+    ``trust_code``: see ``peerlearn.load_run``. ``progress``: bars on a terminal, a line every few seconds
+    off it (``peerlearn.progress``)."""
+    check_analysis_options(split, sigmas, draws, limit, members, tsne_items, perplexity)
+    check_writable(run_dir)  # before the work, not after it
+    run = load_run(run_dir, command="analyze", trust_code=trust_code)
     names = run.select(members)
     stream = analysis_stream(run, split, limit)
     cka, embedding = feature_analyses(run, stream, names, tsne_items, perplexity, seed=run.config.seed,
@@ -62,5 +82,16 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
     if embedding is not None:
         path = save_embedding(embedding, run_dir)
         result["tsne"] = {"file": str(path), "members": embedding["members"], "items": len(embedding["labels"])}
-    (Path(run_dir) / "analysis.json").write_text(json.dumps(result, indent=2))
+    write_file(Path(run_dir) / ANALYSIS_NAME, json.dumps(result, indent=2), root=run_dir, what="the analyses")
     return result
+
+
+def check_analysis_options(split, sigmas, draws, limit, members, tsne_items, perplexity) -> None:
+    """Every option of ``analyze_run`` (exit 2 naming it), before the run is read."""
+    options.choice(split, "split", options.SPLITS)
+    options.finite_numbers(sigmas, "sigmas", low=0.0)
+    options.integer_at_least(draws, "draws", 1)
+    options.integer_at_least(limit, "limit", 1, allow_none=True)
+    options.member_names(members)
+    options.integer_at_least(tsne_items, "tsne_items", 0)
+    options.finite_number(perplexity, "perplexity", 0.0, open_low=True)

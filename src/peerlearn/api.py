@@ -19,7 +19,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from peerlearn.config import RunConfig, load_config
+from pydantic import ValidationError
+
+from peerlearn.config import MemberConfig, RunConfig, load_config
 from peerlearn.data import load_data
 from peerlearn.engine.checkpoint import remove_stale_temporaries
 from peerlearn.engine.cohort import Cohort
@@ -28,11 +30,12 @@ from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, s
 from peerlearn.engine.trainer import CHECKPOINT_NAME
 from peerlearn.errors import ConfigError, PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
+from peerlearn.trust import (config_references, record_files, require_trusted_references, run_is_trusted,
+                             trusting_code)
 from peerlearn.data.user import UserData
 from peerlearn.user_inputs import for_resume, merge_user_inputs
+from peerlearn.run_files import CONFIG_NAME, SUMMARY_NAME, WEIGHTS_NAME
 
-CONFIG_NAME = "config.yaml"
-SUMMARY_NAME = "summary.json"
 
 
 @dataclass
@@ -114,7 +117,7 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
           resume: Union[str, Path, None] = None, overrides: Optional[list[str]] = None,
           members: Optional[dict[str, Any]] = None, data: Optional[UserData] = None,
           features_from: Optional[dict[str, str]] = None, changes: Optional[list[str]] = None,
-          **keyword_overrides: Any) -> RunResult:
+          trust_code: bool = False, **keyword_overrides: Any) -> RunResult:
     """Train the cohort a config describes; return the run's results.
 
     ``config`` is a YAML path, a dict or a ``RunConfig``; ``overrides`` are ``key=value`` strings and
@@ -126,7 +129,14 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
     names), ``data`` is a ``UserData`` of your Datasets or tensors and ``features_from`` maps member
     names to the submodule whose output gives their features (see ``peerlearn.user_inputs`` and
     docs/own-models.md). To resume such a run, pass the same ``members`` and ``data`` again.
+    ``trust_code`` lets the runs this training reads (a resumed run, transfer sources) name code
+    (``package.module:callable`` models) although they are not signed with your key (peerlearn.trust).
     """
+    with trusting_code(trust_code):
+        return _train(config, out, resume, overrides, members, data, features_from, changes, keyword_overrides)
+
+
+def _train(config, out, resume, overrides, members, data, features_from, changes, keyword_overrides) -> RunResult:
     if resume is not None:
         run_dir = Path(resume)
         checkpoint = run_dir / CHECKPOINT_NAME
@@ -135,6 +145,8 @@ def train(config: Union[str, Path, dict, RunConfig, None] = None, *, out: Union[
         from peerlearn.engine.resume import resume_config
 
         run_config, change_records = resume_config(run_dir, run_dir / CONFIG_NAME, checkpoint, changes)
+        require_trusted_references(config_references(run_config.model_dump()), run_is_trusted(run_dir), run_dir,
+                                   source=f"the resumed run's {str(run_dir / CONFIG_NAME)!r}")
         ensure_writable(run_dir, "run directory", "Make it writable (or copy the run elsewhere) and resume again.")
         user = for_resume(run_config, members, data)
     else:
@@ -181,13 +193,15 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
         if resume is not None and is_main:
             lock = RunLock(Path(resume)).acquire()
             remove_stale_temporaries(Path(resume))  # half-written files of a killed process; the lock is ours
-            if change_records:
-                from peerlearn.engine.resume import record_changes
+        # Data, device and members are set up before a change is recorded: a change refused there (say
+        # train.device=cuda on a machine without one) must leave config.yaml and the checkpoint as they were.
+        data, device, recipe = prepare_run(run_config, distributed, user)
+        if change_records and is_main:
+            from peerlearn.engine.resume import record_changes
 
-                record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
+            record_changes(run_config, change_records, checkpoint, Path(resume) / CONFIG_NAME)
         if change_records and distributed is not None:
             distributed.barrier()  # every process loads the checkpoint with the changes recorded
-        data, device, recipe = prepare_run(run_config, distributed, user)
         if resume is None:
             run_dir = create_run_dir(Path(out), run_config.name) if is_main else None
             run_dir = Path(shared_value(distributed, str(run_dir) if run_dir else None))
@@ -195,6 +209,7 @@ def _train_prepared(run_config: RunConfig, distributed, out, resume, checkpoint,
                 lock = RunLock(run_dir).acquire()
                 try:
                     save_config(run_config, run_dir / CONFIG_NAME)
+                    record_files(run_dir, CONFIG_NAME)  # its hash, signed with the user's key (peerlearn.trust)
                 except OSError as error:
                     raise ResourceError(f"Cannot write {str(run_dir / CONFIG_NAME)!r}: "
                                         f"{error.strerror or error}.") from None
@@ -219,9 +234,10 @@ def _fit(run_config: RunConfig, distributed, is_main: bool, run_dir: Path, check
     if is_main:
         try:
             write_text_file(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2))
+            record_files(run_dir, SUMMARY_NAME)
         except OSError as error:
             raise ResourceError(f"Cannot write {str(run_dir / SUMMARY_NAME)!r}: {error.strerror or error}; the "
-                                f"weights are in {str(run_dir / 'model.safetensors')!r}.") from None
+                                f"weights are in {str(run_dir / WEIGHTS_NAME)!r}.") from None
     return RunResult(run_dir, summary, run_config, recipe.cohort, recipe)
 
 
@@ -255,11 +271,20 @@ def build_summary(config: RunConfig, data, recipe, final: dict[str, Any], device
     }
 
 
-def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None):
+def load_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
+             members: Optional[dict[str, Any]] = None, trust_code: bool = False):
     """A finished (or interrupted) run read back from its directory alone: a ``LoadedRun`` with the config,
-    the dataset, the eval-mode members with their final weights and roles, and streams over the splits
-    (``peerlearn.run_reader``). It unpacks as ``config, data, run``. With ``command`` (an after-training
-    command's name), a run whose recipe does not list it in ``Recipe.commands`` is refused (ConfigError)."""
+    the eval-mode members with their final weights and roles, the input pipeline and class names, the
+    dataset (read on first use; data given from Python is not stored with the run) and streams over the splits
+    (``peerlearn.run_reader``). ``run.predict(inputs)`` gives class probabilities (``peerlearn.predict``).
+    It unpacks as ``config, data, run``. With ``command`` (an after-training command's name), a run whose recipe
+    does not list it in ``Recipe.commands`` is refused (ConfigError). ``members`` gives again, by name, modules
+    from Python that the run cannot rebuild by itself (recorded as ``python-object:``); their weights come from
+    the run.
+
+    The run's files are checked against their recorded hashes (an edit or damage is ConfigError, exit 2).
+    Code the run names (a ``package.module:callable`` model, a factory, a recipe class) is imported only when
+    the run is signed with your key or ``trust_code`` is true (``peerlearn.trust``)."""
     from peerlearn.run_reader import read_run
 
-    return read_run(run_dir, device=device, command=command)
+    return read_run(run_dir, device=device, command=command, members=members, trust_code=trust_code)

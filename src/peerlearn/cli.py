@@ -43,7 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return cmd_train_local(args)
     if args.nproc is not None:
         raise PeerlearnError("--nproc needs --launcher local (or start the processes with torchrun).")
-    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides, changes=args.change)
+    result = train(args.config, out=args.out, resume=args.resume, overrides=args.overrides, changes=args.change,
+                   trust_code=args.trust_code)
     if os.environ.get("RANK", "0") == "0":  # in a distributed run only rank 0 reports
         print(format_summary(result.summary))
         print(f"\nrun directory: {result.run_dir}")
@@ -74,7 +75,7 @@ def cmd_train_sweep(args: argparse.Namespace, grid: dict[str, list[str]]) -> int
               f"{plan.sweep_dir / run.run_dir}", flush=True)
 
     result = sweep(args.config, seeds=seeds, grid=grid, overrides=fixed, out=args.out, jobs=args.jobs or 1,
-                   report=report)
+                   report=report, trust_code=args.trust_code)
     rows = [[run.index + 1, run.label, run.status, _headline(run.summary or {}).removeprefix(", "),
              run.run_dir or ""] for run in result.runs]
     print()
@@ -99,7 +100,7 @@ def cmd_train_local(args: argparse.Namespace) -> int:
     from peerlearn.engine.distributed import check_distributed_config, launch_local, local_train_args
 
     nproc = args.nproc or len(load_config(args.config, args.overrides).members if args.resume is None
-                              else load_config(f"{args.resume}/config.yaml").members)
+                              else load_config(f"{args.resume}/config.yaml", import_code=False).members)
     if args.resume is None:  # report config errors once, before starting any process
         from peerlearn.recipes import get_recipe
 
@@ -107,8 +108,9 @@ def cmd_train_local(args: argparse.Namespace) -> int:
         get_recipe(config.recipe).check_capabilities(config, nproc)
         check_distributed_config(config, nproc)
     timeout = (load_config(args.config, args.overrides) if args.resume is None
-               else load_config(f"{args.resume}/config.yaml")).engine.dist_timeout
-    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change), nproc,
+               else load_config(f"{args.resume}/config.yaml", import_code=False)).engine.dist_timeout
+    return launch_local(local_train_args(args.config, args.overrides, args.out, args.resume, args.change,
+                                         args.trust_code), nproc,
                         grace_seconds=min(timeout, 30.0))
 
 
@@ -191,7 +193,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     result = analyze_run(args.run_dir, split=args.split, sigmas=args.sigmas, draws=args.draws, limit=args.limit,
                          members=args.member, tsne_items=args.tsne_items, perplexity=args.perplexity,
-                         progress=args.progress)
+                         trust_code=args.trust_code, progress=args.progress)
     if args.json:
         _print_json(result)
         return 0
@@ -217,11 +219,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from peerlearn.evaluate.printing import format_evaluation
     from peerlearn.evaluate.runner import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, members=args.member, progress=args.progress)
+    if args.label is not None and args.data is None:
+        raise ConfigError("--label names the label column of --data (a CSV file); give --data too.")
+    result = evaluate_run(args.run_dir, split=args.split, members=args.member, data=args.data,
+                          label_column=args.label, trust_code=args.trust_code, progress=args.progress)
     if args.json:
         _print_json(result)
     else:
         print(format_evaluation(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`peerlearn predict RUN_DIR INPUT`: one CSV row per input (predicted class and probability)."""
+    from peerlearn.api import resolve_device
+    from peerlearn.predict import predict_path, predictions_csv
+    from peerlearn.safe_write import write_file
+    from peerlearn.run_reader import read_run
+
+    run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict")
+    predictions = predict_path(run, args.input, member=args.member, batch_size=args.batch_size,
+                               progress=args.progress)
+    text = predictions_csv(predictions, every_class=args.probabilities)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    write_file(args.out, text, what="the predictions")  # atomic, never through a link (exit 4 on a full disk)
+    counts: dict[str, int] = {}
+    for name in predictions.predicted:
+        counts[name] = counts.get(name, 0) + 1
+    common = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    print(f"{len(predictions.names)} inputs predicted by {predictions.predicted_by} ({common}): {args.out}")
     return 0
 
 
@@ -231,7 +259,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(split=args.split, limit=args.limit, flatness_items=args.flatness_items,
                             sigmas=tuple(args.sigmas), draws=args.draws, tsne_items=args.tsne_items,
                             tsne_members=args.tsne_member, progress=args.progress)
-    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures)
+    path = build_report(args.run_dirs, out=args.out, options=options, title=args.title, figures=args.figures,
+                        trust_code=args.trust_code)
     print(f"report written to {path}")
     return 0
 
@@ -241,7 +270,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_member(args.run_dir, member=args.member, fmt=args.format, out=args.out,
                            exporter=args.exporter, check_items=args.check_items, progress=args.progress,
-                           raw_input=args.raw_input)
+                           raw_input=args.raw_input, trust_code=args.trust_code)
     print(f"exported member {result.member!r} as {result.format}: {result.model_path}")
     print(f"files written: {', '.join(result.info['files'])}")
     print(f"preprocessing and class names: {result.info_path}")
@@ -254,7 +283,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from peerlearn.evaluate.probe import probe_run
     from peerlearn.tables import format_table
 
-    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C)
+    result = probe_run(args.run_dir, member=args.member, split=args.split, limit=args.limit, pool=args.pool, C=args.C,
+                       trust_code=args.trust_code)
     if args.json:
         _print_json(result)
         return 0
@@ -262,6 +292,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(f"linear probe of member {result['member']!r} on {result['pool']}x{result['pool']}-averaged features "
           f"(scored on {result['split']})")
     print(format_table(["depth", "features", "train acc %", f"{result['split']} acc %"], rows))
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """`peerlearn trust RUN_DIR ...`: record each run's files as they are now and sign them with your key."""
+    from peerlearn.run_reader import code_references
+    from peerlearn.trust import sign_run
+
+    for run_dir in args.run_dirs:
+        hashes = sign_run(run_dir)
+        code = code_references(run_dir)
+        print(f"trusted {run_dir}: recorded {', '.join(sorted(hashes))}")
+        print(f"  code it names: {'; '.join(f'{ref} ({where})' for ref, where in code) if code else 'none'}")
     return 0
 
 
@@ -275,9 +318,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "analyze": cmd_analyze,
     "evaluate": cmd_evaluate,
     "report": cmd_report,
+    "predict": cmd_predict,
     "export": cmd_export,
     "probe": cmd_probe,
     "sql": cmd_sql,
+    "trust": cmd_trust,
 }
 
 
@@ -288,6 +333,7 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
     parser.add_argument("--member", action="append", help="only this member (repeatable)")
     parser.add_argument("--json", action="store_true", help=json_help)
     add_progress(parser)
+    add_trust_code(parser)
 
 
 def add_progress(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +341,14 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress on standard error: auto (a bar on a terminal, else a line every few "
                              "seconds of slow work), on (a bar), off")
+
+
+TRUST_CODE_HELP = ("import the code the run names (a package.module:callable model, a factory, a recipe class) "
+                   "although it is not signed with your key; see `peerlearn trust` and docs/reliability.md")
+
+
+def add_trust_code(parser: argparse.ArgumentParser, help: str = TRUST_CODE_HELP) -> None:
+    parser.add_argument("--trust-code", action="store_true", help=help)
 
 
 OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
@@ -358,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--jobs", type=int, default=None, metavar="N",
                        help="train N runs of a sweep at once, each in its own process (default 1: one after "
                             "another)")
+    add_trust_code(train, "let the runs this training reads (--resume RUN_DIR, transfer sources) name code "
+                          "although they are not signed with your key")
 
     config = sub.add_parser("config", help="print the resolved, validated config as YAML",
                             description="Read CONFIG (or the defaults), apply the overrides, validate, and print "
@@ -412,6 +468,29 @@ def build_parser() -> argparse.ArgumentParser:
                                           "rank-1/5/10 and mAP per member and for the cohort's concatenated "
                                           "features. Saved as RUN_DIR/evaluation_<split>.json.")
     add_run_split_member_json(evaluate, split="test", json_help="print JSON instead of tables")
+    evaluate.add_argument("--data", default=None, metavar="PATH",
+                          help="score the run on other labelled data instead of a split: a folder of images with one "
+                               "subfolder per class (image runs), or a CSV file with the run's feature columns and a "
+                               "label column (tabular runs); saved as RUN_DIR/evaluation_data.json")
+    evaluate.add_argument("--label", default=None, metavar="COLUMN",
+                          help="with --data CSV: the label column (default: the one the run was trained with)")
+
+    predict = sub.add_parser("predict", help="class probabilities of new images or table rows, as CSV",
+                             description="Predict the class of each input with a run's ensemble (its students) or "
+                                         "one member, after the run's own preprocessing (decoding, resize, "
+                                         "normalisation). INPUT is an image file, a folder of images (searched "
+                                         "recursively) or, for runs on tables, a CSV file with the run's feature "
+                                         "columns. Each CSV row names the input, the predicted class and its "
+                                         "probability. A wrong input (size, channels, missing columns, unreadable "
+                                         "file) stops with exit 2, naming it.")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    predict.add_argument("input", metavar="INPUT", help="an image file, a folder of images, or a CSV file")
+    predict.add_argument("--out", default=None, help="CSV file to write (default: print the CSV)")
+    predict.add_argument("--member", default=None, help="predict with this member (default: the run's ensemble)")
+    predict.add_argument("--probabilities", action="store_true", help="add one column p_<class> per class")
+    predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
+    predict.add_argument("--batch-size", type=int, default=256, help="inputs per batch (default 256)")
+    add_progress(predict)
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "
@@ -436,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tsne-member", action="append", help="member in the t-SNE picture (repeatable; "
                                                                "default: the first two)")
     add_progress(report)
+    add_trust_code(report)
 
     export = sub.add_parser("export", help="export one member as ONNX, TorchScript or safetensors",
                             description="Export a member of a finished run for inference. The model is checked "
@@ -454,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "normalises them itself, exactly as training did (onnx, torchscript)")
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
     add_progress(export)
+    add_trust_code(export)
 
     probe = sub.add_parser("probe", help="linear separability of each block's features (layerwise_cnn runs)",
                            description="Fit a linear classifier (logistic regression) on the spatially averaged "
@@ -466,6 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--pool", type=int, default=2, help="average each map to POOL x POOL (default 2)")
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_code(probe)
+
+    trust = sub.add_parser("trust", help="accept a run: record its files as they are and trust the code it names",
+                           description="Sign RUN_DIR with your key after you looked at it (a run someone sent you, or "
+                                       "one you edited on purpose): its files' SHA-256 are recorded again in "
+                                       "RUN_DIR/signature.json, so later reads accept them, and the code it names "
+                                       "(package.module:callable models, factories, recipe classes, listed below) "
+                                       "may be imported without --trust-code. Runs you train are signed already. "
+                                       "See docs/reliability.md.")
+    trust.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories to trust")
 
     add_sql_parser(sub)
     return parser

@@ -10,8 +10,8 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from peerlearn.config import RECIPE_SECTIONS, RunConfig
-from peerlearn.recipes import RECIPE_NAMES, get_recipe
+from peerlearn.config import CHANGEABLE_ON_RESUME, RECIPE_SECTIONS, SECTION_READERS, RunConfig
+from peerlearn.recipes import RECIPE_NAMES
 
 INTRO = """# Config reference
 
@@ -20,6 +20,12 @@ Generated from the schema (`src/peerlearn/config/schema.py`, and each recipe's s
 (a test fails when this file is out of date). Every key can be set in the YAML file or overridden on the
 command line with a dotted path, e.g. `peerlearn train cfg.yaml optim.lr=0.05 members.0.model=resnet32`.
 Unknown keys, wrong types and impossible values stop the run before training (exit code 2).
+
+A config holds the section of its own recipe only (`mutual:` in a `recipe: mutual` config); another
+recipe's section is refused, naming it. Members left out are the recipe's defaults
+([recipes.md](recipes.md)). Keys marked *changeable* (column "on resume") may be changed when a run is
+continued (`peerlearn train --resume RUN_DIR --change KEY=VALUE`); every other key is fixed for the run's
+life. A recipe declares its own changeable keys on its section's fields (`Changeable(...)`).
 """
 
 
@@ -62,15 +68,19 @@ def _constraints(field) -> str:
     return ", ".join(parts)
 
 
+def _resume(field) -> str:
+    extra = field.json_schema_extra
+    return "changeable" if isinstance(extra, dict) and extra.get("resume") == CHANGEABLE_ON_RESUME["resume"] else ""
+
+
 def _recipe_section_rows() -> tuple[list[str], list[tuple[type[BaseModel], str]]]:
     """The top-level rows of the recipes' sections (``RECIPE_SECTIONS``), naming the recipes that read each."""
-    readers: dict[str, list[str]] = {}
-    for name in RECIPE_NAMES:
-        section = getattr(get_recipe(name), "section", None)
-        if section:
-            readers.setdefault(section, []).append(name)
-    rows = [f"| `{key}` | section | (section) | | settings of recipe {', '.join(readers.get(key, ['?']))}; see below |"
-            for key in RECIPE_SECTIONS]
+    shipped = set(RECIPE_NAMES)
+    rows = []
+    for key in RECIPE_SECTIONS:
+        readers = [name for name in SECTION_READERS.get(key, []) if name in shipped] or ["?"]
+        rows.append(f"| `{key}` | section | (section) | | | only in a config of recipe {', '.join(readers)}; "
+                    "see below |")
     return rows, [(section, f"{key}.") for key, section in RECIPE_SECTIONS.items()]
 
 
@@ -83,17 +93,21 @@ def _sections(model: type[BaseModel], prefix: str, out: list[str]) -> None:
         key = f"{prefix}{name}"
         if nested is not None:
             children.append((nested, f"{key}.0." if typing.get_origin(annotation) is list else f"{key}."))
-            rows.append(f"| `{key}` | section | {_default(field)} | | see below |")
+            meaning = (f"{field.description}; see below" if field.description else "see below").replace("|", "\\|")
+            default = "the recipe's" if model is RunConfig and name == "members" else _default(field)
+            rows.append(f"| `{key}` | section | {default} | | {_resume(field)} | {meaning} |")
             continue
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {_constraints(field)} | {description} |")
+        rows.append(f"| `{key}` | {_type_name(annotation)} | {_default(field)} | {_constraints(field)} | "
+                    f"{_resume(field)} | {description} |")
     if model is RunConfig:
         recipe_rows, recipe_children = _recipe_section_rows()
         rows += recipe_rows
         children += recipe_children
     title = prefix.rstrip(".") or "top level"
     doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
-    out.append(f"\n## `{title}`\n\n{doc}\n\n| key | type | default | limits | meaning |\n|---|---|---|---|---|")
+    out.append(f"\n## `{title}`\n\n{doc}\n\n| key | type | default | limits | on resume | meaning |\n"
+               "|---|---|---|---|---|---|")
     out.extend(rows)
     for nested, child_prefix in children:
         _sections(nested, child_prefix, out)

@@ -29,6 +29,9 @@ import torch
 from torch import nn
 
 from peerlearn.losses import cross_entropy, distillation_terms, mutual_learning_losses, soft_targets
+from peerlearn.losses.checks import check_choice, check_interval, check_nonnegative, check_positive
+from peerlearn.losses.distillation import SOFT_LOSSES
+from peerlearn.losses.mimicry import DIVERGENCES, TEACHERS
 
 try:
     import lightning.pytorch as pl
@@ -70,6 +73,10 @@ class MutualLearningModule(pl.LightningModule):
     def __init__(self, members: Union[Mapping[str, nn.Module], Sequence[nn.Module]], weight: float = 1.0,
                  temperature: float = 1.0, divergence: str = "kl", teacher: str = "peers",
                  mimic_on_labelled_only: bool = False, optimizer: Optional[OptimizerFactory] = None):
+        check_nonnegative(weight, "weight")  # checked here, not at the first training step
+        check_positive(temperature, "temperature")
+        check_choice(divergence, "divergence", DIVERGENCES)
+        check_choice(teacher, "teacher", TEACHERS)
         super().__init__()
         self.save_hyperparameters(ignore=["members", "optimizer"])
         self.members = _named_members(members)
@@ -165,6 +172,9 @@ class DistillationModule(pl.LightningModule):
                  temperature: float = 4.0, soft_loss: str = "kl", optimizer: Optional[OptimizerFactory] = None,
                  extra_loss: Optional[Callable[[DistillationOutputs], torch.Tensor]] = None, extra_weight: float = 1.0,
                  student_layers: Sequence[str] = (), teacher_layers: Sequence[str] = ()):
+        check_interval(alpha, "alpha", 0.0, 1.0)  # checked here, not at the first training step
+        check_positive(temperature, "temperature")
+        check_choice(soft_loss, "soft_loss", SOFT_LOSSES)
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teachers", "optimizer", "extra_loss"])
         self.student = student

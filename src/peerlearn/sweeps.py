@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from peerlearn.config import RunConfig, load_config
-from peerlearn.engine.run_dir import create_run_dir, ensure_writable, save_config, write_text_file
+from peerlearn.config import RunConfig, config_yaml, load_config
+from peerlearn.engine.run_dir import create_run_dir, ensure_writable, open_nofollow
 from peerlearn.errors import ConfigError, PeerlearnError, Preempted
+from peerlearn.safe_write import ensure_folder, write_file
 
 SWEEP_FILE = "sweep.json"
 SWEEP_CONFIG = "sweep_config.yaml"
@@ -154,15 +155,17 @@ def _text(value: Any) -> str:
 def sweep(config: Union[str, Path, dict, RunConfig, None] = None, *, seeds: Optional[Sequence[int]] = None,
           grid: Optional[dict[str, Sequence[Any]]] = None, overrides: Optional[list[str]] = None,
           out: Union[str, Path] = "runs", jobs: int = 1, members: Optional[dict[str, Any]] = None,
-          data: Any = None, report: Optional[Callable[[str, SweepRun, "Sweep"], None]] = None) -> SweepResult:
+          data: Any = None, report: Optional[Callable[[str, SweepRun, "Sweep"], None]] = None,
+          trust_code: bool = False) -> SweepResult:
     """Train ``config`` once per seed and per grid point (see the module); return the sweep's runs.
 
     ``grid`` maps dotted keys to the values to try (``{"mutual.weight": [0.5, 1, 2]}``); ``overrides`` are
     fixed ``key=value`` settings of every run. ``report(event, run, sweep)`` is called with "start" and "end"
-    of every run. ``members`` and ``data`` (your own modules and Datasets) need ``jobs=1``.
+    of every run. ``members`` and ``data`` (your own modules and Datasets) need ``jobs=1``. ``trust_code``:
+    as ``peerlearn.train``'s (the runs a run reads, such as transfer sources, may name code not signed by you).
     """
     plan = Sweep.create(config, seeds=seeds, grid=grid or {}, overrides=overrides or [], out=out, jobs=jobs,
-                        python_inputs=members is not None or data is not None)
+                        python_inputs=members is not None or data is not None, trust_code=trust_code)
     return plan.run(report=report, members=members, data=data)
 
 
@@ -170,7 +173,7 @@ class Sweep:
     """A planned sweep: its folder, base config and runs; ``run()`` trains them."""
 
     def __init__(self, sweep_dir: Path, base: RunConfig, seeds: list[int], grid: dict[str, list[str]], jobs: int,
-                 runs: list[SweepRun], source: Any = None, fixed: Sequence[str] = ()):
+                 runs: list[SweepRun], source: Any = None, fixed: Sequence[str] = (), trust_code: bool = False):
         self.source = source if source is not None else base  # what each run in this process is trained from
         self.fixed = list(fixed)  # ... with these overrides, then its own
         self.sweep_dir = sweep_dir
@@ -179,9 +182,11 @@ class Sweep:
         self.grid = grid
         self.jobs = jobs
         self.runs = runs
+        self.trust_code = trust_code
 
     @classmethod
-    def create(cls, config, *, seeds, grid, overrides, out, jobs: int = 1, python_inputs: bool = False) -> "Sweep":
+    def create(cls, config, *, seeds, grid, overrides, out, jobs: int = 1, python_inputs: bool = False,
+               trust_code: bool = False) -> "Sweep":
         if jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
         if python_inputs and jobs > 1:
@@ -199,9 +204,10 @@ class Sweep:
             load_config(base, overrides_of_run)
         ensure_writable(Path(out))
         sweep_dir = create_run_dir(Path(out), f"{base.name}-sweep")
-        save_config(base, sweep_dir / SWEEP_CONFIG)
+        write_file(sweep_dir / SWEEP_CONFIG, config_yaml(base), root=sweep_dir, what="the sweep's config")
         plan = cls(sweep_dir, base, seeds, {k: [_text(v) for v in vs] for k, vs in grid.items()}, jobs,
-                   [SweepRun(index, run) for index, run in enumerate(runs)], source=config, fixed=overrides)
+                   [SweepRun(index, run) for index, run in enumerate(runs)], source=config, fixed=overrides,
+                   trust_code=trust_code)
         plan.save()
         return plan
 
@@ -212,7 +218,8 @@ class Sweep:
                 "runs": [{k: v for k, v in asdict(run).items() if k != "summary"} for run in self.runs]}
 
     def save(self) -> None:
-        write_text_file(self.sweep_dir / SWEEP_FILE, json.dumps(self.record(), indent=2) + "\n")
+        write_file(self.sweep_dir / SWEEP_FILE, json.dumps(self.record(), indent=2) + "\n", root=self.sweep_dir,
+                   what="the sweep record")
 
     # ------------------------------------------------------------------ training
     def run(self, report=None, members=None, data=None) -> SweepResult:
@@ -232,9 +239,8 @@ class Sweep:
         notify("start", run, self)
 
     def _end(self, run: SweepRun, notify) -> None:
-        if run.run_dir and run.status == "done":
-            path = self.sweep_dir / run.run_dir / "summary.json"
-            run.summary = json.loads(path.read_text()) if path.is_file() else None
+        if run.run_dir and run.status == "done" and run.summary is None:  # a run of another process
+            run.summary = _finished_summary(self.sweep_dir / run.run_dir)
         self.save()
         notify("end", run, self)
 
@@ -244,7 +250,7 @@ class Sweep:
         started = time.perf_counter()
         try:
             result = train(self.source, out=self.sweep_dir, overrides=[*self.fixed, *run.overrides], members=members,
-                           data=data)
+                           data=data, trust_code=self.trust_code)
         except Preempted as error:  # SIGINT/SIGTERM: the run saved its checkpoint; the sweep stops too
             run.status, run.error, run.exit_code = "failed", str(error), error.exit_code
             run.seconds = round(time.perf_counter() - started, 3)
@@ -260,12 +266,12 @@ class Sweep:
             self.save()
             raise
         else:
-            run.status, run.run_dir = "done", result.run_dir.name
+            run.status, run.run_dir, run.summary = "done", result.run_dir.name, result.summary
         run.seconds = round(time.perf_counter() - started, 3)
 
     def _command(self, run: SweepRun) -> list[str]:
         return [sys.executable, "-m", "peerlearn", "train", str(self.sweep_dir / SWEEP_CONFIG), *run.overrides,
-                "--out", str(self.sweep_dir)]
+                "--out", str(self.sweep_dir), *(["--trust-code"] if self.trust_code else [])]
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -278,8 +284,7 @@ class Sweep:
         return env
 
     def _train_in_processes(self, notify) -> None:
-        logs = self.sweep_dir / LOGS
-        logs.mkdir(exist_ok=True)
+        logs = ensure_folder(self.sweep_dir / LOGS, self.sweep_dir)  # never through a link
         waiting = list(self.runs)
         running: list[tuple[SweepRun, subprocess.Popen, Any, float]] = []
         try:
@@ -287,7 +292,8 @@ class Sweep:
                 while waiting and len(running) < self.jobs:
                     run = waiting.pop(0)
                     self._start(run, notify)
-                    log = open(logs / f"run-{run.index:03d}.log", "w", encoding="utf-8")
+                    log = os.fdopen(open_nofollow(logs / f"run-{run.index:03d}.log",
+                                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8")
                     process = subprocess.Popen(self._command(run), stdout=log, stderr=subprocess.STDOUT,
                                                env=self._environment())
                     running.append((run, process, log, time.perf_counter()))
@@ -325,6 +331,17 @@ class Sweep:
         lines = [line for line in text.splitlines() if line.strip()]
         run.status, run.exit_code = "failed", code
         run.error = (lines[-1] if lines else f"exit code {code}")[:500] + f" (log: {LOGS}/{log.name})"
+
+
+def _finished_summary(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A finished run's summary, read as the report reads it: checked against the run's recorded hashes
+    (``peerlearn.trust``); None when it cannot be read (the sweep goes on, its table shows no score)."""
+    from peerlearn.report.collect import read_summary
+
+    try:
+        return read_summary(run_dir)
+    except PeerlearnError:
+        return None
 
 
 def read_sweep(folder: Union[str, Path]) -> Optional[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """The run configuration: the schema (``schema``) and how a config is read (``loading``).
 
 The recipes' own sections (``mutual``, ``distill``, ...) are defined in their recipe modules and entered
-into ``RECIPE_SECTIONS`` by ``peerlearn.recipes.register_recipe``.
+into ``RECIPE_SECTIONS`` by ``peerlearn.recipes.register_recipe``; a config accepts the section of its own
+recipe only, and takes the members it leaves out from that recipe (``Recipe.defaults``).
 
 Everything public is importable from ``peerlearn.config``.
 """
@@ -15,6 +16,8 @@ from peerlearn.config.loading import (
     config_yaml,
 )
 from peerlearn.config.schema import (
+    CHANGEABLE_ON_RESUME,
+    Changeable,
     known_source,
     check_partial_section,
     Section,
@@ -31,6 +34,12 @@ from peerlearn.config.schema import (
     check_engine,
     RunConfig,
     RECIPE_SECTIONS,
+    SECTION_READERS,
+    default_recipe,
     default_section,
+    find_recipe_class,
+    name_members,
     register_section,
+    set_recipe_finder,
 )
+from peerlearn.config.resume_keys import changeable_keys, changeable_on_resume

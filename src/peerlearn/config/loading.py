@@ -301,12 +301,15 @@ def _section_at(model: type[BaseModel], loc: list[str]) -> Optional[type[BaseMod
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def build_config(tree: dict[str, Any]) -> RunConfig:
-    """Validate a config tree (already parsed YAML) into a ``RunConfig``."""
+def build_config(tree: dict[str, Any], import_code: bool = True) -> RunConfig:
+    """Validate a config tree (already parsed YAML) into a ``RunConfig``.
+
+    ``import_code`` false: a recipe named by reference (``package.module:Class``) is not imported (a run read
+    back); see ``RunConfig._recipe_owns_its_keys``."""
     if not isinstance(tree, dict):
         raise ConfigError(f"Invalid config: the top level must be a mapping of keys, got {type(tree).__name__}.")
     try:
-        return RunConfig(**tree)
+        return RunConfig.model_validate(tree, context={"import_code": import_code})
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, tree)) from None
     except TypeError as error:
@@ -316,10 +319,15 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
 def load_config(
     source: Union[str, Path, dict[str, Any], RunConfig, None] = None,
     overrides: Union[list[str], dict[str, Any], None] = None,
+    *,
+    import_code: bool = True,
 ) -> RunConfig:
     """Read a config from a YAML path, a dict or a ``RunConfig``, apply overrides, validate.
 
     ``overrides`` is a list of ``"dotted.key=value"`` strings or a dict ``{"dotted.key": value}``.
+    A recipe named by reference (``recipe: package.module:Class``) is imported: the config is the user's own.
+    Code that reads another run's config.yaml passes ``import_code=False``: the reference is then not
+    imported, and its section is left out unless the recipe is already loaded (reading is not running).
     """
     if source is None:
         tree: dict[str, Any] = {}
@@ -338,16 +346,23 @@ def load_config(
     elif overrides:
         items = [parse_override(text) for text in overrides]
     for parts, value in items:
-        _fill_default(tree, parts[0])
+        _fill_default(tree, parts[0], import_code)
         apply_override(tree, parts, value)
-    return build_config(tree)
+    return build_config(tree, import_code)
 
 
-def _fill_default(tree: dict[str, Any], key: str) -> None:
+def _fill_default(tree: dict[str, Any], key: str, import_code: bool = True) -> None:
     """Before overriding inside a top-level key the file left out, start from that key's default
-    (so ``members.0.model=mlp`` edits the default cohort instead of replacing it)."""
+    (so ``members.0.model=mlp`` edits the default cohort instead of replacing it). The members left out are
+    the recipe's (``Recipe.defaults``)."""
+    if key in tree:
+        return
+    if key == "members":
+        _fill_recipe_defaults(tree, import_code)
+        if key in tree:
+            return
     field = RunConfig.model_fields.get(key)
-    if key in tree or field is None:
+    if field is None:
         return
     default = field.get_default(call_default_factory=True)
     if isinstance(default, BaseModel):
@@ -355,6 +370,16 @@ def _fill_default(tree: dict[str, Any], key: str) -> None:
     elif isinstance(default, list):
         tree[key] = [item.model_dump(mode="json", exclude_unset=True) if isinstance(item, BaseModel) else item
                      for item in default]
+
+
+def _fill_recipe_defaults(tree: dict[str, Any], import_code: bool) -> None:
+    """Write the members the recipe gives ``tree`` (``Recipe.defaults``) into it. Nothing when the tree is not
+    valid yet (a later override may fix it): the field's default applies then."""
+    try:
+        built = build_config(copy.deepcopy(tree), import_code)
+    except ConfigError:
+        return
+    tree["members"] = [member.model_dump(mode="json", exclude_unset=True) for member in built.members]
 
 
 def config_yaml(config: RunConfig) -> str:

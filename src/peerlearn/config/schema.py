@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import types
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -110,6 +110,18 @@ class Section(BaseModel):
         return value
 
 
+CHANGEABLE_ON_RESUME = {"resume": "changeable"}  # a field's json_schema_extra: `--resume --change` may set it
+
+
+def Changeable(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """``Field(...)`` of a setting that a resumed run may change (``peerlearn train --resume RUN --change KEY=V``).
+
+    Declare a field with it only when a new value leaves the data, the models and the stage layout alone (the
+    checkpoint's state stays valid): learning rates, loss weights, logging. ``peerlearn.config.resume_keys``
+    reads the declarations; on a dict-valued field it covers every entry."""
+    return Field(*args, json_schema_extra=CHANGEABLE_ON_RESUME, **kwargs)
+
+
 # --------------------------------------------------------------------------- data
 class AugmentConfig(Section):
     """Batched augmentation applied on the training device (training split only)."""
@@ -136,7 +148,7 @@ class DataConfig(Section):
     image_size: Optional[int] = Field(None, gt=0, description="resize images to this size (None keeps the native size)")
     normalize: bool = Field(True, description="standardise inputs with the training split's mean and std")
     batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(1024, gt=0)
+    eval_batch_size: int = Changeable(1024, gt=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific options")
     stream: Union[Literal["auto"], bool] = Field(
@@ -168,13 +180,13 @@ class OptimConfig(Section):
     """Optimizer of one member. Keys left unset in a member fall back to the top-level ``optim``."""
 
     name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD / RMSProp momentum")
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
-    betas: tuple[Probability, Probability] = Field((0.9, 0.999), description="Adam/AdamW β1, β2, each in [0, 1)")
-    alpha: float = Field(0.99, gt=0, lt=1, description="RMSProp smoothing constant")
-    eps: float = Field(1e-8, gt=0)
+    lr: float = Changeable(0.1, gt=0)
+    momentum: float = Changeable(0.9, ge=0, lt=1, description="SGD / RMSProp momentum")
+    nesterov: bool = Changeable(False)
+    weight_decay: float = Changeable(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+    betas: tuple[Probability, Probability] = Changeable((0.9, 0.999), description="Adam/AdamW β1, β2, each in [0, 1)")
+    alpha: float = Changeable(0.99, gt=0, lt=1, description="RMSProp smoothing constant")
+    eps: float = Changeable(1e-8, gt=0)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> "OptimConfig":
@@ -187,13 +199,13 @@ class ScheduleConfig(Section):
     """Learning-rate schedule, stepped once per epoch (one-cycle: once per step)."""
 
     name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
-    step_size: int = Field(30, gt=0, description="step: epochs between decays")
-    milestones: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list,
+    step_size: int = Changeable(30, gt=0, description="step: epochs between decays")
+    milestones: list[Annotated[int, Field(ge=0)]] = Changeable(default_factory=list,
                                                           description="multistep: epochs at which lr decays")
-    gamma: float = Field(0.1, gt=0, le=1)
-    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate")
-    max_lr: Optional[float] = Field(None, gt=0, description="onecycle: peak lr (default: optim.lr)")
-    warmup_fraction: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
+    gamma: float = Changeable(0.1, gt=0, le=1)
+    min_lr: float = Changeable(0.0, ge=0, description="cosine: final learning rate")
+    max_lr: Optional[float] = Changeable(None, gt=0, description="onecycle: peak lr (default: optim.lr)")
+    warmup_fraction: float = Changeable(0.3, gt=0, lt=1, description="onecycle: fraction of steps rising")
 
 
 class MemberConfig(Section):
@@ -201,11 +213,15 @@ class MemberConfig(Section):
                                 description="unique name: letters, digits, _ and - (default: m0, m1, ...)")
     model: str = Field("small_cnn", description="model name from the registry")
     model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
-    optim: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level optim for this member")
-    schedule: Optional[dict[str, Any]] = Field(None, description="overrides of the top-level schedule for this member")
-    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running code) or a peerlearn run directory")
+    optim: Optional[dict[str, Any]] = Changeable(None, description="overrides of the top-level optim for this member")
+    schedule: Optional[dict[str, Any]] = Changeable(None, description="overrides of the top-level schedule for this "
+                                                                      "member")
+    weights: Optional[str] = Field(None, description="initial weights: a .safetensors or .pt file (read without running "
+                                                     "code; a plain state_dict of your own network needs no key "
+                                                     "prefix), a peerlearn run directory (its member of this name, "
+                                                     "or its only one) or RUN_DIR:member")
     trainable: bool = Field(True, description="false makes a frozen member (a teacher)")
-    max_norm: Optional[float] = Field(
+    max_norm: Optional[float] = Changeable(
         None, gt=0, description="max-norm constraint: after each optimizer step, every unit's incoming weight "
                                 "vector is scaled down to this L2 norm if longer (Hinton/Srivastava dropout nets)")
 
@@ -234,29 +250,31 @@ class AuxiliaryConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, gt=0)
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$", description="auto, cpu, cuda, cuda:N, mps")
+    epochs: int = Changeable(10, gt=0)
+    device: str = Changeable("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+                             description="auto, cpu, cuda, cuda:N, mps")
     deterministic: bool = Field(True, description="deterministic kernels and seeded data order")
-    progress: Literal["auto", "on", "off"] = Field("auto", description="progress bar (auto: only on a terminal)")
-    eval_every: int = Field(1, gt=0, description="evaluate every N epochs (and always at the end)")
-    eval_test: bool = Field(False, description="also evaluate on the test split every evaluation (default: "
-                                                "validation each evaluation, test once at the end, so that "
-                                                "choices are made on validation)")
-    checkpoint_every_steps: Optional[int] = Field(None, gt=0, description="also checkpoint every N steps")
-    threads: Optional[int] = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    progress: Literal["auto", "on", "off"] = Changeable("auto", description="progress bar (auto: only on a terminal)")
+    eval_every: int = Changeable(1, gt=0, description="evaluate every N epochs (and always at the end)")
+    eval_test: bool = Changeable(False, description="also evaluate on the test split every evaluation (default: "
+                                                     "validation each evaluation, test once at the end, so that "
+                                                     "choices are made on validation)")
+    checkpoint_every_steps: Optional[int] = Changeable(None, gt=0, description="also checkpoint every N steps")
+    threads: Optional[int] = Changeable(None, gt=0, description="torch CPU threads (default: torch's choice)")
 
 
 class TrackingConfig(Section):
     """Where metrics go besides metrics.jsonl (always written)."""
 
-    tensorboard: bool = Field(True, description="TensorBoard events in RUN_DIR/tensorboard")
-    mlflow: Union[bool, str] = Field(False, description="also log the flattened config and the metrics to MLflow "
-                                                        "(needs peerlearn[mlflow]): true = a SQLite file "
-                                                        "RUN_DIR/mlflow.db; or any MLflow tracking URI, shared by "
-                                                        "many runs: sqlite:////abs/mlflow.db, "
-                                                        "http://host:5000 (a tracking server), file:///abs/mlruns")
-    mlflow_experiment: str = Field("peerlearn", min_length=1, description="the MLflow experiment the runs are "
-                                                                          "logged under")
+    tensorboard: bool = Changeable(True, description="TensorBoard events in RUN_DIR/tensorboard")
+    mlflow: Union[bool, str] = Changeable(False, description="also log the flattened config and the metrics to "
+                                                             "MLflow (needs peerlearn[mlflow]): true = a SQLite "
+                                                             "file RUN_DIR/mlflow.db; or any MLflow tracking URI, "
+                                                             "shared by many runs: sqlite:////abs/mlflow.db, "
+                                                             "http://host:5000 (a tracking server), "
+                                                             "file:///abs/mlruns")
+    mlflow_experiment: str = Changeable("peerlearn", min_length=1, description="the MLflow experiment the runs "
+                                                                               "are logged under")
 
     @field_validator("mlflow")
     @classmethod
@@ -265,7 +283,7 @@ class TrackingConfig(Section):
             raise ValueError("tracking.mlflow is true, false or an MLflow tracking URI such as "
                              "sqlite:////abs/path/mlflow.db, http://127.0.0.1:5000 or file:///abs/mlruns")
         return value
-    log_every_steps: int = Field(50, ge=0, description="log one training step's loss terms and learning rates "
+    log_every_steps: int = Changeable(50, ge=0, description="log one training step's loss terms and learning rates "
                                                        "every N global steps (metrics.jsonl kind 'step', "
                                                        "TensorBoard, MLflow); 0: only per-epoch means")
 
@@ -274,12 +292,14 @@ class TrackingConfig(Section):
 class EarlyStoppingConfig(Section):
     """Stop when the validation metric has not improved for ``patience`` evaluations; restore the best weights."""
 
-    enabled: bool = Field(False, description="turn early stopping on (needs a validation split)")
-    metric: Literal["top1", "top5", "nll"] = Field("top1", description="validation metric watched (nll: lower is better)")
-    of: str = Field("mean", description="whose metric: mean (over the evaluated members), ensemble, or a member name")
-    patience: int = Field(10, ge=0, description="evaluations without improvement before stopping")
-    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
-    restore_best: bool = Field(True, description="load the best evaluation's weights at the end")
+    enabled: bool = Changeable(False, description="turn early stopping on (needs a validation split)")
+    metric: Literal["top1", "top5", "nll"] = Changeable("top1", description="validation metric watched (nll: lower "
+                                                                            "is better)")
+    of: str = Changeable("mean", description="whose metric: mean (over the evaluated members), ensemble, or a "
+                                             "member name")
+    patience: int = Changeable(10, ge=0, description="evaluations without improvement before stopping")
+    min_delta: float = Changeable(0.0, ge=0, description="smallest change that counts as an improvement")
+    restore_best: bool = Changeable(True, description="load the best evaluation's weights at the end")
 
 
 class RegularizeConfig(Section):
@@ -289,12 +309,12 @@ class RegularizeConfig(Section):
     (w: weight matrices and kernels, not biases or normalisation parameters).
     """
 
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="ε: target (1−ε)·onehot + ε/C")
-    l1: float = Field(0.0, ge=0, description="λ₁ of the L1 penalty λ₁·Σ|w| on weights")
-    l2: float = Field(0.0, ge=0, description="λ₂ of the explicit L2 penalty λ₂/2·Σw² on weights "
+    label_smoothing: float = Changeable(0.0, ge=0, lt=1, description="ε: target (1−ε)·onehot + ε/C")
+    l1: float = Changeable(0.0, ge=0, description="λ₁ of the L1 penalty λ₁·Σ|w| on weights")
+    l2: float = Changeable(0.0, ge=0, description="λ₂ of the explicit L2 penalty λ₂/2·Σw² on weights "
                       "(optim.weight_decay is the optimizer's own, on every parameter)")
-    center_loss: float = Field(0.0, ge=0, description="λ_C of the centre loss (Wen et al. 2016), 0 = off")
-    center_alpha: float = Field(0.5, gt=0, le=1, description="α: learning rate of the class centres")
+    center_loss: float = Changeable(0.0, ge=0, description="λ_C of the centre loss (Wen et al. 2016), 0 = off")
+    center_alpha: float = Changeable(0.5, gt=0, le=1, description="α: learning rate of the class centres")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
@@ -341,17 +361,46 @@ def check_engine(config: "RunConfig") -> None:
 # --------------------------------------------------------------------------- root
 # The recipes' sections, by their top-level YAML key. Each recipe declares its own (``section`` and
 # ``section_model`` on its class, in its module); ``peerlearn.recipes.register_recipe`` enters it here,
-# for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe.
+# for the shipped recipes when ``peerlearn.recipes`` is imported. The config layer imports no recipe: it
+# asks the registry for the chosen recipe's class through the finder the registry installs
+# (``set_recipe_finder``), and reads the section, defaults and rules off that class.
 RECIPE_SECTIONS: dict[str, type[Section]] = {}
+SECTION_READERS: dict[str, list[str]] = {}  # section key -> the registered recipes that read it
+_RECIPE_FINDER: list[Callable[[str, bool], Optional[type]]] = []
+_DEFAULT_RECIPE: list[str] = []
 
 
-def register_section(name: str, section: type[Section]) -> None:
-    """Accept the top-level key ``name``, validated by ``section`` (a ``Section`` subclass)."""
+def register_section(name: str, section: type[Section], recipe: Optional[str] = None) -> None:
+    """Accept the top-level key ``name``, validated by ``section`` (a ``Section`` subclass), in the config of
+    ``recipe`` (the registered name of the recipe that reads it)."""
     if not (isinstance(section, type) and issubclass(section, Section)):
         raise TypeError(f"the section of {name!r} must be a peerlearn.config.Section subclass, got {section!r}")
     if name in RunConfig.model_fields:
         raise ValueError(f"{name!r} is a built-in config section; choose another name for the recipe's section")
     RECIPE_SECTIONS[name] = section
+    if recipe is not None and recipe not in SECTION_READERS.setdefault(name, []):
+        SECTION_READERS[name].append(recipe)
+
+
+def set_recipe_finder(finder: Callable[[str, bool], Optional[type]], default: str) -> None:
+    """Install ``finder(recipe_value, import_code)``: the recipe class a config's ``recipe`` value names, None when
+    it is code that may not be imported here; it raises ``ConfigError`` for a value naming no recipe.
+    ``default`` is the recipe of a config that names none. ``peerlearn.recipes`` installs its registry's
+    ``find_recipe`` when it is imported."""
+    _RECIPE_FINDER[:] = [finder]
+    _DEFAULT_RECIPE[:] = [default]
+
+
+def default_recipe() -> str:
+    """The recipe of a config that names none, as the recipe registry declares it."""
+    if not _DEFAULT_RECIPE:
+        raise ValueError("no recipe registry is loaded (import peerlearn.recipes)")
+    return _DEFAULT_RECIPE[0]
+
+
+def find_recipe_class(value: str, import_code: bool = True) -> Optional[type]:
+    """The class of recipe ``value`` through the installed finder (None when none is installed)."""
+    return _RECIPE_FINDER[0](value, import_code) if _RECIPE_FINDER else None
 
 
 def default_section(section: type[BaseModel]) -> Optional[BaseModel]:
@@ -362,21 +411,54 @@ def default_section(section: type[BaseModel]) -> Optional[BaseModel]:
         return None
 
 
+def name_members(members: list["MemberConfig"]) -> list["MemberConfig"]:
+    """Default names (m0, m1, ...) for unnamed members; names unique, not 'ensemble'; one member trainable."""
+    if not members:
+        raise ValueError("the cohort is empty; give at least one member")
+    names = []
+    for index, member in enumerate(members):
+        if member.name is None:
+            member.name = f"m{index}"
+        names.append(member.name)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"member names must be unique; repeated: {', '.join(duplicates)}")
+    if "ensemble" in names:
+        raise ValueError(f"key 'members.{names.index('ensemble')}.name' has the value 'ensemble', which is "
+                         "reserved for the cohort's ensemble; choose another name")
+    if not any(member.trainable for member in members):
+        raise ValueError("every member has trainable=false; at least one member must learn")
+    return members
+
+
+def _unset(config: BaseModel, parts: list[str]) -> Optional[tuple[BaseModel, str]]:
+    """(the model holding the last key, the key) when the dotted key ``parts`` was left out of ``config``."""
+    node: Any = config
+    for part in parts[:-1]:
+        node = getattr(node, part, None)
+        if not isinstance(node, BaseModel):
+            return None
+    return (node, parts[-1]) if parts[-1] not in node.model_fields_set else None
+
+
 class RunConfig(Section):
     """A whole run: what to train (members), on what (data), how (recipe, optim, train).
 
-    Besides these keys, each registered recipe's section (``mutual``, ``distill``, ``greedy``, ``transfer``,
-    and any of your own recipes) is accepted under its key and read as ``config.<key>``; other top-level keys
-    are refused."""
+    Besides these keys, the section of the run's recipe (``mutual``, ``distill``, ``greedy``, ``transfer``, or
+    one of your own recipe) is accepted under its key and read as ``config.<key>``; any other top-level key,
+    another recipe's section included, is refused. The members left out come from the recipe
+    (``Recipe.defaults``)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in the run directory")
-    recipe: str = Field("independent", description="recipe name")
+    recipe: str = Field(default_factory=default_recipe, description="a registered recipe name, or a recipe of your own as "
+                                                    "package.module:Class (its module is imported)")
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
     members: list[MemberConfig] = Field(default_factory=lambda: [MemberConfig(), MemberConfig()],
-                                        validate_default=True)
+                                        validate_default=True,
+                                        description="the cohort; left out: the recipe's default members")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -390,22 +472,66 @@ class RunConfig(Section):
     @field_validator("members", mode="after")
     @classmethod
     def _members_named_uniquely(cls, members: list[MemberConfig]) -> list[MemberConfig]:
-        if not members:
-            raise ValueError("the cohort is empty; give at least one member")
-        names = []
-        for index, member in enumerate(members):
-            if member.name is None:
-                member.name = f"m{index}"
-            names.append(member.name)
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"member names must be unique; repeated: {', '.join(duplicates)}")
-        if "ensemble" in names:
-            raise ValueError(f"key 'members.{names.index('ensemble')}.name' has the value 'ensemble', which is "
-                             "reserved for the cohort's ensemble; choose another name")
-        if not any(member.trainable for member in members):
-            raise ValueError("every member has trainable=false; at least one member must learn")
-        return members
+        return name_members(members)
+
+    @model_validator(mode="after")
+    def _recipe_owns_its_keys(self, info: ValidationInfo) -> "RunConfig":
+        """The chosen recipe's section, validated by its schema (its defaults when left out or null); any other
+        top-level key refused, another recipe's section by name (null: left out); then the recipe's defaults (``Recipe.defaults``:
+        its members, ...) for the keys the config leaves out.
+
+        A reference recipe (``package.module:Class``) is imported unless the reader of the config says not
+        to (``import_code`` false in the validation context: a run read back). Found without importing, its
+        section cannot be checked: it is left out, the rest of the config is read as usual."""
+        import_code = bool((info.context or {}).get("import_code", True))
+        try:
+            recipe = find_recipe_class(self.recipe, import_code)
+        except Exception as error:  # the finder's ConfigError: reported as this key's value error
+            raise ValueError(str(error).removeprefix("Invalid config: ").rstrip(".")) from None
+        unresolved = recipe is None
+        own_key = getattr(recipe, "section", None)
+        own_model = getattr(recipe, "section_model", None) if own_key else None
+        extra = self.__pydantic_extra__
+        for key, value in list(extra.items()):
+            if value is None and (key in RECIPE_SECTIONS or key == own_key):
+                del extra[key]  # `mutual=null`: the section left out (an override cannot delete a key otherwise)
+            elif key == own_key and own_model is not None:
+                if not isinstance(value, own_model):
+                    if not isinstance(value, dict):
+                        raise ValueError(f"key '{key}' has the value {value!r}: the section must be a mapping of keys")
+                    check_partial_section(key, own_model, value)
+                    extra[key] = own_model(**value)
+            elif key in RECIPE_SECTIONS and not unresolved:
+                readers = ", ".join(SECTION_READERS.get(key, [])) or "another recipe"
+                reads = f"whose section is '{own_key}'" if own_key else "which has no section"
+                raise ValueError(f"key '{key}' holds the settings of recipe {readers}, but this run's recipe is "
+                                 f"{self.recipe!r}, {reads}; remove '{key}', or set recipe: {readers.split(', ')[0]}")
+            elif unresolved and _RECIPE_FINDER:
+                del extra[key]  # a section of a recipe not imported here: not checkable, not needed to read
+            else:
+                allowed = ", ".join([*type(self).model_fields, *([own_key] if own_key else [])])
+                raise ValueError(f"key '{key}' is not a known key; allowed here: {allowed}")
+        if own_key and own_model is not None and own_key not in extra:
+            default = default_section(own_model)
+            if default is not None:
+                extra[own_key] = default
+        defaults = getattr(recipe, "defaults", None)
+        if defaults is not None:
+            self._apply_defaults(defaults(self))
+        return self
+
+    def _apply_defaults(self, defaults: dict[str, Any]) -> None:
+        """Set each dotted key of ``defaults`` that the config left out (a recipe's defaults, validated)."""
+        for key, value in defaults.items():
+            parts = key.split(".")
+            if parts == ["members"]:
+                if "members" not in self.model_fields_set:
+                    members = [m if isinstance(m, MemberConfig) else MemberConfig(**m) for m in value]
+                    self.__dict__["members"] = name_members(members)  # no re-validation of the whole config
+                continue
+            found = _unset(self, parts)
+            if found is not None:
+                setattr(*found, value)  # validated by the section's assignment check
 
     @model_validator(mode="after")
     def _member_overrides_valid(self) -> "RunConfig":
@@ -415,28 +541,6 @@ class RunConfig(Section):
                 if partial is None:
                     continue
                 check_partial_section(f"members.{index}.{key}", section, partial, base)
-        return self
-
-    @model_validator(mode="after")
-    def _recipe_sections(self) -> "RunConfig":
-        """Top-level keys beyond the built-in ones must be the sections of registered recipes
-        (``RECIPE_SECTIONS``), each validated by its schema; a recipe section left out takes its defaults."""
-        extra = self.__pydantic_extra__
-        for key, value in list(extra.items()):
-            section = RECIPE_SECTIONS.get(key)
-            if section is None:
-                allowed = ", ".join([*type(self).model_fields, *RECIPE_SECTIONS])
-                raise ValueError(f"key '{key}' is not a known key; allowed here: {allowed}")
-            if not isinstance(value, section):
-                if not isinstance(value, dict):
-                    raise ValueError(f"key '{key}' has the value {value!r}: the section must be a mapping of keys")
-                check_partial_section(key, section, value)
-                extra[key] = section(**value)
-        for key, section in RECIPE_SECTIONS.items():
-            if key not in extra:
-                default = default_section(section)
-                if default is not None:
-                    extra[key] = default
         return self
 
     @model_validator(mode="after")

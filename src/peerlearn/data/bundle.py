@@ -48,6 +48,8 @@ class DataBundle:
     train_labels_full: torch.Tensor | None = None  # true labels of train, including hidden ones
     retrieval: dict[str, RetrievalSplit] = field(default_factory=dict)  # re-id sources: "query", "gallery"
     batch_transform: Optional[Callable] = None  # UserData.transform: applied to training batches after data.augment
+    value_range: Optional[tuple[float, float]] = None  # (min, max) of the raw training inputs (data.statistics)
+    feature_names: Optional[list[str]] = None  # tabular sources: the feature columns, in order
 
     @property
     def num_classes(self) -> int:

@@ -18,9 +18,11 @@ every case.
 
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -78,12 +80,13 @@ def list_images(folder: Path, class_names: list[str], every_class: bool = False)
     return files, labels
 
 
-def read_image(path: Path, mode: str, size: int | tuple[int, int]) -> np.ndarray:
-    """One image as uint8 [C, H, W] (``size`` is H = W, or (H, W)); an unreadable file raises ``DataError``."""
+def read_image(path: Path, mode: str, size: int | tuple[int, int], data: Optional[bytes] = None) -> np.ndarray:
+    """One image as uint8 [C, H, W] (``size`` is H = W, or (H, W)), decoded from ``data`` (the file's bytes,
+    already read) or from the file; an unreadable image raises ``DataError`` naming ``path``."""
     Image = _pillow()
     height, width = (size, size) if isinstance(size, int) else size
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image = image.convert(mode)
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
@@ -135,8 +138,8 @@ def image_items(files: list[Path], labels: list[int], mode: str, size: int, work
     if cache is False:
         dataset = ImageFiles(files, labels, mode, size)
     else:
-        dataset = cached_images(files, labels, mode, shape, lambda path: read_image(path, mode, size), threads,
-                                cache or None)
+        dataset = cached_images(files, labels, mode, shape, lambda path, data: read_image(path, mode, size, data),
+                                threads, cache or None)
     return LazyItems(dataset, item_shape=shape, dtype=torch.uint8, workers=workers)
 
 

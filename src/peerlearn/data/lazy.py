@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from peerlearn.data.workers import worker_options
+
 from peerlearn.errors import DataError
 
 
@@ -121,7 +123,7 @@ class LazyItems:
         batches = [torch.arange(i, min(i + size, len(self))) for i in range(0, len(self), size)]
         # an own generator: the loader's worker seed must not be drawn from (and advance) the global RNG
         loader = DataLoader(_Reader(self), sampler=batches, batch_size=None, num_workers=self.workers,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), **worker_options(self.workers))
         yield from loader
 
 
@@ -139,22 +141,9 @@ class _Reader(Dataset):
 
 
 def streamed_channel_stats(items: LazyItems) -> tuple[list[float], list[float]]:
-    """Per-channel (images) or per-feature mean and std of every item, in one streamed pass.
+    """Per-channel (images) or per-feature mean and std of every item, in one streamed pass: the same
+    computation as for in-memory data (``peerlearn.data.statistics.input_statistics``)."""
+    from peerlearn.data.statistics import input_statistics
 
-    Sums of x and x² are kept in float64; uint8 images are in 0..1 units (x / 255), as for in-memory data.
-    std is the unbiased estimate, floored at 1e-6.
-    """
-    image = items.dim() == 4
-    total = total_sq = None
-    count = 0
-    for chunk in items.chunks():
-        values = chunk.double()
-        if chunk.dtype == torch.uint8:
-            values = values / 255.0
-        values = values.transpose(0, 1).reshape(values.shape[1], -1) if image else values.reshape(len(values), -1).T
-        total = values.sum(1) if total is None else total + values.sum(1)
-        total_sq = (values * values).sum(1) if total_sq is None else total_sq + (values * values).sum(1)
-        count += values.shape[1]
-    mean = total / count
-    var = (total_sq - count * mean * mean) / max(count - 1, 1)
-    return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-6).tolist()
+    stats = input_statistics(items)
+    return stats.mean, stats.std

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.data.bundle import DataBundle, Split
-from peerlearn.data.lazy import LazyItems, streamed_channel_stats
+from peerlearn.data.lazy import LazyItems
 from peerlearn.data.memory import check_images_fit
 from peerlearn.data.raw import RawDataset
 from peerlearn.data.registry import SOURCES
+from peerlearn.data.statistics import input_statistics
 from peerlearn.data.splits import labelled_mask, stratified_subset, validation_split
 from peerlearn.errors import DataError
 
@@ -52,17 +53,11 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of images in 0..1 units, or per-feature for tabular data.
-
-    Streamed items (``LazyItems``) are read once for it (``streamed_channel_stats``); float images are
-    taken as given (not divided by 255)."""
-    if isinstance(x, LazyItems):
-        return streamed_channel_stats(x)
-    if x.dim() == 4:
-        values = x.float().div(255.0 if x.dtype == torch.uint8 else 1.0).transpose(0, 1).reshape(x.shape[1], -1)
-        return values.mean(1).tolist(), values.std(1).clamp_min(1e-6).tolist()
-    values = x.float()
-    return values.mean(0).tolist(), values.std(0).clamp_min(1e-6).tolist()
+    """Per-channel mean/std of images in 0..1 units, or per-feature for tabular data
+    (``peerlearn.data.statistics.input_statistics``: the same chunks and sums for tensors and streamed
+    ``LazyItems``); float images are taken as given (not divided by 255)."""
+    stats = input_statistics(x)
+    return stats.mean, stats.std
 
 
 def _size_fraction(size: int, total: int) -> float:
@@ -141,7 +136,8 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
     if config.image_size and raw.is_image:
         for key, part in retrieval.items():
             retrieval[key] = replace(part, x=resize_images(part.x, config.image_size))
-    mean, std = channel_stats(train.x)
+    stats = input_statistics(train.x)
+    mean, std = stats.mean, stats.std
     if not config.normalize:  # images stay in 0..1, features as given
         mean, std = [0.0] * len(mean), [1.0] * len(std)
     return DataBundle(
@@ -154,4 +150,6 @@ def load_data(config, seed: int, raw: RawDataset | None = None) -> DataBundle:
         std=std,
         train_labels_full=full_labels,
         retrieval=retrieval,
+        value_range=(stats.low, stats.high),
+        feature_names=list(raw.extras.get("feature_names") or []) or None,
     )

@@ -18,6 +18,7 @@ class SourceSpec:
     needs_path: bool = False  # the config's data.path names the folder/file
     files: tuple[str, ...] = ()  # official files checked by `peerlearn datasets verify`
     options: Optional[tuple[str, ...]] = None  # data.options keys it reads besides verify (None: not checked)
+    gives: str = "images"  # "images", or "features" (vectors): which default network fits it (Recipe.defaults)
 
     def load_function(self) -> Callable:
         module, function = self.loader.split(":")
@@ -76,5 +77,6 @@ SOURCES: dict[str, SourceSpec] = {
         "peerlearn.data.tabular:load_tabular",
         "rows of a CSV file (data.path) or of a SQL query on a database (data.options.url + query); "
         "numeric feature columns and a label column named in data.options",
+        gives="features",
     ),
 }

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from peerlearn.data.lazy import LazyItems
+from peerlearn.data.workers import worker_options
 
 ITEM_SEED_SALT = 11
 PIPE_BATCH_BYTES = 4 * 2**20
@@ -108,7 +109,8 @@ def streamed_batches(items: LazyItems, order: torch.Tensor, batch_size: int, epo
     loader = DataLoader(_StepReader(items, seed), sampler=keys, batch_size=None, num_workers=workers,
                         collate_fn=_as_is, pin_memory=pin_memory,
                         generator=torch.Generator().manual_seed(mix_seed(seed, epoch)),
-                        prefetch_factor=(2 if group > 1 else 4) if workers else None)
+                        prefetch_factor=(2 if group > 1 else 4) if workers else None,
+                        **worker_options(workers))  # workers end with this process (data/workers.py)
     for (_, steps_read), batches in zip(keys, loader):  # the loader keeps the sampler's order
         for (step, indices), inputs in zip(steps_read, batches):
             if isinstance(inputs, np.ndarray):

@@ -375,7 +375,7 @@ def _stop_all(processes: list, grace_seconds: float) -> list[int]:
 
 
 def local_train_args(config: Optional[str], overrides: list[str], out: str, resume: Optional[str],
-                     changes: Optional[list[str]] = None) -> list[str]:
+                     changes: Optional[list[str]] = None, trust_code: bool = False) -> list[str]:
     """The ``peerlearn train`` arguments each launched process gets."""
     args = [config] if config else []
     args += list(overrides)
@@ -384,4 +384,6 @@ def local_train_args(config: Optional[str], overrides: list[str], out: str, resu
         args += ["--resume", str(resume)]
     for change in changes or []:
         args += ["--change", change]
+    if trust_code:
+        args.append("--trust-code")
     return args

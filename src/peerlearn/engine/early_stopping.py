@@ -20,8 +20,8 @@ from peerlearn.config import EarlyStoppingConfig
 from peerlearn.engine.checkpoint import load_weights, save_weights
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.trainer import Callback
+from peerlearn.run_files import BEST_WEIGHTS_NAME
 
-BEST_WEIGHTS_NAME = "best.safetensors"
 
 
 class EarlyStopping(Callback):

@@ -10,6 +10,10 @@ catches that before the bad state replaces the last good checkpoint.
 optimizer and schedule states are loaded from the checkpoint (momentum, Adam moments, progress), then
 the settings a changed config builds (lr, weight decay, momentum, schedule length, ...) replace the
 saved ones. The current lr is rescaled by new base lr / old base lr, so a decayed lr stays decayed.
+
+``restart_schedule`` serves epochs added to a stage that had already run all its epochs (a finished run
+resumed with ``--change train.epochs=N``): its schedule had ended (a cosine at ``min_lr``, often 0), so going on
+with it would train at that lr. The added epochs get the schedule restarted over them from the base lr instead.
 """
 
 from __future__ import annotations
@@ -48,8 +52,23 @@ def fresh_settings(member) -> dict[str, Any]:
     return {"groups": groups, "schedule": dict(schedule)}
 
 
-def refresh_hyperparameters(member, fresh: dict[str, Any]) -> None:
-    """Keep the loaded optimizer/schedule progress, take every setting from ``fresh`` (the new config)."""
+def restart_schedule(member, fresh: dict[str, Any], epochs: int) -> None:
+    """Epochs added to a stage that had finished (``--resume --change train.epochs=N``): every optimizer group
+    back at its base lr (the current config's, ``fresh``), and the schedule built anew over the ``epochs`` added
+    ones, as if a run of that many epochs started here (the optimizer's state, e.g. momentum, is kept)."""
+    optimizer = member.optimizer
+    if optimizer is None or member.schedule is None or len(optimizer.param_groups) != len(fresh["groups"]):
+        return
+    for group, new in zip(optimizer.param_groups, fresh["groups"]):
+        base = new.get("initial_lr", new["lr"])
+        group["lr"] = base
+        group["initial_lr"] = base
+    member.schedule = member.schedule.restarted(optimizer, epochs)
+
+
+def refresh_hyperparameters(member, fresh: dict[str, Any], keep_schedule: bool = False) -> None:
+    """Keep the loaded optimizer/schedule progress, take every setting from ``fresh`` (the new config);
+    ``keep_schedule``: the loaded schedule's own settings too (a schedule restarted over added epochs)."""
     optimizer = member.optimizer
     if optimizer is None or len(optimizer.param_groups) != len(fresh["groups"]):
         return
@@ -63,7 +82,7 @@ def refresh_hyperparameters(member, fresh: dict[str, Any]) -> None:
         for key, value in new.items():
             if key != "lr":
                 group[key] = value
-    if member.schedule is not None and fresh["schedule"]:
+    if member.schedule is not None and fresh["schedule"] and not keep_schedule:
         loaded = member.schedule.state_dict()
         merged = {**fresh["schedule"], **{k: loaded[k] for k in SCHEDULE_PROGRESS if k in loaded}}
         if "_last_lr" in merged:

@@ -32,11 +32,22 @@ def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
 
 
 class Schedule:
-    """An LR schedule with its stepping unit: 'epoch' (step/multistep/cosine) or 'step' (one-cycle)."""
+    """An LR schedule with its stepping unit: 'epoch' (step/multistep/cosine) or 'step' (one-cycle), and the
+    settings it was built from (``config``, ``steps_per_epoch``), so that it can be built again over other epochs
+    (``restarted``)."""
 
-    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler | None, unit: str):
+    def __init__(self, scheduler: torch.optim.lr_scheduler.LRScheduler | None, unit: str,
+                 config: ScheduleConfig | None = None, steps_per_epoch: int = 1):
         self.scheduler = scheduler
         self.unit = unit
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+
+    def restarted(self, optimizer: torch.optim.Optimizer, epochs: int) -> "Schedule":
+        """The same schedule built anew over ``epochs`` epochs, from the optimizer groups' current lr (the base)."""
+        if self.config is None:
+            return self
+        return build_schedule(optimizer, self.config, epochs, self.steps_per_epoch)
 
     def step(self, unit: str) -> None:
         if self.scheduler is not None and unit == self.unit:
@@ -56,18 +67,20 @@ def build_schedule(optimizer: torch.optim.Optimizer, config: ScheduleConfig, epo
     ``min_lr`` over the epochs, or one-cycle (per step, peak ``max_lr``)."""
     lr_sched = torch.optim.lr_scheduler
     if config.name == "constant":
-        return Schedule(None, "epoch")
+        return Schedule(None, "epoch", config, steps_per_epoch)
     if config.name == "step":
-        return Schedule(lr_sched.StepLR(optimizer, config.step_size, config.gamma), "epoch")
+        return Schedule(lr_sched.StepLR(optimizer, config.step_size, config.gamma), "epoch", config, steps_per_epoch)
     if config.name == "multistep":
-        return Schedule(lr_sched.MultiStepLR(optimizer, config.milestones, config.gamma), "epoch")
+        return Schedule(lr_sched.MultiStepLR(optimizer, config.milestones, config.gamma), "epoch", config,
+                        steps_per_epoch)
     if config.name == "cosine":
-        return Schedule(lr_sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=config.min_lr), "epoch")
+        return Schedule(lr_sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=config.min_lr), "epoch",
+                        config, steps_per_epoch)
     if config.name == "onecycle":
         max_lr = config.max_lr or optimizer.param_groups[0]["lr"]
         total = max(1, epochs * steps_per_epoch)
         return Schedule(lr_sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
-                                           pct_start=config.warmup_fraction), "step")
+                                           pct_start=config.warmup_fraction), "step", config, steps_per_epoch)
     raise ValueError(f"unknown schedule {config.name!r}")
 
 

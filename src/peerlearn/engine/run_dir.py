@@ -15,9 +15,27 @@ from pathlib import Path
 from typing import Optional
 
 from peerlearn.errors import PeerlearnError, ResourceError
+from peerlearn.run_files import LOCK_NAME
 
-LOCK_NAME = ".lock"
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# Descriptors of the run locks this process holds. A forked child (a DataLoader worker) closes its copies at
+# once: a flock belongs to the open file, which a fork shares, so a worker that outlived a killed parent
+# would otherwise keep the run locked. O_CLOEXEC already keeps them from programs started with exec.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)  # the child's copy only: the parent keeps its lock
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
@@ -97,7 +115,8 @@ class RunLock:
     """An exclusive lock on a run directory, held while a process trains into it.
 
     Uses ``flock`` on ``RUN_DIR/.lock``: the operating system drops it when the process ends, even
-    on SIGKILL, so a killed run never leaves a stale lock behind. A second process (say, a second
+    on SIGKILL, so a killed run never leaves a stale lock behind. Forked children (DataLoader workers) do
+    not keep it: their copy of the descriptor is closed right after the fork (``_close_inherited_locks``). A second process (say, a second
     ``--resume`` of the same run) fails at once with ``ResourceError`` naming the holder's pid.
     """
 
@@ -126,10 +145,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.handle = fd
+        _HELD_LOCKS.add(fd)
         return self
 
     def release(self) -> None:
         if self.handle is not None:
+            _HELD_LOCKS.discard(self.handle)
             os.close(self.handle)  # closing drops the flock
             self.handle = None
 

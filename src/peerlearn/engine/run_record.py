@@ -11,8 +11,12 @@ to rebuild the members and their evaluation inputs::
      "evaluated": ["t", "s"],                # members scored in the summary
      "data": {"seed": 0, "config": {...the data section...}, "source": "digits",
               "class_names": [...], "num_classes": 10, "model_kwargs": {...},
-              "input": {"kind": "image", "channels": 1, "height": 8, "width": 8} | {"kind": "features", ...},
-              "normalization": {"scale": 1/255, "mean": [...], "std": [...]}},
+              "input": {"kind": "image", "channels": 1, "height": 8, "width": 8, "dtype": "uint8",
+                        "value_range": [0, 16]} | {"kind": "features", "features": F, "shape": [F], ...},
+              "normalization": {"scale": 1/255, "mean": [...], "std": [...]},
+              "preprocessing": {"mode": "L", "resize": null | "pillow" | "interpolate"},   # images
+              "feature_names": [...], "label_column": "label"},                          # features
+                                                     # (peerlearn.data.preprocess.InputPipeline)
      ...recipe extras (e.g. "feature_cache" of a transfer run in features mode)}
 
 NETWORK is one of::
@@ -43,10 +47,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
+from peerlearn.run_files import RUN_RECORD_NAME
 
-RUN_RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
-ROLES = ("student", "teacher", "frozen")
+ROLES = ("student", "teacher", "frozen", "multibranch")  # multibranch: a network whose rows are its branches
 
 
 def registry_network(model: str, model_args: dict, shape_args: dict, attributes: Optional[dict] = None,
@@ -73,11 +77,15 @@ def data_pipeline(data_config: Any, seed: int, data) -> dict[str, Any]:
     else:
         layout = {"kind": "features", "features": data.in_features, "shape": shape}
         scale = 1.0
+    from peerlearn.data.preprocess import InputPipeline
+
+    pipeline = InputPipeline.of_run(data_config, data).to_record()
+    layout.update(pipeline.pop("input"))
     return {"seed": seed, "config": data_config.model_dump(mode="json"), "source": data.name,
             "class_names": list(data.class_names), "num_classes": data.num_classes,
             "model_kwargs": data.model_kwargs(), "input": layout,
             "sizes": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "normalization": {"scale": scale, "mean": list(data.mean), "std": list(data.std)}}
+            "normalization": {"scale": scale, "mean": list(data.mean), "std": list(data.std)}, **pipeline}
 
 
 def stage_record(index: int, name: str, epoch: int, names: list[str]) -> dict[str, Any]:

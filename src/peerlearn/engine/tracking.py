@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.engine.run_dir import open_append
 from peerlearn.errors import ConfigError, ResourceError
+from peerlearn.run_files import METRICS_NAME, TENSORBOARD_DIR
 
 MLFLOW_DB = "mlflow.db"
 MLFLOW_RUN_ID = "mlflow_run_id.txt"
@@ -39,7 +40,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: Optional[int] = None,
                  mlflow: Optional["MlflowLogger"] = None, log_every_steps: int = 0,
                  hparams: Optional[dict[str, Any]] = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_NAME
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if (record := _parse(line)) is not None and record.get("step", 0) <= resume_step]
@@ -50,7 +51,7 @@ class MetricsLog:
         if tensorboard:
             from peerlearn.engine.tb_events import EventWriter, truncate_events  # tensorboardX only when used
 
-            log_dir = Path(run_dir) / "tensorboard"
+            log_dir = Path(run_dir) / TENSORBOARD_DIR
             if resume_step is not None:
                 truncate_events(log_dir, resume_step)
             self.writer = EventWriter(log_dir)
@@ -280,7 +281,7 @@ def _flat(values: dict[str, Any], prefix: str = ""):
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return []
     return [record for line in path.read_text().splitlines() if (record := _parse(line)) is not None]

@@ -21,18 +21,19 @@ from peerlearn.config import RunConfig
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
-from peerlearn.engine.epoch_log import log_epoch, log_final
+from peerlearn.engine.epoch_log import log_epoch, log_final, logger
 from peerlearn.engine.evaluation import evaluate_cohort
-from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters
+from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters, restart_schedule
+from peerlearn.engine.resume import added_epochs
 from peerlearn.engine.last_evaluation import LastEvaluation
 from peerlearn.engine.preemption import StopSignals, preempted, requested_signal
-from peerlearn.engine.run_record import stage_record, write_run_record
+from peerlearn.engine.run_record import RUN_RECORD_NAME, stage_record, write_run_record
 from peerlearn.engine.tracking import MetricsLog, open_metrics_log
 from peerlearn.errors import PeerlearnError, ResourceError, TrainingError
 from peerlearn.progress import progress_enabled
+from peerlearn.trust import record_files
+from peerlearn.run_files import CHECKPOINT_NAME, WEIGHTS_NAME
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -127,11 +128,14 @@ class Trainer:
         self._last_evaluation: Optional[LastEvaluation] = None  # reused by the final summary when still valid
         self.elapsed = 0.0
         self.changes: list[dict[str, Any]] = []  # settings changed by `--resume --change` (engine.resume)
+        self.restarts: list[dict[str, int]] = []  # schedules restarted over epochs added to a finished stage
+        self.already_finished = False  # a resume found nothing left to train
         self.saved_step: Optional[int] = None  # global step of the checkpoint on disk, if any
         self._epoch_sums: dict[str, float] = {}  # running sums of the current epoch's logged values
         self._epoch_count = 0
         self._pending_member_state: Optional[dict] = None  # a restored checkpoint's optimizer/schedule states
         self._pending_rng: Optional[dict] = None  # its RNG states, set when its stage starts
+        self._restart_now: Optional[dict[str, int]] = None  # the restart this resume makes (engine.resume)
         self.distributed = distributed  # a DistContext when this is one process of a distributed run
 
     @property
@@ -184,6 +188,8 @@ class Trainer:
             "extra": self.extra_state() if self.extra_state else {},
             "config": self.config.model_dump(mode="json"),
             "changes": list(self.changes),
+            "stage_epochs": self.stages[min(self.position.stage, len(self.stages) - 1)].epochs,
+            "restarts": list(self.restarts),
             "run": self.run_record(finished=False),
         }
 
@@ -215,6 +221,7 @@ class Trainer:
                 save_state(self.checkpoint_path, state)
                 if state["run"] is not None:
                     write_run_record(self.run_dir, state["run"])
+                record_files(self.run_dir, CHECKPOINT_NAME, RUN_RECORD_NAME)  # their hashes, signed (trust.py)
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the checkpoint {str(self.checkpoint_path)!r} at global step "
@@ -236,6 +243,11 @@ class Trainer:
                 raise PeerlearnError(f"The checkpoint's weights of member {name!r} do not fit the run's model "
                                      f"({first}); the checkpoint belongs to another config.") from None
         self.changes = list(state.get("changes", []))
+        self.restarts = list(state.get("restarts", []))
+        extension = added_epochs(state, self.stages)
+        if extension is not None:  # epochs added to a stage that had run all of its own: restart its schedule
+            self.restarts.append(extension)
+        self._restart_now = extension
         for callback, cstate in zip(self.callbacks, state.get("callbacks", [])):
             callback.load_state_dict(cstate)
         self.history = state.get("history", [])
@@ -265,14 +277,20 @@ class Trainer:
                 raise PeerlearnError(f"The checkpoint's optimizer state of member {name!r} does not fit the run "
                                      f"({error}); the checkpoint belongs to another config.") from None
             if self.changes:  # `--resume --change`: the new settings win over the saved ones
-                refresh_hyperparameters(member, fresh)
+                restarted = any(r["stage"] == self.position.stage for r in self.restarts)
+                refresh_hyperparameters(member, fresh, keep_schedule=restarted)
+            if self._restart_now is not None and self._restart_now["stage"] == self.position.stage:
+                restart_schedule(member, fresh, self._restart_now["epochs"])
         self._pending_member_state = None
+        self._restart_now = None
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume_from: Optional[Path] = None) -> dict[str, Any]:
         if resume_from is not None:
             self.restore(load_state(resume_from))
         resume_step = self.position.global_step if resume_from is not None else None
+        if resume_from is not None:
+            self._say_if_finished()
         self.log = (open_metrics_log(self.config, self.run_dir, resume_step=resume_step)
                     if self.is_main else _NullLog())
         self.signals = StopSignals().install()
@@ -320,6 +338,18 @@ class Trainer:
                                 f"The final weights are written; the last checkpoint is "
                                 f"{self.last_good_checkpoint()}.") from None
         return summary
+
+    def _say_if_finished(self) -> None:
+        """A resumed run whose last stage has run all its epochs trains nothing: say so (``already_finished``)."""
+        index = min(self.position.stage, len(self.stages) - 1)
+        stage = self.stages[index]
+        if index == len(self.stages) - 1 and self.position.epoch >= stage.epochs and self.position.step_in_epoch == 0:
+            self.already_finished = True
+            if self.is_main:
+                logger.warning(f"The run {str(self.run_dir)!r} had already finished: its last stage "
+                               f"({stage.name!r}) has run all its {stage.epochs} epochs, so nothing is trained. To "
+                               f"train more epochs: --resume {self.run_dir} --change train.epochs=N (N > "
+                               f"{stage.epochs}; the schedule restarts over the added epochs).")
 
     def _close_log(self, finished: bool) -> None:
         """Close the metrics sinks on the way out of a failed run, without hiding the first error."""
@@ -435,12 +465,13 @@ class Trainer:
         if self.is_main:
             try:
                 save_weights(self.run_dir / WEIGHTS_NAME, {m.name: m.model for m in self.cohort.saved})
+                self.write_run_record(finished=True)
+                record_files(self.run_dir, WEIGHTS_NAME, RUN_RECORD_NAME)
             except OSError as error:
                 raise ResourceError(
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
-            self.write_run_record(finished=True)
             log_final(final)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}

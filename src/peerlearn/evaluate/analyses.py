@@ -92,7 +92,8 @@ def flatness(model: torch.nn.Module, stream: BatchStream, sigmas: Sequence[float
 def cohort_flatness(cohort: Cohort, stream: BatchStream, sigmas: Sequence[float] = (0.0, 0.01, 0.02, 0.05),
                     draws: int = 3, seed: int = 0, names: Iterable[str] | None = None,
                     progress: Mode = "auto") -> dict[str, dict]:
-    """``flatness`` for each named member (default: every member)."""
-    return {name: flatness(cohort[name].model, stream, sigmas, draws, seed, progress=progress,
+    """``flatness`` for each named member (default: every member): of what gives its logits (``predictor``: the
+    network itself, a branch with its trunk, an auxiliary module's predictions with the modules they read)."""
+    return {name: flatness(cohort[name].predictor, stream, sigmas, draws, seed, progress=progress,
                            desc=f"flatness {name}")
             for name in (names or cohort.names)}

@@ -15,8 +15,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from peerlearn.evaluate.metrics import as_numpy
+from peerlearn.safe_write import write_file
+from peerlearn.run_files import TSNE_NAME
 
-TSNE_FILE = "tsne.json"
+TSNE_FILE = TSNE_NAME
 
 
 def tsne_coordinates(features, perplexity: float = 30.0, seed: int = 0, threads: int | None = 1) -> np.ndarray:
@@ -55,9 +57,7 @@ def tsne_embedding(features: Mapping[str, Any], labels, names: Sequence[str] | N
 
 def save_embedding(embedding: dict[str, Any], run_dir: str | Path) -> Path:
     """Write the embedding as ``RUN_DIR/tsne.json``; return its path."""
-    path = Path(run_dir) / TSNE_FILE
-    path.write_text(json.dumps(embedding))
-    return path
+    return write_file(Path(run_dir) / TSNE_FILE, json.dumps(embedding), root=run_dir, what="the t-SNE map")
 
 
 def load_embedding(run_dir: str | Path) -> dict[str, Any]:

@@ -20,7 +20,10 @@ def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[s
     ``progress``: ``train.progress`` mode of a bar over the batches (``auto``: only on a terminal)."""
     names = list(names)
     for name in names:
-        if not hasattr(cohort[name].model, "forward_with_features"):
+        if cohort[name].predictor is None:
+            raise PeerlearnError(f"{name!r} gives no logits of its own (a multi-branch network or an auxiliary "
+                                 "module without predictions).")
+        if cohort[name].kind != "auxiliary" and not hasattr(cohort[name].predictor, "forward_with_features"):
             raise PeerlearnError(f"Member {name!r} has no penultimate features (its model does not implement "
                                  "forward_with_features).")
     was_training = {m.name: m.model.training for m in cohort}
@@ -31,7 +34,7 @@ def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[s
     try:
         for _, batch in progress_bar(stream.epoch(0), total=len(stream), desc="features", mode=progress):
             for name in names:
-                z, f = cohort[name].model.forward_with_features(batch.x)
+                z, f = _logits_and_features(cohort[name].predictor, batch.x)
                 logits[name].append(z.float().cpu())
                 features[name].append(f.float().flatten(1).cpu())
             labels.append(batch.y.cpu())
@@ -43,3 +46,12 @@ def predict_with_features(cohort: Cohort, stream: BatchStream, names: Iterable[s
         return {n: empty for n in names}, {n: empty for n in names}, torch.zeros(0, dtype=torch.int64)
     return ({n: torch.cat(v) for n, v in logits.items()}, {n: torch.cat(v) for n, v in features.items()},
             torch.cat(labels))
+
+
+def _logits_and_features(predictor: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A participant's logits and penultimate features; a predicting auxiliary module without features of its own
+    (a gated ensemble of branches) gives its logits as its features."""
+    if hasattr(predictor, "forward_with_features"):
+        return predictor.forward_with_features(x)
+    logits = predictor(x)
+    return logits, logits

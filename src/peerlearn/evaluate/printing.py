@@ -18,11 +18,12 @@ def _pct(value) -> Any:
 def classification_text(result: dict[str, Any]) -> list[str]:
     """Summary table, then per-class scores and the confusion matrix of each entry (when few classes)."""
     section = result["classification"]
+    where = f"the {result['split']} split" if "data" not in result else result["data"]
     if section is None:
-        return [f"no labelled item in the {result['split']} split: no classification metrics"]
+        return [f"no labelled item in {where}: no classification metrics"]
     rows = [[name, _pct(s["top1"]), _pct(s["top5"]), _pct(s["macro_f1"]), _pct(s["roc_auc_macro"]), s["nll"]]
             for name, s in section.items()]
-    lines = [f"classification on the {result['split']} split ({next(iter(section.values()))['items']} labelled items)",
+    lines = [f"classification on {where} ({next(iter(section.values()))['items']} labelled items)",
              format_table(["member", "top-1 %", "top-5 %", "macro F1 %", "ROC-AUC (ovr) %", "NLL"], rows)]
     names = result["class_names"]
     if len(names) > MAX_CLASSES_SHOWN:

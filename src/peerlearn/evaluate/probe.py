@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
+
+
+MAX_POOL = 64
 
 
 @torch.no_grad()
@@ -71,24 +74,35 @@ def separability_by_depth(model: torch.nn.Module, train_stream: BatchStream, tes
 
 
 def probe_run(run_dir: str | Path, member: Optional[str] = None, split: str = "test", limit: Optional[int] = 5000,
-              pool: int = 2, C: float = 1.0, max_iter: int = 500) -> dict[str, Any]:
+              pool: int = 2, C: float = 1.0, max_iter: int = 500, trust_code: bool = False) -> dict[str, Any]:
     """The separability table of a finished run's member (first by default); saved as probe.json.
 
     The probe is fitted on the first ``limit`` training items and scored on ``split`` ('val' or 'test').
+    ``trust_code``: see ``peerlearn.load_run``.
     """
+    from peerlearn import command_options as options
     from peerlearn.api import load_run
+    from peerlearn.safe_write import check_writable, write_file
 
-    run = load_run(run_dir, command="probe")
+    options.choice(split, "split", ("val", "test"))
+    options.integer_at_least(limit, "limit", 1, allow_none=True)
+    options.integer_at_least(pool, "pool", 1)
+    if pool > MAX_POOL:  # the features grow as channels × pool²
+        raise ConfigError(f"--pool must be at most {MAX_POOL}, got {pool}.")
+    options.finite_number(C, "C", 0.0, open_low=True)
+    options.integer_at_least(max_iter, "max_iter", 1)
+    if member is not None:
+        options.member_names([member])
+    check_writable(run_dir)  # before the work, not after it
+    run = load_run(run_dir, command="probe", trust_code=trust_code)
     names = run.cohort.names
     name = member or names[0]
     if name not in names:
-        raise PeerlearnError(f"The run has no member {name!r}; its members: {', '.join(names)}.")
-    if split not in ("val", "test"):
-        raise PeerlearnError(f"The probe is scored on 'val' or 'test', not {split!r}.")
+        raise ConfigError(f"The run has no member {name!r}; its members: {', '.join(names)}.")
     if len(run.split(split)) == 0:
         raise PeerlearnError(f"The run's {split} split is empty; score the probe on the other split.")
     rows = separability_by_depth(run.cohort[name].model, run.stream("train", limit), run.stream(split),
                                  pool=pool, C=C, max_iter=max_iter)
     result = {"member": name, "split": split, "pool": pool, "C": C, "train_items": limit, "depths": rows}
-    (Path(run_dir) / "probe.json").write_text(json.dumps(result, indent=2))
+    write_file(Path(run_dir) / "probe.json", json.dumps(result, indent=2), root=run_dir, what="the probe's table")
     return result

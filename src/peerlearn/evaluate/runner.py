@@ -18,12 +18,15 @@ import torch.nn.functional as F
 
 from peerlearn.data.batches import BatchStream
 from peerlearn.data.bundle import Split
-from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs
+from peerlearn.engine.evaluation import ENSEMBLE, ensemble_log_probs, predict
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
 from peerlearn.progress import Mode
+from peerlearn.command_options import member_names
+from peerlearn.safe_write import check_writable, write_file
+from peerlearn.run_files import evaluation_name
 
 SPLITS = ("train", "val", "test")
 COHORT = "cohort"
@@ -60,7 +63,7 @@ def classification_scores(run, stream: BatchStream, names: Sequence[str], progre
     is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
-    logits, _, labels = predict_with_features(run.cohort, stream, names, progress=progress)
+    logits, labels = predict(run.cohort, stream, names, progress=progress)  # each participant's predictor
     class_names = run.class_names
     result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
     averaged = ensemble_members(run, names)
@@ -95,8 +98,16 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
-                 device: str = "cpu", save: bool = True, progress: Mode = "auto") -> dict[str, Any]:
+                 device: str = "cpu", save: bool = True, data: Any = None,
+                 label_column: str | None = None, trust_code: bool = False, progress: Mode = "auto"
+                 ) -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
+
+    ``data`` scores the run on other labelled data instead of a split of its own (``split`` is then
+    ``"data"``): a folder of images with one subfolder per class, a CSV file with the run's feature columns
+    and a label column (``label_column``, default the run's), a pair ``(x, y)`` or a torch Dataset; the
+    inputs go through the run's preprocessing (``peerlearn.predict.labelled_inputs``). Saved as
+    ``RUN_DIR/evaluation_data.json`` (with ``data``: where the items came from).
 
     Returns (and saves as ``RUN_DIR/evaluation_<split>.json``)::
 
@@ -106,13 +117,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
          "retrieval": {"query_items", "gallery_items",
                        "scores": {member or "cohort": {cmc: {rank1, rank5, rank10}, map, queries, skipped}}} or None}
 
-    ``progress``: a bar over the batches on a terminal, a line every few seconds off it (``peerlearn.progress``).
+    ``trust_code``: see ``peerlearn.load_run``. ``progress``: a bar over the batches on a terminal, a line every
+    few seconds off it (``peerlearn.progress``).
     """
     from peerlearn.api import load_run
 
+    if data is not None:
+        return evaluate_on_data(run_dir, data, members, device, save, label_column, trust_code, progress)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
-    run = load_run(run_dir, device=device, command="evaluate")
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
+    run = load_run(run_dir, device=device, command="evaluate", trust_code=trust_code)
     data = run.data
     names = select_members(run, members)
     result = {
@@ -125,5 +142,35 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "retrieval": retrieval_section(run, names, progress=progress),
     }
     if save:
-        (Path(run_dir) / f"evaluation_{split}.json").write_text(json.dumps(result, indent=2))
+        write_file(Path(run_dir) / evaluation_name(split), json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
+    return result
+
+
+def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | None = None, device: str = "cpu",
+                     save: bool = True, label_column: str | None = None, trust_code: bool = False,
+                     progress: Mode = "auto") -> dict[str, Any]:
+    """``evaluate_run`` on labelled data that is not one of the run's splits (see there)."""
+    from peerlearn.api import load_run
+    from peerlearn.predict import labelled_inputs
+
+    member_names(members)
+    if save:
+        check_writable(run_dir)  # before the work, not after it
+    run = load_run(run_dir, device=device, command="evaluate", trust_code=trust_code)
+    names = select_members(run, members)
+    x, y, where = labelled_inputs(run, data, label_column)
+    result = {
+        "run_dir": str(run_dir),
+        "split": "data",
+        "data": where,
+        "items": len(y),
+        "class_names": run.class_names,
+        "members": names,
+        "classification": classification_scores(run, run.stream_of(Split(x, y)), names, progress=progress),
+        "retrieval": None,
+    }
+    if save:
+        write_file(Path(run_dir) / evaluation_name("data"), json.dumps(result, indent=2), root=run_dir,
+                   what="the evaluation")
     return result

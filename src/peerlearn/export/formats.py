@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
 import warnings
@@ -53,9 +54,14 @@ def missing_extra(package: str) -> ExportError:
 
 # --------------------------------------------------------------------------- writing
 def save_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Trace ``model`` on ``example`` and write it to ``path``. The archive is built in memory and written
+    with Python's own file API: on a full disk ``torch.jit.save(path)``'s writer aborts the whole process
+    (a C++ error thrown while it closes), where a plain write raises ``OSError(ENOSPC)``."""
     with quiet_deprecations(), torch.no_grad():
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
 
 
 def save_safetensors(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:

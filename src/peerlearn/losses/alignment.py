@@ -21,11 +21,30 @@ from typing import Optional, Sequence
 
 import torch
 
+from peerlearn.losses.checks import check_matrix, check_positive
+
+
+def _check_pair(source: torch.Tensor, target: torch.Tensor) -> None:
+    """Two batches of features [m, d] and [n, d] of one feature size d."""
+    check_matrix(source, "source")
+    check_matrix(target, "target")
+    if source.shape[1] != target.shape[1]:
+        raise ValueError(f"source and target must have the same feature size, got {list(source.shape)} and "
+                         f"{list(target.shape)}")
+
+
+def _check_bandwidths(bandwidths: Sequence[float], name: str = "bandwidths") -> None:
+    if len(bandwidths) == 0:
+        raise ValueError(f"{name} must hold at least one value")
+    for index, value in enumerate(bandwidths):
+        check_positive(value, f"{name}[{index}]")
+
 
 def covariance(x: torch.Tensor) -> torch.Tensor:
     """Unbiased covariance of the rows of x [n, d]: (x − x̄)ᵀ(x − x̄) / (n − 1)."""
+    check_matrix(x, "x")
     if x.shape[0] < 2:
-        raise ValueError("covariance needs at least 2 rows")
+        raise ValueError(f"covariance needs at least 2 rows, got x of shape {list(x.shape)}")
     centred = x - x.mean(0, keepdim=True)
     return centred.T @ centred / (x.shape[0] - 1)
 
@@ -35,6 +54,7 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     Shapes: ``source`` [n, d], ``target`` [m, d] (n, m ≥ 2; both sides receive gradients).
     """
+    _check_pair(source, target)
     d = source.shape[1]
     diff = covariance(source.float()) - covariance(target.float())
     return (diff * diff).sum() / (4 * d * d)
@@ -50,6 +70,8 @@ def median_bandwidths(source: torch.Tensor, target: torch.Tensor,
 
     Shapes: ``source`` [m, d], ``target`` [n, d]; returns one bandwidth per factor (floats, no gradient).
     """
+    _check_pair(source, target)
+    _check_bandwidths(factors, "factors")
     both = torch.cat([source, target]).detach().float()
     d2 = _sq_distances(both, both)
     off = d2[~torch.eye(len(both), dtype=torch.bool, device=both.device)]
@@ -59,6 +81,7 @@ def median_bandwidths(source: torch.Tensor, target: torch.Tensor,
 
 def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidths: Sequence[float]) -> torch.Tensor:
     """K_ij = Σ_σ exp(−‖a_i − b_j‖² / (2σ²)) for ``a`` [m, d] and ``b`` [n, d]; returns [m, n]."""
+    _check_bandwidths(bandwidths)
     d2 = _sq_distances(a, b)
     return sum(torch.exp(-d2 / (2.0 * s * s)) for s in bandwidths)
 
@@ -70,9 +93,11 @@ def mmd_loss(source: torch.Tensor, target: torch.Tensor, bandwidths: Optional[Se
     Shapes: ``source`` [m, d], ``target`` [n, d]. Biased V-statistic by default, U-statistic with
     ``unbiased=True``; ``bandwidths`` σ's, or None for the median heuristic.
     """
+    _check_pair(source, target)
     source, target = source.float(), target.float()
     if bandwidths is None:
         bandwidths = median_bandwidths(source, target)
+    _check_bandwidths(bandwidths)
     kss = rbf_kernel(source, source, bandwidths)
     ktt = rbf_kernel(target, target, bandwidths)
     kst = rbf_kernel(source, target, bandwidths)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from peerlearn.losses.checks import check_interval, check_labels, check_matrix
+
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """CE(softmax(z), y) = −mean_i log softmax(z_i)[y_i] over the labelled items.
@@ -13,6 +15,9 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
     labelled item gives 0 (with a graph, so ``backward`` still works). ``label_smoothing`` ε mixes the
     one-hot target with the uniform distribution: (1 − ε)·onehot + ε/C.
     """
+    check_matrix(logits, "logits")
+    check_labels(labels, logits)
+    check_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
     labelled = labels >= 0
     if bool(labelled.all()):  # every item labelled (the usual batch): no masking, the same value
         return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)

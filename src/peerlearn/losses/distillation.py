@@ -13,10 +13,20 @@ from typing import NamedTuple, Optional, Sequence
 
 import torch
 
+from peerlearn.losses.checks import (check_all_same_shape, check_choice, check_interval, check_labels, check_matrix,
+                                     check_positive, check_same_shape)
 from peerlearn.losses.classification import cross_entropy
 from peerlearn.losses.mimicry import kl_to_target, soft_probs
 
 SOFT_LOSSES = ("kl", "logit_mse")
+
+
+def _check_teachers(teacher_logits: Sequence[torch.Tensor]) -> None:
+    """At least one teacher; every teacher's logits [N, C] of one shape (same items, same classes)."""
+    if isinstance(teacher_logits, torch.Tensor) or not teacher_logits:
+        raise ValueError("teacher_logits must be a non-empty list of [N, C] tensors, one per teacher")
+    check_matrix(teacher_logits[0], "teacher_logits[0]")
+    check_all_same_shape(teacher_logits, "teacher_logits", teacher_logits[0], "teacher_logits[0]")
 
 
 def teacher_probs(teacher_logits: Sequence[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
@@ -24,8 +34,8 @@ def teacher_probs(teacher_logits: Sequence[torch.Tensor], temperature: float = 1
 
     Several teachers are combined by averaging their probabilities at T (Hinton et al.'s ensemble).
     """
-    if not teacher_logits:
-        raise ValueError("teacher_probs needs at least one teacher's logits")
+    _check_teachers(teacher_logits)
+    check_positive(temperature)
     return torch.stack([soft_probs(v, temperature) for v in teacher_logits]).mean(0)
 
 
@@ -33,13 +43,12 @@ def soft_targets(teacher_logits: Sequence[torch.Tensor], temperature: float = 1.
                  soft_loss: str = "kl") -> torch.Tensor:
     """What ``distillation_loss`` compares the student with, from M teachers' logits [N, C] each:
     the mean probability q at T (``soft_loss="kl"``) or the mean logits v̄ (``"logit_mse"``); detached."""
+    check_choice(soft_loss, "soft_loss", SOFT_LOSSES)
     if soft_loss == "kl":
         return teacher_probs(teacher_logits, temperature)
-    if soft_loss == "logit_mse":
-        if not teacher_logits:
-            raise ValueError("soft_targets needs at least one teacher's logits")
-        return torch.stack([v.detach() for v in teacher_logits]).mean(0)
-    raise ValueError(f"soft_loss must be one of {SOFT_LOSSES}, got {soft_loss!r}")
+    _check_teachers(teacher_logits)
+    check_positive(temperature)  # unused by logit matching, but a T ≤ 0 is a mistake all the same
+    return torch.stack([v.detach() for v in teacher_logits]).mean(0)
 
 
 def soft_target_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,6 +57,7 @@ def soft_target_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, t
     The gradient with respect to the student's logits is T · (softmax(z / T) − q) / N: the T² factor keeps
     its size comparable to that of the hard-label CE whatever T is.
     """
+    check_positive(temperature)
     return kl_to_target(target_probs, student_logits, temperature) * temperature**2
 
 
@@ -57,6 +67,8 @@ def logit_matching(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     The high-temperature limit of distillation: for zero-mean logits, the gradient of T²·KL tends to
     (z − v) / C as T → ∞ (C classes), i.e. 1/C times the gradient of this loss.
     """
+    check_matrix(student_logits, "student_logits")
+    check_same_shape(teacher_logits, "teacher_logits", student_logits, "student_logits")
     return 0.5 * ((student_logits - teacher_logits.detach()) ** 2).sum(-1).mean()
 
 
@@ -85,14 +97,17 @@ def distillation_terms(
     e.g. with label smoothing or regularisers). With α = 0 the loss is the soft term alone and no label is
     needed; with α > 0 ``labels`` (or ``hard_loss``) are required.
     """
+    check_choice(soft_loss, "soft_loss", SOFT_LOSSES)
+    check_interval(alpha, "alpha", 0.0, 1.0)
+    check_positive(temperature)
+    check_matrix(student_logits, "student_logits")
+    check_same_shape(targets, "targets", student_logits, "student_logits")
+    if labels is not None:
+        check_labels(labels, student_logits, logits_name="student_logits")
     if soft_loss == "kl":
         soft = soft_target_loss(student_logits, targets, temperature)
-    elif soft_loss == "logit_mse":
-        soft = logit_matching(student_logits, targets)
     else:
-        raise ValueError(f"soft_loss must be one of {SOFT_LOSSES}, got {soft_loss!r}")
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        soft = logit_matching(student_logits, targets)
     if alpha == 0:
         return DistillationTerms(soft, soft, None)
     if hard_loss is None:

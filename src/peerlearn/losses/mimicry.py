@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from peerlearn.losses.checks import (check_all_same_shape, check_choice, check_labels, check_matrix,
+                                     check_nonnegative, check_positive, check_same_shape)
 from peerlearn.losses.classification import cross_entropy
 
 DIVERGENCES = ("kl", "js")
@@ -30,6 +32,7 @@ def at_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def soft_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """q_i = exp(z_i / T) / Σ_j exp(z_j / T), detached (a target). [N, C] → [N, C]."""
+    check_positive(temperature)
     return F.softmax(at_temperature(logits.detach(), temperature), dim=-1)
 
 
@@ -59,11 +62,18 @@ def _divergence_rows(target: torch.Tensor, log_p: torch.Tensor, divergence: str)
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
 
 
+def _check_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: float) -> None:
+    check_positive(temperature)
+    check_matrix(logits, "logits")
+    check_same_shape(target_probs, "target_probs", logits, "logits")
+
+
 def kl_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(q ‖ p) = mean_n Σ_m q_n,m · log(q_n,m / p_n,m), p = softmax(z / T); a scalar.
 
     Shapes: ``target_probs`` q [N, C] (treated as a constant), ``logits`` z [N, C]. Terms with q = 0 give 0.
     """
+    _check_target(target_probs, logits, temperature)
     log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     return F.kl_div(log_p, target_probs.detach(), reduction="batchmean")
 
@@ -73,6 +83,7 @@ def js_to_target(target_probs: torch.Tensor, logits: torch.Tensor, temperature: 
     batch mean; a scalar. Symmetric mimicry: q [N, C] is constant, the gradient flows through p (also
     inside m). Finite in value and gradient for any finite logits.
     """
+    _check_target(target_probs, logits, temperature)
     log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     return _js_rows(target_probs.detach(), log_p).mean()
 
@@ -89,6 +100,9 @@ def mean_kl_from_peers(peer_probs: Sequence[torch.Tensor], logits: torch.Tensor,
     Shapes: ``peer_probs`` K−1 tensors [N, C], ``logits`` [N, C]; a scalar (without the T² of
     ``mutual_mimicry``).
     """
+    check_positive(temperature)
+    check_matrix(logits, "logits")
+    check_all_same_shape(peer_probs, "peer_probs", logits, "logits")
     log_p = F.log_softmax(at_temperature(logits, temperature), dim=-1)
     if len(peer_probs) == 1:  # K = 2: the one KL itself, in PyTorch's fused kernel
         return F.kl_div(log_p, peer_probs[0].detach(), reduction="batchmean")
@@ -117,10 +131,11 @@ def mutual_mimicry(
     here in any case). ``mask`` ([N] bool, or indices) keeps only some rows, e.g. ``labels >= 0`` for the
     semi-supervised "mimicry on labelled items only". No peer or no row gives 0 (with a graph).
     """
-    if teacher not in TEACHERS:
-        raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    check_choice(teacher, "teacher", TEACHERS)
+    check_choice(divergence, "divergence", DIVERGENCES)
+    check_positive(temperature)
+    check_matrix(logits, "logits")
+    check_all_same_shape(peer_probs, "peer_probs", logits, "logits")
     if mask is not None:
         logits, peer_probs = logits[mask], [p[mask] for p in peer_probs]
     if not peer_probs or logits.shape[0] == 0:
@@ -146,6 +161,11 @@ def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, diver
     Equal to ``mutual_mimicry(logits[k], [soft_probs(logits[l], T) for l ≠ k])`` for each k. ``mask`` [N]
     keeps only some rows.
     """
+    check_choice(teacher, "teacher", TEACHERS)
+    check_choice(divergence, "divergence", DIVERGENCES)
+    check_positive(temperature)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be stacked [K, N, C], got {_shape(logits)}")
     if mask is not None:
         logits = logits[:, mask]
     count = logits.shape[0]
@@ -165,6 +185,10 @@ def stacked_mutual_mimicry(logits: torch.Tensor, temperature: float = 1.0, diver
     return term if temperature == 1 else term * temperature**2
 
 
+def _shape(value) -> str:
+    return f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
 def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over peers of the squared L2 distance between (penultimate) features, batch mean; a scalar:
 
@@ -172,6 +196,8 @@ def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) ->
 
     Shapes: ``features`` [N, D], ``peer_features`` K−1 tensors [N, D] (constant targets).
     """
+    check_matrix(features, "features")
+    check_all_same_shape(peer_features, "peer_features", features, "features")
     if not peer_features:
         return features.sum() * 0.0
     total = sum(((features - f.detach()) ** 2).sum(-1).mean() for f in peer_features)
@@ -181,6 +207,8 @@ def feature_l2(features: torch.Tensor, peer_features: Sequence[torch.Tensor]) ->
 def stacked_feature_l2(features: torch.Tensor) -> torch.Tensor:
     """``feature_l2`` of every member at once from stacked features [K, N, D]; returns [K]:
     1/(K−1) Σ_{l≠k} mean_n ‖f_k(x_n) − f_l(x_n)‖², the peers' features constant."""
+    if not isinstance(features, torch.Tensor) or features.dim() != 3:
+        raise ValueError(f"features must be stacked [K, N, D], got {_shape(features)}")
     count = features.shape[0]
     if count < 2:
         return features.sum(dim=(1, 2)) * 0.0
@@ -207,6 +235,15 @@ def mutual_learning_losses(
     member's optimizer is the simultaneous DML update (each member's gradient comes from its own loss only).
     ``mimic_on_labelled_only`` restricts the mimicry term to labelled items too.
     """
+    check_nonnegative(weight, "weight")
+    check_positive(temperature)
+    check_choice(teacher, "teacher", TEACHERS)
+    check_choice(divergence, "divergence", DIVERGENCES)
+    if len(logits) == 0:
+        raise ValueError("logits must hold one tensor per member, got none")
+    check_matrix(logits[0], "logits[0]")
+    check_all_same_shape(logits, "logits", logits[0], "logits[0]")
+    check_labels(labels, logits[0], logits_name="logits[0]")
     targets = [soft_probs(z, temperature) for z in logits]
     mask = labels >= 0 if mimic_on_labelled_only else None
     losses = []

@@ -11,6 +11,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from peerlearn.losses.checks import check_interval, check_labels, check_matrix
+
+
+def _check_centres(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> None:
+    """features [N, D], labels [N], centres [C, D] of the same D."""
+    check_matrix(features, "features")
+    check_labels(labels, features, logits_name="features")
+    check_matrix(centers, "centers")
+    if centers.shape[1] != features.shape[1]:
+        raise ValueError(f"centers must have the features' size {features.shape[1]} per class, got shape "
+                         f"{list(centers.shape)}")
+
 
 def l1_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ_w Σ_j |w_j| over the given weight tensors of any shapes (multiply by λ₁ outside); a scalar."""
@@ -33,6 +45,7 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     gradient is ∂L_C/∂f_i = (f_i − c_{y_i}) / m. Items with label −1 are ignored; a batch without labels
     gives 0.
     """
+    _check_centres(features, labels, centers)
     labelled = labels >= 0
     if not bool(labelled.any()):
         return features.sum() * 0.0
@@ -48,6 +61,8 @@ def update_centers(centers: torch.Tensor, features: torch.Tensor, labels: torch.
 
     Shapes: ``centers`` [C, D] (changed in place), ``features`` [N, D], ``labels`` [N] (−1 rows ignored).
     """
+    _check_centres(features, labels, centers)
+    check_interval(alpha, "alpha", 0.0, 1.0, open_low=True)
     labelled = labels >= 0
     feats, ys = features.detach()[labelled].to(centers.dtype), labels[labelled]
     if len(ys) == 0:
@@ -70,8 +85,10 @@ class CenterLoss(nn.Module):
 
     def __init__(self, num_classes: int, feature_dim: int, alpha: float = 0.5):
         super().__init__()
-        if not 0 < alpha <= 1:
-            raise ValueError(f"CenterLoss alpha must be in (0, 1], got {alpha}")
+        check_interval(alpha, "alpha", 0.0, 1.0, open_low=True)
+        for name, value in (("num_classes", num_classes), ("feature_dim", feature_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.alpha = alpha
         self.register_buffer("centers", torch.zeros(num_classes, feature_dim))
 

@@ -18,6 +18,8 @@ zoo model               trunk (shared)       branch (×K)
 ``resnet20/32/56``,     ``stem``, residual   the third residual group (``blocks.2n … blocks.3n−1``),
 ``cifar_resnet``        groups 1-2           ``pool``, ``dropout``, ``classifier``
                         (``blocks.0 … 2n−1``)
+``mlp`` (≥ 2 hidden     ``body`` up to the   the last hidden layer (its Linear, ReLU, dropout),
+layers)                 last hidden layer    ``classifier``
 ======================  ===================  ========================================================
 
 State-dict keys (stable): ``trunk.<path>`` and ``branches.<k>.<path>``, where ``<path>`` is the module's
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from peerlearn.models.base import PeerModel
+from peerlearn.models.mlp import MLP
 from peerlearn.models.registry import available_models, create_model
 from peerlearn.models.resnet import CifarResNet, blocks_per_group
 from peerlearn.models.small_cnn import SmallCNN
@@ -245,6 +248,23 @@ def _split_small_cnn(models: Sequence[SmallCNN]) -> tuple[nn.Module, list[Branch
     return trunk, branches
 
 
+def _split_mlp(models: Sequence[MLP]) -> tuple[nn.Module, list[Branch]]:
+    """Feature vectors (tabular data): every hidden layer but the last is shared, the last one (Linear, ReLU and
+    its dropout) and the classifier are replicated."""
+    first = models[0]
+    linears = [i for i, layer in enumerate(first.body) if isinstance(layer, nn.Linear)]
+    if len(linears) < 2:
+        raise ValueError("the multi-branch form of mlp needs at least 2 hidden layers (model_args widths with "
+                         f"two or more entries), got {len(linears)}")
+    cut = linears[-1]
+    for model in models[1:]:
+        for i in range(cut):
+            model.body[i] = first.body[i]
+    trunk = nn.Sequential(OrderedDict(body=_indexed(first.body, range(cut))))
+    branches = [Branch(OrderedDict(body=_indexed(m.body, range(cut, len(m.body)))), m.classifier) for m in models]
+    return trunk, branches
+
+
 Splitter = Callable[[Sequence[PeerModel]], tuple[nn.Module, list[Branch]]]
 _SPLITS: dict[str, Splitter] = {}
 
@@ -287,3 +307,4 @@ def create_multibranch(name: str, num_classes: int, num_branches: int = 3, in_ch
 for _name in ("cifar_resnet", "resnet20", "resnet32", "resnet56"):
     register_multibranch(_name, _split_cifar_resnet)
 register_multibranch("small_cnn", _split_small_cnn)
+register_multibranch("mlp", _split_mlp)

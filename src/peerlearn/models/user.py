@@ -32,6 +32,7 @@ from torch import nn
 
 from peerlearn.errors import ConfigError
 from peerlearn.models.base import PeerModel
+from peerlearn.trust import require_trusted_code
 
 TIMM_PREFIX = "timm:"
 PYTHON_OBJECT_PREFIX = "python-object:"
@@ -230,6 +231,7 @@ def build_reference(name: str, model_args: dict, shape_args: dict, features_from
     if name.startswith(TIMM_PREFIX):
         network = build_timm(name, model_args, shape_args)
     else:
+        require_trusted_code(name, "a model name")  # a name read from a run or a SQL statement needs trust
         network = call_factory(import_callable(name), name, model_args, shape_args)
     return HookedModel(network, features_from)
 

@@ -13,16 +13,16 @@ from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import BatchStream, Normalizer
 from peerlearn.data.bundle import DataBundle
 from peerlearn.data.user import WithBatchTransform
-from peerlearn.engine.checkpoint import load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.early_stopping import EarlyStopping
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.run_record import RECORD_FORMAT, data_pipeline, registry_network
 from peerlearn.engine.trainer import Callback, Stage, Trainer, check_finite
-from peerlearn.errors import ConfigError, PeerlearnError
+from peerlearn.errors import ConfigError
 from peerlearn.models import create_model
 from peerlearn.models.registry import accepts_option
 from peerlearn.models.user import HookedModel, build_from_python
+from peerlearn.engine.initial_weights import member_weights, saved_members  # noqa: F401 (saved_members: re-exported)
 from peerlearn.recipes.class_bias import get_class_bias
 from peerlearn.regularize import Regularizer
 
@@ -30,6 +30,14 @@ from peerlearn.regularize import Regularizer
 def member_seed(seed: int, index: int) -> int:
     """Each member's initial weights depend only on (seed, its index), not on the other members."""
     return seed * 1_000 + index
+
+
+def default_network(config: RunConfig) -> str:
+    """The network of a default member: ``small_cnn`` for a source of images, ``mlp`` for one of feature vectors
+    (``SourceSpec.gives``, e.g. tabular)."""
+    from peerlearn.data.registry import SOURCES
+
+    return "mlp" if SOURCES[config.data.source].gives == "features" else "small_cnn"
 
 
 class Recipe:
@@ -43,7 +51,12 @@ class Recipe:
     cohort, ``supports_distributed``: one member per process; both through ``engine.executors``; rules that
     depend on its settings in ``check_capabilities``) and which after-training commands apply to its runs
     (``commands``, checked by ``run_reader``); ``validate`` checks the config and the data before anything
-    is built. Adding a recipe is one module and one ``peerlearn.recipes.register_recipe`` line.
+    is built; ``defaults`` gives the members (and whatever comes with them) of a config that names none.
+    A recipe is one module: named by reference (``recipe: package.module:Class``) it needs no registration;
+    ``peerlearn.recipes.register_recipe`` gives it a short name.
+
+    The section's settings that a resumed run may change (``--resume --change``) are declared on its fields,
+    with ``peerlearn.config.Changeable`` instead of ``Field``, like the built-in sections'.
     """
 
     name = "base"
@@ -51,7 +64,23 @@ class Recipe:
     section_model: type | None = None  # the settings' schema (a peerlearn.config.Section subclass)
     supports_fused = False
     supports_distributed = False
-    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export")
+    commands: tuple[str, ...] = ("evaluate", "analyze", "report", "export", "predict")
+
+    @classmethod
+    def defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """Values for the keys a config leaves out, as dotted keys; the config applies each only where it is silent,
+        before anything is built (``RunConfig``), and ``peerlearn config`` shows them.
+
+        Here: two members of the data's default network (``default_network``), named m0 and m1. A recipe with
+        another cohort overrides it, so that a config naming only ``recipe``, ``data`` and ``train`` trains."""
+        model = default_network(config)
+        return {"members": [{"model": model}, {"model": model}]}
+
+    @classmethod
+    def run_directory_keys(cls, config: RunConfig) -> list[str]:
+        """Dotted keys of ``config``, besides the members' ``weights``, whose value may name a trained run's
+        directory, so that a front end (the SQL model store) can resolve its own names there. None here."""
+        return []
 
     @classmethod
     def validate(cls, config: RunConfig, data: DataBundle) -> None:
@@ -435,8 +464,7 @@ class Recipe:
         if len(self.data.val) == 0:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.enabled' is true, but there is no "
                               "validation split; set data.val_fraction > 0 (or data.val_size).")
-        names = [m.name for m in self.config.members]
-        trainable = [m.name for m in self.config.members if m.trainable]
+        names, trainable = self.early_stopping_rows()
         if settings.of not in ("mean", "ensemble", *names):
             raise ConfigError(f"Invalid config: key 'regularize.early_stopping.of' has the value {settings.of!r}; "
                               f"allowed: mean, ensemble, {', '.join(names)}.")
@@ -444,6 +472,11 @@ class Recipe:
             raise ConfigError("Invalid config: key 'regularize.early_stopping.of' is 'ensemble', but the cohort has "
                               "fewer than two trainable members; use mean or a member name.")
         return EarlyStopping(settings)
+
+    def early_stopping_rows(self) -> tuple[list[str], list[str]]:
+        """(the rows ``regularize.early_stopping.of`` may name, the rows of the ensemble), from the config alone
+        (early stopping is checked before the cohort is built): here the members, and the trainable ones."""
+        return [m.name for m in self.config.members], [m.name for m in self.config.members if m.trainable]
 
     def extra_state(self) -> dict[str, Any]:
         """Recipe state saved in checkpoints besides the models (here: the centre-loss centres)."""
@@ -483,7 +516,7 @@ class Recipe:
 
     def describe_run(self) -> dict[str, Any]:
         """The recipe's part of run.json: members (role, network) and the data pipeline."""
-        return {"format": RECORD_FORMAT, "recipe": self.name,
+        return {"format": RECORD_FORMAT, "recipe": self.config.recipe,  # a registered name or package.module:Class
                 "recipe_class": f"{type(self).__module__}:{type(self).__qualname__}",
                 "members": [self.participant_record(m) for m in self.cohort],
                 "data": data_pipeline(self.config.data, self.config.seed, self.data)}
@@ -495,43 +528,19 @@ class Recipe:
         return {"early_stopping": self.early_stopping.summary()}
 
 
-def saved_members(tensors: dict[str, torch.Tensor], model_keys: set[str]) -> list[str]:
-    """Members of a peerlearn weights file (keys ``<member>.<parameter>``) whose tensors fit ``model_keys``;
-    empty for a plain state dict."""
-    if set(tensors) & model_keys:
-        return []
-    prefixes = dict.fromkeys(k.split(".", 1)[0] for k in tensors if "." in k)
-    return [p for p in prefixes if {k[len(p) + 1:] for k in tensors if k.startswith(p + ".")} & model_keys]
-
-
 def load_member_weights(model: torch.nn.Module, source: str, name: str, index: int) -> None:
-    """Initial weights from a .safetensors file, or from a peerlearn run directory (member ``name``)."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights' has the value {source!r}, which is neither "
-                          "a .safetensors (or .pt) file nor a peerlearn run directory holding model.safetensors.")
-    try:
-        tensors = load_weights(path)
-    except ConfigError:
-        raise
-    except PeerlearnError as error:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {error}") from None
-    prefix = f"{name}."
-    own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    saved = saved_members(tensors, set(model.state_dict()))
-    if not own and saved:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} holds the weights of "
-                          f"member(s) {', '.join(saved)}, none named {name!r}; name members.{index} after the saved "
-                          f"member (name: {saved[0]}).")
-    state = own or tensors
+    """Initial weights of member ``name``: a run directory (its member of that name, or its only one),
+    ``RUN_DIR:member``, a .safetensors file or a weights-only .pt file, peerlearn's or the plain state dict of
+    the network itself (``peerlearn.engine.initial_weights``)."""
+    key = f"members.{index}.weights"
+    state, path = member_weights(source, name, model, key)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches
         detail = str(error).strip().splitlines()[-1].strip()
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit the model of "
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit the model of "
                           f"member {name!r} ({detail}).") from None
     if missing:
-        raise ConfigError(f"Invalid config: key 'members.{index}.weights': {str(path)!r} does not fit model "
-                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}.")
+        raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} does not fit model "
+                          f"of member {name!r}; missing {len(missing)} tensors, e.g. {missing[:3]}"
+                          f"{f' (the file has e.g. {unexpected[:3]})' if unexpected else ''}.")

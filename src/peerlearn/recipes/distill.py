@@ -24,21 +24,23 @@ and ``fit_class_bias`` searches that bias for the omitted classes on the validat
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Literal, Optional
 
 import torch
 from pydantic import Field
 
-from peerlearn.config import AugmentConfig, DataConfig, Section
+from peerlearn.config import AugmentConfig, Changeable, DataConfig, Section
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.data.bundle import Split
 from peerlearn.engine.cohort import Cohort, Member
-from peerlearn.engine.evaluation import score
+from peerlearn.engine.evaluation import predict, score, topk_accuracy
 from peerlearn.engine.trainer import Callback, Stage
 from peerlearn.errors import ConfigError
 from peerlearn.losses import distillation_terms, soft_targets
-from peerlearn.recipes.base import Recipe
+from peerlearn.recipes.base import Recipe, default_network
 from peerlearn.recipes.class_bias import bias_vector, find_class_bias, raw_logits, set_class_bias
+from peerlearn.run_files import RUN_RECORD_NAME
 
 
 class DistillConfig(Section):
@@ -47,13 +49,14 @@ class DistillConfig(Section):
     teachers: Optional[list[str]] = Field(
         None, description="names of the teacher members (default: the members with trainable: false); "
                           "every other member is a student")
-    teacher_epochs: int = Field(
-        0, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them "
-                             "(0: teachers come with `weights`)")
+    teacher_epochs: Optional[int] = Field(
+        None, ge=0, description="> 0: first train the teachers this many epochs with CE, then freeze them; 0: "
+                                "the teachers come trained (`weights`, or modules given from Python); default: "
+                                "train.epochs when no teacher comes trained, else 0")
     teacher_augment: Optional[AugmentConfig] = Field(
         None, description="augmentation of the teacher stage (default: data.augment)")
-    temperature: float = Field(4.0, gt=0, description="softmax temperature T of the soft targets")
-    alpha: float = Field(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
+    temperature: float = Changeable(4.0, gt=0, description="softmax temperature T of the soft targets")
+    alpha: float = Changeable(0.1, ge=0, le=1, description="weight α of the hard-label CE term (0: no labels needed)")
     loss: Literal["kl", "logit_mse"] = Field(
         "kl", description="kl: T²·KL of softened distributions; logit_mse: ½‖z_student − z_teacher‖²")
     transfer: Literal["train", "unlabelled", "data"] = Field(
@@ -85,6 +88,20 @@ class DistillRecipe(Recipe):
     section_model = DistillConfig
 
     @classmethod
+    def defaults(cls, config) -> dict[str, Any]:
+        """A config without members: a teacher four times as wide as the student (small_cnn width 64 vs 16; for
+        feature vectors an mlp of 800-800 units vs one of 100). It comes untrained, so the teacher stage trains
+        it first (``distill.teacher_epochs`` left out: ``train.epochs``), then it is frozen and the student
+        distils."""
+        if default_network(config) == "mlp":
+            teacher, student = {"model": "mlp", "model_args": {"widths": [800, 800]}}, \
+                {"model": "mlp", "model_args": {"widths": [100]}}
+        else:
+            teacher, student = {"model": "small_cnn", "model_args": {"width": 64}}, \
+                {"model": "small_cnn", "model_args": {"width": 16}}
+        return {"members": [{"name": "teacher", "trainable": False, **teacher}, {"name": "student", **student}]}
+
+    @classmethod
     def validate(cls, config, data) -> None:
         """Teachers and students that make sense, and distill settings that fit the data's classes."""
         super().validate(config, data)
@@ -95,6 +112,8 @@ class DistillRecipe(Recipe):
         super().__init__(config, data, device, distributed, user_members)
         self.settings = config.distill
         self.teacher_names, self.student_names = self.roles(config)
+        if self.settings.teacher_epochs is None:  # resolved once, and recorded in the run's config
+            self.settings.teacher_epochs = self._default_teacher_epochs()
         teacher_augment = self.settings.teacher_augment or config.data.augment
         self.teacher_stream = BatchStream(data.train, config.data.batch_size, self.normalizer, device,
                                           seed=config.seed, augment=self.batch_augment(teacher_augment),
@@ -108,6 +127,7 @@ class DistillRecipe(Recipe):
         self.target_cache: Optional[torch.Tensor] = None
         self.cache_seconds = 0.0
         self.bias_report: dict[str, Any] = {}
+        self.teacher_report: dict[str, Any] = {}  # check_teachers: the teachers' scores before distillation
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -136,11 +156,26 @@ class DistillRecipe(Recipe):
                                   "a student must be trainable.")
         return teachers, students
 
+    def _comes_trained(self, member) -> bool:
+        return bool(member.weights) or isinstance(self.user_members.get(member.name), torch.nn.Module)
+
+    def _default_teacher_epochs(self) -> int:
+        """``distill.teacher_epochs`` left out: 0 when every teacher comes trained, ``train.epochs`` when none does;
+        a mix is ambiguous (would the trained ones train again?) and is refused."""
+        teachers = [m for m in self.config.members if m.name in self.teacher_names]
+        trained = [m.name for m in teachers if self._comes_trained(m)]
+        if len(trained) == len(teachers):
+            return 0
+        if not trained:
+            return self.config.train.epochs
+        raise ConfigError(f"Invalid config: teachers {', '.join(trained)} come trained and "
+                          f"{', '.join(m.name for m in teachers if m.name not in trained)} do not; set "
+                          "'distill.teacher_epochs' (N > 0 trains every teacher first, 0 needs weights for all).")
+
     def _check_teacher_weights(self) -> None:
         """A teacher that is not trained here needs weights: from the config, or a module given from Python."""
         for index, member in enumerate(self.config.members):
-            if (member.name in self.teacher_names and self.settings.teacher_epochs == 0 and not member.weights
-                    and not isinstance(self.user_members.get(member.name), torch.nn.Module)):
+            if member.name in self.teacher_names and self.settings.teacher_epochs == 0 and not self._comes_trained(member):
                 raise ConfigError(f"Invalid config: teacher member {member.name!r} (members.{index}) has no "
                                   "'weights' and 'distill.teacher_epochs' is 0: give it weights (a run directory "
                                   "or a .safetensors file), pass the trained module from Python, or train it "
@@ -243,6 +278,7 @@ class DistillRecipe(Recipe):
             member.model.eval()
         for name in self.student_names:
             self.cohort[name].trainable = True
+        self.check_teachers()
         self.target_cache = None
         if self.settings.cache_teacher and not self.train_stream.augment.active:
             started = time.perf_counter()
@@ -252,6 +288,37 @@ class DistillRecipe(Recipe):
                 parts = [self.teacher_targets(batch.x) for _, batch in stream.epoch(0)]
             self.target_cache = torch.cat(parts).clone()  # a normal tensor, usable next to autograd
             self.cache_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ the teachers' check
+    def check_teachers(self) -> None:
+        """Score the teachers, and the students as they start, on the validation split before distilling
+        (a fresh distillation stage only; a resumed one keeps the first check). A teacher near chance
+        (``near_chance``) or not above a student's start gets a warning naming the likely causes."""
+        position = self.trainer.position if self.trainer is not None else None
+        if len(self.data.val) == 0 or (position is not None and (position.epoch or position.step_in_epoch)):
+            return
+        names = self.teacher_names + self.student_names
+        logits, labels = predict(self.cohort, self.eval_streams["val"], names, progress="off")
+        top1 = {name: topk_accuracy(z, labels, 1) for name, z in logits.items()}
+        classes = self.data.num_classes
+        start = max(top1[name] for name in self.student_names)
+        report: dict[str, Any] = {"split": "val", "chance": 1 / classes,
+                                  "teachers": {t: top1[t] for t in self.teacher_names},
+                                  "students_at_start": {s: top1[s] for s in self.student_names}, "warnings": []}
+        for index, member in enumerate(self.config.members):
+            if member.name not in self.teacher_names:
+                continue
+            score_now = top1[member.name]
+            if score_now >= near_chance(classes) and score_now > start:
+                continue
+            why = (f"near chance ({1 / classes:.1%} with {classes} classes)" if score_now < near_chance(classes)
+                   else f"not above the students at their start ({start:.1%})")
+            message = (f"Teacher {member.name!r} (members.{index}) scores {score_now:.1%} top-1 on the validation "
+                       f"split before distillation: {why}. Distilling from it teaches its errors. Likely causes: "
+                       f"{teacher_mismatch(member.weights, self.data) or _LIKELY_CAUSES}")
+            report["warnings"].append(message)
+            warnings.warn(message, stacklevel=2)
+        self.teacher_report = report
 
     # ------------------------------------------------------------------ loss
     def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
@@ -340,7 +407,63 @@ class DistillRecipe(Recipe):
             "teacher_cache": self.target_cache is not None,
             "cache_seconds": round(self.cache_seconds, 3),
             "fitted_class_bias": self.bias_report,
+            "teacher_check": self.teacher_report,
         }}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "teacher_check": self.teacher_report}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.teacher_report = state.get("teacher_check", self.teacher_report)
+
+
+_LIKELY_CAUSES = ("the teacher's inputs were normalised otherwise (other mean/std, data.normalize, or images "
+                  "scaled differently) or its classes are numbered in another order; check where its weights "
+                  "come from.")
+
+
+def near_chance(classes: int) -> float:
+    """The top-1 below which a teacher counts as near chance: min(2/C, 1/C + 0.2)."""
+    return min(2 / classes, 1 / classes + 0.2)
+
+
+def teacher_mismatch(weights: Optional[str], data) -> str:
+    """What differs between the run a teacher's weights come from (``RUN_DIR`` or ``RUN_DIR:member``) and this
+    run's data: the normalisation statistics, the class names; "" when unknown or equal."""
+    import json
+
+    from peerlearn.engine.initial_weights import split_source
+
+    if not weights:
+        return ""
+    folder, _ = split_source(weights)
+    record_file = folder / RUN_RECORD_NAME if folder.is_dir() else None
+    if record_file is None or not record_file.is_file():
+        return ""
+    try:
+        recorded = json.loads(record_file.read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    found = []
+    normalization = recorded.get("normalization", {})
+    theirs = (normalization.get("mean"), normalization.get("std"))
+    ours = (list(data.mean), list(data.std))
+    if theirs[0] is not None and (len(theirs[0]) != len(ours[0]) or any(
+            abs(a - b) > 1e-3 * max(1.0, abs(b)) for a, b in zip(theirs[0] + theirs[1], ours[0] + ours[1]))):
+        found.append(f"its run normalised inputs with mean {_short(theirs[0])} and std {_short(theirs[1])}, this "
+                     f"run with mean {_short(ours[0])} and std {_short(ours[1])} (data.normalize, data.image_size "
+                     "or another dataset)")
+    names = recorded.get("class_names")
+    if names is not None and list(names) != list(data.class_names):
+        found.append(f"its run's classes are {_short(names)}, this run's {_short(data.class_names)} (another order "
+                     "or other classes)")
+    return "; ".join(found) + "." if found else ""
+
+
+def _short(values) -> str:
+    shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in list(values)[:6]]
+    return "[" + ", ".join(shown) + (", ...]" if len(values) > 6 else "]")
 
 
 class FitClassBias(Callback):

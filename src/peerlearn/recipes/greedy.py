@@ -88,6 +88,11 @@ class GreedyRecipe(Recipe):
     commands = Recipe.commands + ("probe",)  # the separability probe reads a network of blocks
 
     @classmethod
+    def defaults(cls, config) -> dict[str, Any]:
+        """A config without members: one layerwise_cnn with its defaults (3 blocks of width 32, k = 1)."""
+        return {"members": [{"model": "layerwise_cnn"}]}
+
+    @classmethod
     def validate(cls, config, data) -> None:
         """One member (a layerwise_cnn; its model and stages are checked when it is built)."""
         super().validate(config, data)

@@ -22,7 +22,7 @@ from typing import Literal, Optional
 import torch
 from pydantic import Field
 
-from peerlearn.config import Section
+from peerlearn.config import Changeable, Section
 from peerlearn.data.batches import Batch
 from peerlearn.engine.executors import Executor, FusedExecutor, select_executor
 from peerlearn.engine.fused import FusedCohort
@@ -34,11 +34,12 @@ from peerlearn.recipes.base import Recipe
 class MutualConfig(Section):
     """Deep Mutual Learning: L_k = CE(p_k, y) + weight · 1/(K−1) · Σ_{l≠k} D(p_l ‖ p_k)."""
 
-    weight: float = Field(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
-    temperature: float = Field(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling when ≠ 1)")
+    weight: float = Changeable(1.0, ge=0, description="mimicry weight λ (0 = independent training)")
+    temperature: float = Changeable(1.0, gt=0, description="softmax temperature of the mimicry term (T² scaling "
+                                                            "when ≠ 1)")
     divergence: Literal["kl", "js"] = "kl"
     teacher: Literal["peers", "ensemble"] = Field("peers", description="ensemble = DML_e (mean of the other members)")
-    feature_l2: float = Field(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
+    feature_l2: float = Changeable(0.0, ge=0, description="weight of the L2 pull between members' penultimate features")
     update: Literal["simultaneous", "sequential"] = "simultaneous"
     mimic_on: Literal["all", "labelled"] = Field(
         "all", description="semi-supervised: mimicry on labelled ∪ unlabelled (DML-all) or labelled only"
@@ -59,7 +60,7 @@ class MutualRecipe(Recipe):
         ``mutual.update: sequential`` (Algorithm 1) steps each member on its peers' latest predictions, which
         neither a vmapped cohort nor one member per process can do."""
         super().check_capabilities(config, world_size)
-        if cls.section is None or config.mutual.update == "simultaneous":
+        if cls.update_rule(config) == "simultaneous":
             return
         if config.engine.fused:
             raise ConfigError("Invalid config: key 'engine.fused' is true, but 'mutual.update' is 'sequential'; a "
@@ -68,6 +69,11 @@ class MutualRecipe(Recipe):
         if world_size > 1:
             raise ConfigError(f"Invalid config: key 'mutual.update' has the value 'sequential', but a distributed "
                               f"run ({world_size} processes) updates all members at once; allowed: simultaneous.")
+
+    @classmethod
+    def update_rule(cls, config) -> str:
+        """How the members step: ``mutual.update`` (simultaneous or sequential)."""
+        return config.mutual.update
 
     @property
     def settings(self):
@@ -154,6 +160,15 @@ class IndependentRecipe(MutualRecipe):
     name = "independent"
     section = None  # λ = 0: the mutual section's settings do not apply
     section_model = None
+
+    @classmethod
+    def update_rule(cls, config) -> str:
+        return "simultaneous"  # without mimicry both updates give the same weights: the one that runs everywhere
+
+    @property
+    def settings(self) -> MutualConfig:
+        """No section of its own: the mutual defaults, whose mimicry is switched off below (simultaneous update)."""
+        return MutualConfig()
 
     @property
     def mimicry_weight(self) -> float:

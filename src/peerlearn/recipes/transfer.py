@@ -34,7 +34,7 @@ from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.optim import build_optimizer, build_schedule
 from peerlearn.engine.trainer import Stage
 from peerlearn.errors import ConfigError
-from peerlearn.recipes.base import Recipe, member_seed
+from peerlearn.recipes.base import Recipe, default_network, member_seed
 from peerlearn.transfer.alignment import ALIGNMENT_LOSSES
 from peerlearn.transfer.backbone import BackboneConfig, load_backbone
 from peerlearn.transfer.cache import cached_features, compute_features
@@ -113,6 +113,17 @@ class TransferRecipe(Recipe):
     name = "transfer"
     section = "transfer"
     section_model = TransferConfig
+
+    @classmethod
+    def defaults(cls, config: RunConfig) -> dict[str, Any]:
+        """One member, the new network; ``transfer.backbones`` has no default: the pretrained networks are the
+        user's to name (``validate`` says so)."""
+        return {"members": [{"model": default_network(config)}]}
+
+    @classmethod
+    def run_directory_keys(cls, config: RunConfig) -> list[str]:
+        """Each backbone's ``source`` may be a run directory."""
+        return [f"transfer.backbones.{index}.source" for index in range(len(config.transfer.backbones))]
 
     @classmethod
     def validate(cls, config: RunConfig, data: DataBundle) -> None:
@@ -198,7 +209,7 @@ class TransferRecipe(Recipe):
                 size = (spec.input_size or base["image_size"]) + 2 * spec.input_pad
                 kwargs["image_size"] = size
                 kwargs["in_features"] = base["in_channels"] * size * size
-            backbones.append(load_backbone(spec, index, member_config, kwargs))
+            backbones.append(load_backbone(spec, f"transfer.backbones.{index}", member_config, kwargs))
         self._check_member_model(backbones)
         torch.manual_seed(member_seed(self.config.seed, 0))
         mean, std = self.data.mean, self.data.std

@@ -14,8 +14,9 @@ from peerlearn.progress import Mode, note, progress_bar
 from peerlearn.report.groups import SeedGroup, differing_settings, group_scores, label_and_group
 from peerlearn.report.html import image, render_page
 from peerlearn.report.stats import Comparison, compare_groups
+from peerlearn.safe_write import check_writable, ensure_folder, write_file
+from peerlearn.run_files import REPORT_NAME
 
-REPORT_NAME = "report.html"
 
 
 def default_output(run_dirs: Sequence[Path]) -> Path:
@@ -43,20 +44,20 @@ class FigureWriter:
     """Turns matplotlib figures into the page's ``<figure>`` blocks: always a PNG embedded in the page; with
     ``fmt`` svg or pdf also a file ``<page stem>_figures/<name>.<fmt>`` beside the page, linked under the image."""
 
-    def __init__(self, page: Path, fmt: str = "png"):
+    def __init__(self, page: Path, fmt: str = "png", root: Optional[Path] = None):
         if fmt not in plots.FIGURE_FORMATS:
             raise ReportOptionError(f"--figures must be one of {', '.join(plots.FIGURE_FORMATS)}, got {fmt!r}.")
         self.fmt = fmt
         self.folder = page.parent / f"{page.stem}_figures"
+        self.root = root if root is not None else page.parent  # the figures never go outside it
         self.files: list[Path] = []
 
     def __call__(self, fig, name: str, alt: str, caption: str = "") -> str:
         png = base64.b64encode(plots.render(fig, "png")).decode("ascii")
         link = None
         if self.fmt != "png":
-            self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{_slug(name)}.{self.fmt}"
-            path.write_bytes(plots.render(fig, self.fmt))
+            write_file(path, plots.render(fig, self.fmt), root=self.root, what="the figure")
             self.files.append(path)
             link = f"{self.folder.name}/{path.name}"
         plots.close(fig)
@@ -120,36 +121,47 @@ def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: F
     return figures
 
 
+def output_and_root(run_dirs: Sequence[Path], out: Optional[str | Path]) -> tuple[Path, Path]:
+    """The page's path and the folder it and its figures must stay inside: the run directory (one run, no
+    --out), the current folder (several runs), or the folder the user named with --out (the file's folder
+    when --out names a file)."""
+    if out is None:
+        target = default_output(run_dirs)
+        return target, target.parent
+    target = Path(out)
+    if target.is_dir():
+        return target / REPORT_NAME, target
+    return target, target.parent
+
+
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
                  options: Optional[ReportOptions] = None, title: str = "peerlearn report",
-                 figures: str = "png") -> Path:
+                 figures: str = "png", trust_code: bool = False) -> Path:
     """Analyse every run in ``run_dirs`` (run directories or sweep folders) and write the HTML report; return its
     path. ``figures`` svg or pdf also writes every figure as a file in ``<report stem>_figures/`` beside the
     page. Seed groups that differ in one setting are compared by their paired differences over seeds
-    (``report.stats``)."""
+    (``report.stats``). ``trust_code``: see ``peerlearn.load_run``."""
     options = options or ReportOptions()
     options.check()
     paths = [Path(d) for d in run_dirs]
     if not paths:
         raise PeerlearnError("report needs at least one RUN_DIR.")
+    if not isinstance(title, str) or len(title) > 1000:
+        raise ReportOptionError("--title must be text of at most 1000 characters.")
     plots.pyplot()  # fail before the slow part when matplotlib is missing
-    target = Path(out) if out is not None else default_output(paths)
-    if target.is_dir():
-        target = target / REPORT_NAME
+    target, root = output_and_root(paths, out)  # one sweep folder: SWEEP_DIR/report.html
     paths = expand_sweeps(paths)
-    figure = FigureWriter(target, figures)
+    figure = FigureWriter(target, figures, root)
+    if out is not None or root.is_dir():  # (a missing run directory is named by the run reader)
+        ensure_folder(target.parent, root, create_root=out is not None)  # a link is refused before the slow part
+        check_writable(target.parent, "report's folder")
     runs = []
     for index, path in enumerate(paths, 1):
         if len(paths) > 1:
             note(f"report: analysing run {index}/{len(paths)}: {path}", options.progress)
-        runs.append(collect_run(path, options))
+        runs.append(collect_run(path, options, trust_code))
     groups = label_and_group(runs)
     comparisons = compare_groups(groups, differing_settings)
     page = render_page(runs, make_figures(runs, groups, figure, comparisons, options.progress), title=title,
                        groups=groups, comparisons=comparisons)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(page, encoding="utf-8")
-    except OSError as error:
-        raise PeerlearnError(f"Cannot write the report to {str(target)!r}: {error.strerror}.") from None
-    return target
+    return write_file(target, page, root=root, what="the report")

@@ -10,6 +10,7 @@ of the penultimate features of up to two members. Every number comes from the fu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,13 +22,15 @@ import torch.nn.functional as F
 from peerlearn.api import SUMMARY_NAME, load_run
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.tracking import read_metrics
-from peerlearn.errors import PeerlearnError
+from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.evaluate.analyses import cohort_flatness, item_entropy
 from peerlearn.evaluate.embedding import tsne_coordinates
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import confusion_matrix
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.progress import Mode, progress_bar
+from peerlearn.run_checks import check_summary
+from peerlearn.trust import read_records
 
 SPLITS = ("train", "val", "test")
 
@@ -54,15 +57,22 @@ class ReportOptions:
     progress: Mode = "auto"
 
     def check(self) -> None:
-        for key in ("split", "flatness_split"):
-            if getattr(self, key) not in SPLITS:
-                raise ReportOptionError(f"{key} must be one of {', '.join(SPLITS)}, got {getattr(self, key)!r}.")
-        for key in ("limit", "flatness_items", "tsne_items", "draws"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ReportOptionError(f"{key} must be at least 1, got {value}.")
-        if any(s < 0 for s in self.sigmas):
-            raise ReportOptionError(f"noise levels σ must be ≥ 0, got {list(self.sigmas)}.")
+        """Every option (exit 2 naming it as typed, e.g. --tsne-items), before any run is read."""
+        from peerlearn import command_options as options
+        from peerlearn.errors import ConfigError
+
+        try:
+            for key in ("split", "flatness_split"):
+                options.choice(getattr(self, key), key, SPLITS)
+            for key in ("limit", "flatness_items", "tsne_items", "draws"):
+                options.integer_at_least(getattr(self, key), key, 1, allow_none=key == "limit")
+            options.finite_numbers(self.sigmas, "sigmas", low=0.0)
+            options.member_names(self.tsne_members, "tsne_member")
+            options.integer_at_least(self.seed, "seed", 0)
+            if self.progress not in ("auto", "on", "off", True, False, None):
+                options.choice(self.progress, "progress", ("auto", "on", "off"))
+        except ConfigError as error:
+            raise ReportOptionError(str(error)) from None
 
 
 @dataclass
@@ -86,20 +96,31 @@ class RunData:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json, checked against its recorded hash (peerlearn.trust) and its shape (exit 2 otherwise)."""
     path = Path(run_dir) / SUMMARY_NAME
     if not path.is_file():
         raise PeerlearnError(f"{str(run_dir)!r} has no {SUMMARY_NAME}: it is not a finished peerlearn run "
                              "(finish it with `peerlearn train --resume RUN_DIR`).")
-    return json.loads(path.read_text())
+    read_records(run_dir).check(SUMMARY_NAME)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"Cannot read {str(path)!r}: {error}; it is damaged. Restore a good copy of the run.") \
+            from None
+    check_summary(summary, path)
+    return summary
 
 
-def collect_run(run_dir: str | Path, options: ReportOptions) -> RunData:
-    """Read and compute what the report shows about the run in ``run_dir``."""
+def collect_run(run_dir: str | Path, options: ReportOptions, trust_code: bool = False) -> RunData:
+    """Read and compute what the report shows about the run in ``run_dir`` (``trust_code``: see
+    ``peerlearn.load_run``)."""
     run_dir = Path(run_dir)
+    if not (run_dir / SUMMARY_NAME).is_file():
+        read_summary(run_dir)  # the message for an unfinished run
+    run = load_run(run_dir, command="report", trust_code=trust_code)
     summary = read_summary(run_dir)
-    run = load_run(run_dir, command="report")
     config, data, cohort = run.config, run.data, run.cohort
-    names = cohort.names
+    names = cohort.evaluable  # what gives logits (a multi-branch network predicts through its branches)
     trainable = run.ensemble or [n for n, role in run.roles.items() if role == "student"] or names
     stream = run.stream(options.split, options.limit)
     if len(stream.split) == 0:

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from peerlearn.config.loading import read_yaml
 from peerlearn.engine.tracking import flatten_params
+from peerlearn.run_files import CONFIG_NAME
 
 # settings that say how a run was executed, not what it trained
 IGNORED_PREFIXES = ("name", "seed", "train.progress", "train.threads", "data.root", "tracking.", "engine.")
@@ -36,7 +37,7 @@ class SeedGroup:
 
 def run_settings(run_dir: Path) -> dict[str, str]:
     """The run's resolved config as ``{dotted.key: value text}``."""
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_NAME
     tree = read_yaml(path.read_text()) if path.is_file() else {}
     return flatten_params(tree or {})
 
@@ -46,11 +47,14 @@ def _relevant(key: str) -> bool:
 
 
 def differing_keys(settings: Sequence[dict[str, str]]) -> list[str]:
-    """Keys (other than the ignored ones) whose values are not the same in every run, in config order."""
+    """Keys (other than the ignored ones) whose values differ between the runs that have them, in config order.
+
+    A key only some runs have belongs to their recipe's section (a config holds its own recipe's section only):
+    the recipe already tells those runs apart, so the key counts only where its values differ."""
     keys: list[str] = []
     for entry in settings:
         keys += [k for k in entry if k not in keys]
-    return [k for k in keys if _relevant(k) and len({entry.get(k) for entry in settings}) > 1]
+    return [k for k in keys if _relevant(k) and len({entry[k] for entry in settings if k in entry}) > 1]
 
 
 def _describe(settings: dict[str, str], keys: Sequence[str]) -> str:
@@ -83,9 +87,10 @@ def label_and_group(runs: Sequence[Any]) -> list[SeedGroup]:
 
 
 def differing_settings(a: dict[str, str], b: dict[str, str]) -> list[str]:
-    """The relevant keys whose values differ between two groups' settings (in ``a``'s order, then ``b``'s)."""
-    keys = [*a, *[k for k in b if k not in a]]
-    return [k for k in keys if _relevant(k) and a.get(k) != b.get(k)]
+    """The relevant keys whose values differ between two groups' settings, in ``a``'s order. As in
+    ``differing_keys``, a key only one of them has belongs to its recipe's section: the ``recipe`` key already
+    tells them apart, so such a key does not count."""
+    return [k for k in a if k in b and _relevant(k) and a[k] != b[k]]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -13,11 +13,12 @@ See docs/sql.md. (sqlglot is imported only when a statement runs.)
 from __future__ import annotations
 
 
-def run(statement: str, db=None, models=None, overwrite: bool = False):
-    """Run one statement; see ``peerlearn.sql.runner.run``."""
+def run(statement: str, db=None, models=None, overwrite: bool = False, trust_code: bool = False):
+    """Run one statement; see ``peerlearn.sql.runner.run`` (``trust_code``: code named by the WITH clause or by a
+    stored model that is not yours, see docs/reliability.md)."""
     from peerlearn.sql.runner import run as run_statement
 
-    return run_statement(statement, db=db, models=models, overwrite=overwrite)
+    return run_statement(statement, db=db, models=models, overwrite=overwrite, trust_code=trust_code)
 
 
 def create_demo_db(path, overwrite: bool = False) -> str:

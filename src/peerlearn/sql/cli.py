@@ -29,6 +29,9 @@ def add_sql_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
                         help="progress on standard error: auto (a bar on a terminal, else a line every few "
                              "seconds of slow work), on (a bar), off")
+    parser.add_argument("--trust-code", action="store_true",
+                        help="let the statement's WITH clause and the stored models it reads name code (a "
+                             "package.module:callable model) although they are not yours; see docs/reliability.md")
     parser.add_argument("--demo-db", default=None, metavar="PATH|URL",
                         help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit; a database "
                              "URL (postgresql+psycopg://user@host/name) gets the tables in that database")
@@ -51,6 +54,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
                           'TRAIN mutual LABEL cultivar INTO wine_dml" --db demo.db (or --demo-db PATH).')
     from peerlearn.sql.runner import run
 
-    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite, progress=args.progress)
+    result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite,
+                 trust_code=args.trust_code, progress=args.progress)
     print(result.text)
     return 0

@@ -30,14 +30,16 @@ from peerlearn.evaluate.runner import classification_scores, ensemble_members, s
 from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import EvaluateStatement, PredictStatement
 from peerlearn.sql.store import ModelStore
-from peerlearn.sql.writer import value_kind, write_table
+from peerlearn.sql.writer import check_prediction_target, value_kind, write_prediction_table
+from peerlearn.run_files import CONFIG_NAME
 
 PREDICT_OPTIONS = {
     "probabilities": "true: also a column <column>_prob_<class> per class",
     "member": "the member that predicts (default: the ensemble of the trainable members)",
     "keys": "the query's columns copied to the table (default: every column that is neither a feature nor "
             "the label)",
-    "overwrite": "true: replace the table if it exists",
+    "overwrite": "true: replace the table if it exists and an earlier TO PREDICT created it (never a table "
+                 "the query reads or that peerlearn did not create)",
 }
 
 
@@ -51,11 +53,13 @@ class StoredModel:
     label: str
 
 
-def load_model(store: ModelStore, name: str) -> StoredModel:
+def load_model(store: ModelStore, name: str, trust_code: bool = False) -> StoredModel:
+    """The stored model ``name`` read back (``peerlearn.load_run``: hashes checked; code it names imported only
+    when it is signed with your key or ``trust_code``)."""
     from peerlearn.api import load_run
 
     run_dir = store.require(name)
-    config, data, run = load_run(run_dir)
+    config, data, run = load_run(run_dir, trust_code=trust_code)
     if config.data.source != "tabular":
         raise ConfigError(f"The model {name!r} was trained on the {config.data.source!r} source, not on table rows; "
                           "only tabular models read the rows of a query.")
@@ -66,7 +70,7 @@ def load_model(store: ModelStore, name: str) -> StoredModel:
     features = options.get("features")
     if not features:
         raise ConfigError(f"The model {name!r} does not list its feature columns (data.options.features in "
-                          f"{str(run_dir / 'config.yaml')!r}); it cannot be applied to other rows.")
+                          f"{str(run_dir / CONFIG_NAME)!r}); it cannot be applied to other rows.")
     return StoredModel(name, config, data, run, list(features), options.get("label", ""))
 
 
@@ -147,11 +151,12 @@ def fold_names(statement: PredictStatement, url: str) -> PredictStatement:
 
 
 def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwrite: bool = False,
-                progress: Mode = "off") -> dict[str, Any]:
+                trust_code: bool = False, progress: Mode = "off") -> dict[str, Any]:
     options = predict_options(statement)
     statement = fold_names(statement, url)
     lower = url_scheme(url) in ("postgresql", "postgres") and statement.column not in statement.quoted
-    model = load_model(store, statement.model)
+    check_prediction_target(url, statement.table, statement.schema, statement.select)  # before the work
+    model = load_model(store, statement.model, trust_code)
     table = query_table(url, statement.select, progress)
     x = feature_matrix(table, model.features)
     keys = options["keys"]
@@ -188,8 +193,8 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
             values += [float(p) for p in probabilities[n]]
         rows.append(values)
     with progress_bar(total=1, desc=f"writing {len(rows)} rows", unit="tables", mode=progress) as bar:
-        write_table(url, statement.table, statement.schema, columns, rows,
-                    overwrite=overwrite or options["overwrite"])
+        write_prediction_table(url, statement.table, statement.schema, columns, rows, statement.select,
+                               overwrite=overwrite or options["overwrite"])
         bar.update(1)
     target = f"{statement.schema}.{statement.table}" if statement.schema else statement.table
     return {"table": target, "rows": len(rows), "columns": [name for name, _ in columns],
@@ -197,9 +202,9 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
 
 
 # ------------------------------------------------------------------ TO EVALUATE
-def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, progress: Mode = "off"
-                 ) -> dict[str, Any]:
-    model = load_model(store, statement.model)
+def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, trust_code: bool = False,
+                 progress: Mode = "off") -> dict[str, Any]:
+    model = load_model(store, statement.model, trust_code)
     table = query_table(url, statement.select, progress)
     if statement.label not in table.columns:
         raise SqlSyntaxError(f"The query has no column {statement.label!r} to use as the LABEL; its columns: "

@@ -12,6 +12,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.sql.statements import (EvaluateStatement, PredictStatement, ShowTrainStatement, TrainStatement,
                                       parse_statement)
 from peerlearn.sql.store import ModelStore
+from peerlearn.run_files import CONFIG_NAME
 
 
 @dataclass
@@ -38,9 +39,11 @@ def database_url(db: Optional[str]) -> str:
 
 
 def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None] = None,
-        overwrite: bool = False, progress: str = "off") -> SqlResult:
+        overwrite: bool = False, trust_code: bool = False, progress: str = "off") -> SqlResult:
     """Parse and run one statement on the database ``db``, with the model store ``models`` (default
     ``$PEERLEARN_MODELS`` or ``./models``). ``overwrite`` lets TO TRAIN replace a model and TO PREDICT a table.
+    ``trust_code`` lets the statement's WITH clause, and stored models that are not signed with your key, name
+    code (a ``package.module:callable`` model); without it such a statement is refused (``peerlearn.trust``).
     ``progress`` (``auto``, ``on``, ``off``) shows the reading, predicting and writing of TO PREDICT and TO
     EVALUATE (``peerlearn.progress``; training logs its epochs either way).
 
@@ -55,11 +58,11 @@ def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None]
     url = database_url(db)
     parsed = parse_statement(statement, dialect_of(url))
     if isinstance(parsed, TrainStatement):
-        return train(parsed, url, store, overwrite)
+        return train(parsed, url, store, overwrite, trust_code)
     if isinstance(parsed, PredictStatement):
         from peerlearn.sql.prediction import run_predict
 
-        done = run_predict(parsed, url, store, overwrite, progress=progress)
+        done = run_predict(parsed, url, store, overwrite, trust_code, progress=progress)
         text = (f"wrote {done['rows']} rows to the table {done['table']} ({', '.join(done['columns'])}), "
                 f"predicted by {done['predicted_by']} of the model {parsed.model}")
         return SqlResult("predict", parsed.model, text, store.path(parsed.model), done)
@@ -67,12 +70,13 @@ def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None]
         from peerlearn.evaluate.printing import format_evaluation
         from peerlearn.sql.prediction import run_evaluate
 
-        result = run_evaluate(parsed, url, store, progress=progress)
+        result = run_evaluate(parsed, url, store, trust_code, progress=progress)
         return SqlResult("evaluate", parsed.model, format_evaluation(result), store.path(parsed.model), result)
     raise ConfigError(f"Unsupported statement {type(parsed).__name__}.")  # parse_statement returns no other
 
 
-def train(statement: TrainStatement, url: str, store: ModelStore, overwrite: bool) -> SqlResult:
+def train(statement: TrainStatement, url: str, store: ModelStore, overwrite: bool, trust_code: bool = False
+          ) -> SqlResult:
     from peerlearn.api import train as train_run
     from peerlearn.data.tabular import describe_left_out
     from peerlearn.sql.training import build_config, choose_features
@@ -80,8 +84,8 @@ def train(statement: TrainStatement, url: str, store: ModelStore, overwrite: boo
 
     store.check_free(statement.model, overwrite)
     features, left_out = choose_features(statement, url)
-    config = build_config(statement, url, features, store)
-    result = train_run(config, out=store.staging())
+    config = build_config(statement, url, features, store, trust_code)
+    result = train_run(config, out=store.staging(), trust_code=trust_code)
     run_dir = store.publish(result.run_dir, statement.model, overwrite)
     data = result.recipe.data
     info = {"statement": statement.text.strip(), "query": statement.select, "label": statement.label,
@@ -101,9 +105,12 @@ def hide_password(text: str) -> str:
 
 
 def show_train(statement: ShowTrainStatement, store: ModelStore) -> SqlResult:
+    from peerlearn.trust import read_records
+
     run_dir = store.require(statement.model)
+    read_records(run_dir).check(CONFIG_NAME)  # an edited or damaged config is named, never shown as the model's
     text = store.statement(statement.model)
-    config = hide_password((run_dir / "config.yaml").read_text())
+    config = hide_password((run_dir / CONFIG_NAME).read_text())
     lines = [f"-- model {statement.model}: {run_dir}",
              text if text is not None else "-- (not trained by a SQL statement)", "", "-- its config:", config.rstrip()]
     return SqlResult("show", statement.model, "\n".join(lines), run_dir, {"statement": text, "config": config})

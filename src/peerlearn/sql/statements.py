@@ -162,7 +162,7 @@ def parse_statement(text: str, dialect: Optional[str] = None) -> Statement:
 
 def _train(parser: Parser, text: str, select: str) -> TrainStatement:
     positions: dict[str, int] = {}
-    recipe = parser.name("a recipe name (independent, mutual, distill, transfer)")
+    recipe = parser.name("a recipe name (see docs/recipes.md)")
     positions["recipe"] = recipe.start
     assignments = []
     if parser.at_keyword("WITH"):

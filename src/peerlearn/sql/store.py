@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from peerlearn.errors import ConfigError, ResourceError
+from peerlearn.run_files import CONFIG_NAME, WEIGHTS_NAME
 
 STATEMENT_FILE = "statement.sql"
 INFO_FILE = "sql.json"
@@ -36,13 +37,13 @@ class ModelStore:
         return self.root / name
 
     def exists(self, name: str) -> bool:
-        return (self.path(name) / "config.yaml").is_file()
+        return (self.path(name) / CONFIG_NAME).is_file()
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if not p.name.startswith(".") and (p / "config.yaml").is_file())
+                      if not p.name.startswith(".") and (p / CONFIG_NAME).is_file())
 
     def require(self, name: str) -> Path:
         """The run directory of model ``name``; an error listing the store's models when there is none."""
@@ -51,7 +52,7 @@ class ModelStore:
             raise ConfigError(f"There is no model {name!r} in the model store {str(self.root)!r} (its models: "
                               f"{known}). Train it with SELECT ... TO TRAIN ... INTO {name}, or choose the store "
                               "with --models DIR.")
-        if not (self.path(name) / "model.safetensors").is_file():
+        if not (self.path(name) / WEIGHTS_NAME).is_file():
             raise ConfigError(f"The model {name!r} in {str(self.root)!r} has no model.safetensors: its training "
                               "did not finish.")
         return self.path(name)

@@ -8,8 +8,8 @@ overrides. Two conveniences:
 * ``members = [mlp, {model: mlp, model_args: {widths: [32]}}]``: a bare word is a member of that model;
 * a member's ``weights`` or a transfer backbone's ``source`` may name a model of the store.
 
-Without ``members`` the cohort is one ``mlp`` (independent, transfer), two (mutual) or a teacher and a
-student (distill: the teacher trains first for ``distill.teacher_epochs``, default ``train.epochs``).
+Without ``members`` the cohort is the recipe's default (``Recipe.defaults``) for feature vectors: ``mlp``
+members (distill: a teacher, trained first for ``train.epochs``, and a smaller student).
 Without ``COLUMN`` the features are every numeric column but the label, leaving out identifiers
 (``peerlearn.data.tabular.default_features``); the columns used are written into the config.
 """
@@ -27,6 +27,8 @@ from peerlearn.errors import ConfigError
 from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import TrainStatement
 from peerlearn.sql.store import ModelStore
+from peerlearn.trust import config_references, read_records, require_trusted_references
+from peerlearn.run_files import CONFIG_NAME, WEIGHTS_NAME
 
 # keys the statement itself sets: WITH may not change them
 STATEMENT_KEYS = ("name", "recipe", "data.source", "data.path", "data.options.url", "data.options.query",
@@ -39,14 +41,6 @@ def absolute_url(url: str) -> str:
     if path is None or path.startswith("/") or path == ":memory:":
         return url
     return f"sqlite:///{Path(path).expanduser().resolve()}"
-
-
-def default_members(recipe: str) -> list[dict[str, Any]]:
-    if recipe == "mutual":
-        return [{"model": "mlp"}, {"model": "mlp"}]
-    if recipe == "distill":
-        return [{"name": "teacher", "model": "mlp", "trainable": False}, {"name": "student", "model": "mlp"}]
-    return [{"model": "mlp"}]
 
 
 def member_entries(value: Any, statement: TrainStatement, position: int) -> Any:
@@ -91,7 +85,10 @@ def member_weights_file(store: ModelStore, value: str, member_name: str) -> Opti
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model) or Path(value).exists() or not store.exists(model):
         return None
     run_dir = store.require(model)
-    names = [m["name"] for m in load_config(run_dir / "config.yaml").model_dump()["members"]]
+    records = read_records(run_dir)  # the stored model's files are the ones it wrote (exit 2 otherwise)
+    records.check(CONFIG_NAME)
+    records.check(WEIGHTS_NAME)
+    names = [m.name for m in load_config(run_dir / CONFIG_NAME, import_code=False).members]
     if not member:
         if member_name in names:
             member = member_name
@@ -104,22 +101,29 @@ def member_weights_file(store: ModelStore, value: str, member_name: str) -> Opti
         raise ConfigError(f"The model {model!r} has no member {member!r}; its members: {', '.join(names)}.")
     target = store.root / ".weights" / f"{model}.{member}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    weights = load_weights(run_dir / "model.safetensors", member)
+    weights = load_weights(run_dir / WEIGHTS_NAME, member)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
     return str(target.resolve())
 
 
 def resolve_store_names(config: RunConfig, store: ModelStore) -> RunConfig:
-    """Member ``weights`` and backbone ``source`` values that name a model of the store point at its weights."""
+    """Member ``weights`` that name a model of the store point at its weights; the keys the recipe reads a run
+    directory from (``Recipe.run_directory_keys``, e.g. a transfer backbone's source) at its directory."""
+    from peerlearn.recipes import get_recipe
+
     updates = {}
     for index, member in enumerate(config.members):
         path = member_weights_file(store, member.weights, member.name) if member.weights else None
         if path:
             updates[f"members.{index}.weights"] = path
-    for index, backbone in enumerate(config.transfer.backbones):
-        name = backbone.source
-        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and not Path(name).exists() and store.exists(name):
-            updates[f"transfer.backbones.{index}.source"] = str(store.require(name).resolve())
+    tree = config.model_dump(mode="json")
+    for key in get_recipe(config.recipe).run_directory_keys(config):
+        name: Any = tree
+        for part in key.split("."):
+            name = name[int(part)] if isinstance(name, list) else name[part]
+        if (isinstance(name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and not Path(name).exists()
+                and store.exists(name)):
+            updates[key] = str(store.require(name).resolve())
     return load_config(config, updates) if updates else config
 
 
@@ -146,23 +150,25 @@ def choose_features(statement: TrainStatement, url: str) -> tuple[list[str], dic
     return features, left_out
 
 
-def build_config(statement: TrainStatement, url: str, features: list[str], store: ModelStore) -> RunConfig:
+def build_config(statement: TrainStatement, url: str, features: list[str], store: ModelStore,
+                 trust_code: bool = False) -> RunConfig:
+    """The run config of a TO TRAIN statement. Code its WITH clause names (``members = [pkg.mod:factory]``) is
+    refused (exit 2) unless ``trust_code``: a statement is read, not the user's own config (``peerlearn.trust``)."""
     overrides = with_overrides(statement)
     base: dict[str, Any] = {
         "name": statement.model,
         "recipe": statement.recipe,
         "data": {"source": "tabular", "options": {"url": absolute_url(url), "query": statement.select,
                                                   "label": statement.label, "features": features}},
-        "members": default_members(statement.recipe),
     }
-    if statement.recipe == "distill" and "members" not in overrides and "distill.teacher_epochs" not in overrides:
-        base["distill"] = {"teacher_epochs": overrides.get("train.epochs", 10)}
     try:
-        config = load_config(base, overrides)
+        config = load_config(base, overrides)  # without members: the recipe's defaults (Recipe.defaults)
     except ConfigError as error:  # name the statement part: the recipe or a WITH key
         position = statement.positions["recipe"]
         for item in statement.assignments:
             if f"'{item.key}" in str(error) or f"key {item.key!r}" in str(error):
                 position = item.position
         raise SqlSyntaxError(str(error), statement.text, position) from None
+    require_trusted_references([(ref, f"WITH {key}") for ref, key in config_references(config.model_dump())],
+                               trusted=trust_code, source="the SQL statement's WITH clause")
     return resolve_store_names(config, store)
