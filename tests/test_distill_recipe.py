@@ -171,7 +171,7 @@ def test_logit_mse_and_another_dataset_as_transfer_set(tiny, tmp_path):
     other = {"source": "digits", "val_fraction": 0.0, "train_subset": 600}
     # ½‖z − v‖² is summed over classes: its gradient is larger than CE's, so the student takes a smaller lr
     student = {**STUDENT, "optim": {"lr": 0.01}}
-    config = distill_config(tiny, members=[TEACHER, student], loss="logit_mse", transfer="data",
+    config = distill_config(tiny, members=[TEACHER, student], method="mse", transfer="data",
                             transfer_data=other, alpha=0.0, teacher_epochs=4)
     config["train"] = {"epochs": 6, "progress": "off", "threads": 1}
     result = peerlearn.train(config, out=tmp_path)

@@ -141,9 +141,9 @@ def test_the_distill_recipe_computes_its_loss_with_distillation_loss(tiny):
     """recipes/distill.py calls peerlearn.losses.distillation_terms; its student loss is distillation_loss."""
     from test_distill_recipe import _batches, _prepared, distill_config
 
-    for loss in ("kl", "logit_mse"):
+    for method, loss in (("kd", "kl"), ("mse", "logit_mse")):
         config = distill_config(tiny)
-        config["distill"] = {**config["distill"], "loss": loss}
+        config["distill"] = {**config["distill"], "method": method}
         recipe = _prepared(config)
         batch = _batches(recipe.train_stream, 1)[0]
         z = recipe.cohort["student"].model(batch.x)

@@ -52,9 +52,10 @@ def test_every_registered_recipe_declares_section_validation_and_capabilities(na
 
 
 def test_the_registry_lists_exactly_the_expected_recipes():
-    assert set(recipes.RECIPE_NAMES) == set(EXPECTED)
-    assert recipes_with("supports_fused") == ["independent", "mutual"]
-    assert recipes_with("supports_distributed") == ["independent", "mutual"]
+    shipped = [name for name in recipes.RECIPE_NAMES if ":" not in name]  # recipes named by reference register too
+    assert set(shipped) == set(EXPECTED)
+    assert [n for n in recipes_with("supports_fused") if n in shipped] == ["independent", "mutual"]
+    assert [n for n in recipes_with("supports_distributed") if n in shipped] == ["independent", "mutual"]
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))

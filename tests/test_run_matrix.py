@@ -220,6 +220,11 @@ CASES: dict[str, Case] = {
                                                    {"name": "t2", **MLP, "trainable": False},
                                                    {"name": "s1", **MLP}, {"name": "s2", **CNN}],
                                                   distill={"teacher_epochs": 1})),
+    # feature distillation: connectors are auxiliary modules without predictions (saved, never scored)
+    "distill-fitnets": Case(lambda s: config("kd-fitnets", "distill", [teacher(s), {"name": "s", **CNN}],
+                                             distill={"method": "fitnets", "fitnets": {"hint_epochs": 1}})),
+    "distill-crd": Case(lambda s: config("kd-crd", "distill", [teacher(s), {"name": "s", **MLP}],
+                                         distill={"method": "crd", "crd": {"negatives": 64}})),
     "greedy-k1-cache": Case(greedy(1, "auto")),
     "greedy-k2-nocache": Case(greedy(2, "off")),
     "greedy-k3-cache": Case(greedy(3, "on")),
@@ -351,8 +356,8 @@ def _exported_logits(fmt: str, model_path: Path, info_path: Path, inputs: torch.
         return formats.run_onnx(model_path, inputs)
     if fmt == "torchscript":
         return formats.run_torchscript(model_path, inputs)
-    with torch.no_grad():
-        return load_safetensors_model(info_path)(inputs).numpy()
+    with torch.no_grad():  # our own export (a network of our own needs trust to be rebuilt from its JSON)
+        return load_safetensors_model(info_path, trust_code=True)(inputs).numpy()
 
 
 @torch.no_grad()

@@ -12,7 +12,6 @@ from peerlearn.data.batches import BatchStream
 from peerlearn.evaluate.analyses import cohort_flatness, posterior_entropy, rank_mass
 from peerlearn.evaluate.embedding import save_embedding, tsne_embedding
 from peerlearn.evaluate.features import predict_with_features
-from peerlearn.evaluate.options import check_count, check_members, check_positive, check_sigmas, check_split
 from peerlearn.evaluate.similarity import cka_matrix
 from peerlearn.evaluate.streams import analysis_stream  # noqa: F401  (also imported from here)
 from peerlearn.progress import Mode, progress_bar
@@ -45,13 +44,13 @@ def check_analysis_options(split: str, sigmas: Sequence[float], draws: int, limi
                            members: Sequence[str] | None, tsne_items: int, perplexity: float) -> None:
     """Each option in its range (ConfigError, exit 2, naming it): ``--limit``, ``--draws`` ≥ 1,
     ``--tsne-items`` ≥ 0, ``--perplexity`` > 0, ``--sigmas`` finite and ≥ 0."""
-    check_split("--split", split)
-    check_sigmas("--sigmas", sigmas)
-    check_count("--draws", draws)
-    check_count("--limit", limit, optional=True)
-    check_members("--member", members)
-    check_count("--tsne-items", tsne_items, minimum=0)
-    check_positive("--perplexity", perplexity)
+    options.choice(split, "split", ("train", "val", "test"))
+    options.finite_numbers(sigmas, "sigmas", low=0.0)
+    options.integer_at_least(draws, "draws", 1)
+    options.integer_at_least(limit, "limit", 1, allow_none=True)
+    options.member_names(members)
+    options.integer_at_least(tsne_items, "tsne_items", 0)
+    options.finite_number(perplexity, "perplexity", 0.0, open_low=True)
 
 
 def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[float] = DEFAULT_SIGMAS,

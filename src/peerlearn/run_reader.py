@@ -202,6 +202,8 @@ def network_references(network: dict[str, Any], where: str) -> list[tuple[str, s
     if network.get("kind") == "transfer":
         return [ref for index, backbone in enumerate(network["backbones"])
                 for ref in network_references(backbone, f"{where}.backbones.{index}")]
+    if network.get("kind") == "view":  # an exported branch: its owner's network names the code
+        return network_references(network["owner"], f"{where}.owner")
     if network.get("kind") != "registry":
         return []
     found = [(network["model"], f"{where}.model")]

@@ -418,16 +418,23 @@ def require_trusted_references(references: Iterable[tuple[str, str]], trusted: O
 
 def config_references(tree: object, prefix: str = "") -> list[tuple[str, str]]:
     """(reference, dotted key) of every value of a config (a plain mapping, e.g. ``RunConfig.model_dump()``
-    or a parsed config.yaml) that names code: ``recipe``, ``members.N.model``, ``transfer.backbones.N.model``."""
+    or a parsed config.yaml) that names code: the top-level ``recipe`` and every ``model`` key at any depth
+    (``members.N.model``, a recipe section's backbones or teachers), whatever section holds it."""
     if not isinstance(tree, dict):
         return []
     found = [(tree.get("recipe"), f"{prefix}recipe")]
-    for index, member in enumerate(tree.get("members") or [] if isinstance(tree.get("members"), list) else []):
-        if isinstance(member, dict):
-            found.append((member.get("model"), f"{prefix}members.{index}.model"))
-    transfer = tree.get("transfer")
-    backbones = transfer.get("backbones") if isinstance(transfer, dict) else None
-    for index, backbone in enumerate(backbones if isinstance(backbones, list) else []):
-        if isinstance(backbone, dict):
-            found.append((backbone.get("model"), f"{prefix}transfer.backbones.{index}.model"))
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{where}{key}"
+                if key == "model" and isinstance(value, str):
+                    found.append((value, path))
+                else:
+                    walk(value, f"{path}.")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}{index}.")
+
+    walk({k: v for k, v in tree.items() if k != "recipe"}, prefix)
     return [(ref, where) for ref, where in found if isinstance(ref, str) and needs_trust(ref)]

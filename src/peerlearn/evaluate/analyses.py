@@ -30,7 +30,7 @@ def item_entropy(logits: torch.Tensor) -> torch.Tensor:
 def posterior_entropy(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,
                       progress: Mode = "auto") -> dict[str, float]:
     """Mean posterior entropy (nats) of each member on every item of ``stream``."""
-    names = list(names or cohort.names)
+    names = list(names or cohort.evaluable)
     logits, _ = predict(cohort, stream, names, progress=progress)
     return {name: float(item_entropy(z).mean()) for name, z in logits.items()}
 
@@ -38,7 +38,7 @@ def posterior_entropy(cohort: Cohort, stream: BatchStream, names: Iterable[str] 
 def rank_mass(cohort: Cohort, stream: BatchStream, names: Iterable[str] | None = None,
               k: int = 5, progress: Mode = "auto") -> dict[str, list[float]]:
     """Average probability mass at ranks 1..k of each member's sorted posterior."""
-    names = list(names or cohort.names)
+    names = list(names or cohort.evaluable)
     logits, _ = predict(cohort, stream, names, progress=progress)
     result = {}
     for name, z in logits.items():
@@ -96,4 +96,4 @@ def cohort_flatness(cohort: Cohort, stream: BatchStream, sigmas: Sequence[float]
     network itself, a branch with its trunk, an auxiliary module's predictions with the modules they read)."""
     return {name: flatness(cohort[name].predictor, stream, sigmas, draws, seed, progress=progress,
                            desc=f"flatness {name}")
-            for name in (names or cohort.names)}
+            for name in (names or cohort.evaluable)}

@@ -109,8 +109,10 @@ class CRDLoss(nn.Module):
         self.embed_teacher = EmbeddingHead(teacher_dim, feature_dim)
         self.register_buffer("student_bank", F.normalize(torch.randn(num_data, feature_dim), dim=1))
         self.register_buffer("teacher_bank", F.normalize(torch.randn(num_data, feature_dim), dim=1))
-        # log Z of the teacher-anchored and the student-anchored terms (code variant); NaN = not yet fixed
-        self.register_buffer("log_normalizer", torch.full((2,), float("nan")))
+        # log Z of the teacher-anchored and the student-anchored terms (code variant), and whether each is fixed
+        # yet (a flag, not a NaN sentinel: a run's weights must stay finite to be checkpointed)
+        self.register_buffer("log_normalizer", torch.zeros(2))
+        self.register_buffer("normalizer_fixed", torch.zeros(2, dtype=torch.bool))
 
     def bank_bytes(self) -> int:
         """Bytes held by the two memory banks: 2 · num_data · feature_dim · element size."""
@@ -140,12 +142,13 @@ class CRDLoss(nn.Module):
         log_z = None
         if self.variant == "code":
             # Z is fixed once, from the first batch: M times the mean of e(u) over its scores. Branch-free (no
-            # device synchronisation): the estimate is kept where the buffer still holds NaN.
+            # device synchronisation): the estimate is kept where the flag says Z is not fixed yet.
             with torch.no_grad():
                 scores = torch.cat([pos[:, None], neg], 1).flatten() / self.temperature
                 estimate = torch.logsumexp(scores, 0) - math.log(scores.numel()) + math.log(self.num_data)
                 current = self.log_normalizer[slot]
-                self.log_normalizer[slot] = torch.where(torch.isnan(current), estimate, current)
+                self.log_normalizer[slot] = torch.where(self.normalizer_fixed[slot], current, estimate)
+                self.normalizer_fixed[slot] = True
             log_z = self.log_normalizer[slot].clone()
         return nce_critic_loss(pos, neg, self.temperature, self.num_data, log_z)
 
