@@ -62,13 +62,17 @@ def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_
     assert summary["members"]["a"]["test"]["top1"] == pytest.approx(single.summary["members"]["a"]["test"]["top1"])
     assert _eval_epochs(run) == [1, 2]  # rank 0 alone writes the log
 
-    # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes
-    short = run_cli("train", str(tmp_path / "c.yaml"), "train.epochs=1", "train.checkpoint_every_steps=2",
-                    "--out", str(tmp_path / "cut"), "--launcher", "local", "--nproc", "2")
+    # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes; with a
+    # constant schedule (epochs added to a finished stage restart its schedule: docs/resume, engine/resume.py)
+    constant = tiny(recipe="mutual", data=SMALL)
+    single = peerlearn.train(constant, out=tmp_path / "single-constant")
+    short = run_cli("train", str(_write(constant, tmp_path / "constant.yaml")), "train.epochs=1",
+                    "train.checkpoint_every_steps=2", "--out", str(tmp_path / "cut"), "--launcher", "local",
+                    "--nproc", "2")
     assert short.returncode == 0, short.stderr
     cut = _only_run(tmp_path / "cut")
     # resumed under torchrun this time: the processes find their rank in the environment; the run goes on
-    # for a second epoch (the first epoch is the same as in the 2-epoch run)
+    # for a second epoch (constant schedule: the first epoch is the same as in the 2-epoch run)
     resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                               "-m", "peerlearn", "train", "--resume", str(cut), "--change", "train.epochs=2",
                               "--change", "train.checkpoint_every_steps=null"], capture_output=True, text=True,
