@@ -6,7 +6,7 @@ CHROMIUM ?= /usr/bin/chromium
 PEERLEARN_DATA ?= $(abspath ../shared/data)
 export PEERLEARN_DATA
 
-.PHONY: install install-test browser postgres demo test test-slow bench-gpu clean
+.PHONY: install install-test browser postgres mlflow-server demo test test-slow bench-gpu clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,16 @@ postgres:
 		echo "postgresql: the server programs are installed"; \
 	else bash tools/apt-install.sh postgresql "the PostgreSQL tests are skipped"; fi
 
-test: install-test browser postgres
+# A real MLflow tracking server for the test of tracking.mlflow = http://...: the full mlflow package (its
+# server is not in mlflow-skinny), pinned, in its own environment .venv-mlflow, so that it cannot change the
+# test environment (its torch). Fails unless the package registry is unreachable (then the test skips, saying so).
+mlflow-server:
+	@bash tools/mlflow-server.sh $(PYTHON)
+
+test: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q
 
-test-slow: install-test browser postgres
+test-slow: install-test browser postgres mlflow-server
 	$(VENV)/bin/python -m pytest -q -m slow
 
 # The GPU check (benchmarks/bench_gpu.py, under 5 minutes): bf16, channels-last, pinned memory, compile, packed
@@ -48,4 +54,4 @@ bench-gpu: install
 	$(VENV)/bin/python benchmarks/bench_gpu.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-mlflow .venv-mlflow.unavailable build dist src/*.egg-info .pytest_cache

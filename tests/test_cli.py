@@ -31,6 +31,14 @@ def test_train_from_yaml_with_overrides_end_to_end(tmp_path):
     assert saved["members"][1]["model"] == "mlp" and saved["train"]["epochs"] == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["recipe"] == "mutual" and set(summary["members"]) == {"a", "b"}
+    # `evaluate` prints the test accuracies that `train` printed, with the same decimals
+    evaluated = run_cli("evaluate", str(run_dir))
+    assert evaluated.returncode == 0, evaluated.stderr
+    for name in ("a", "b", "ensemble"):
+        trained_row = next(line.split() for line in done.stdout.splitlines() if line.startswith(name + " "))
+        evaluated_row = next(line.split() for line in evaluated.stdout.splitlines() if line.startswith(name + " "))
+        assert trained_row[2] == evaluated_row[1]  # test top-1 %, e.g. 91.34 in both
+        assert trained_row[3] == evaluated_row[2]  # test top-5 %
 
 
 def test_config_error_exits_2_without_traceback(tmp_path):

@@ -25,6 +25,18 @@ def test_index_one_past_the_end_appends_and_plus_appends():
     assert tree["members"] == [{"name": "a"}, {"name": "b"}, {"model": "mlp"}, {"name": "d"}, {"name": "e"}]
 
 
+def test_a_number_under_a_mapping_of_the_schema_is_a_key_not_a_list_index(tmp_path):
+    """greedy.stages maps stage numbers to settings: `greedy.stages.2.epochs=1` sets stage 2 of a config that
+    names no stage (not item 2 of an empty list), and edits the stage a config file wrote with a number key."""
+    config = load_config({"recipe": "greedy"}, ["greedy.stages.2.epochs=1", "greedy.stages.2.optim.lr=0.2"])
+    assert config.greedy.stages[2].epochs == 1 and config.greedy.stages[2].optim == {"lr": 0.2}
+    path = tmp_path / "g.yaml"
+    path.write_text("recipe: greedy\ngreedy: {stages: {1: {epochs: 3}}}\n")
+    edited = load_config(path, ["greedy.stages.1.epochs=1", "members.0.model_args.width=8"])
+    assert {j: s.epochs for j, s in edited.greedy.stages.items()} == {1: 1}
+    assert edited.members[0].model_args == {"width": 8}  # a free-form mapping under a list item
+
+
 def test_absent_list_is_created_by_an_index():
     tree = _apply({}, "transfer.backbones.0.source=run_a", "transfer.backbones.1.source=run_b")
     assert tree == {"transfer": {"backbones": [{"source": "run_a"}, {"source": "run_b"}]}}

@@ -45,12 +45,15 @@ SMALL = {"source": "digits", "batch_size": 64, "val_fraction": 0.2, "train_subse
 
 
 def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_path):
-    config = tiny(recipe="mutual", data=SMALL)
+    # a schedule stepped per epoch: each process steps only its own member's (no torch warning about a
+    # schedule stepped before its optimizer), the others arrive with the member's state
+    config = tiny(recipe="mutual", data=SMALL, schedule={"name": "step", "step_size": 1, "gamma": 0.5})
     single = peerlearn.train(config, out=tmp_path / "single")
 
     done = run_cli("train", str(_write(config, tmp_path / "c.yaml")), "--out", str(tmp_path / "dist"),
                    "--launcher", "local", "--nproc", "2")
     assert done.returncode == 0, done.stderr
+    assert "lr_scheduler.step()" not in done.stderr and "Warning" not in done.stderr, done.stderr
     assert done.stdout.count("run directory:") == 1  # only rank 0 reports
     run = _only_run(tmp_path / "dist")
     _assert_same_weights(single.run_dir, run)
@@ -59,9 +62,13 @@ def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_
     assert summary["members"]["a"]["test"]["top1"] == pytest.approx(single.summary["members"]["a"]["test"]["top1"])
     assert _eval_epochs(run) == [1, 2]  # rank 0 alone writes the log
 
-    # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes
-    short = run_cli("train", str(tmp_path / "c.yaml"), "train.epochs=1", "train.checkpoint_every_steps=2",
-                    "--out", str(tmp_path / "cut"), "--launcher", "local", "--nproc", "2")
+    # a distributed run stopped after epoch 1 (its checkpoint written by rank 0) resumes in 2 processes; with a
+    # constant schedule (epochs added to a finished stage restart its schedule: docs/resume, engine/resume.py)
+    constant = tiny(recipe="mutual", data=SMALL)
+    single = peerlearn.train(constant, out=tmp_path / "single-constant")
+    short = run_cli("train", str(_write(constant, tmp_path / "constant.yaml")), "train.epochs=1",
+                    "train.checkpoint_every_steps=2", "--out", str(tmp_path / "cut"), "--launcher", "local",
+                    "--nproc", "2")
     assert short.returncode == 0, short.stderr
     cut = _only_run(tmp_path / "cut")
     # resumed under torchrun this time: the processes find their rank in the environment; the run goes on
@@ -73,6 +80,45 @@ def test_two_processes_end_with_the_single_process_weights_and_resume(tiny, tmp_
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_weights(single.run_dir, cut)
     assert _eval_epochs(cut) == [1, 2]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_of_torchrun_with_c10d_rendezvous_equal_the_single_process_run(tiny, tmp_path):
+    """docs/scale.md's multi-node launch, both "nodes" on this machine: `torchrun --nnodes 2 --nproc-per-node 1
+    --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT` started twice; one member per node."""
+    members = [{"name": n, "model": "mlp", "model_args": {"widths": [32]}} for n in "ab"]
+    config = tiny(recipe="mutual", members=members, data=SMALL, train={"epochs": 1, "progress": "off", "threads": 1},
+                  schedule={"name": "step", "step_size": 1, "gamma": 0.5})
+    single = peerlearn.train(config, out=tmp_path / "single")
+    path = _write(config, tmp_path / "c.yaml")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+                               "-m", "peerlearn", "train", str(path), "--out", str(tmp_path / "dist")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=300)[0])
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert sum(out.count("run directory:") for out in outputs) == 1  # rank 0, on one of the nodes, reports
+    assert not any("lr_scheduler.step()" in out for out in outputs), outputs
+    run = _only_run(tmp_path / "dist")
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    _assert_same_weights(single.run_dir, run)
 
 
 @pytest.mark.slow  # four processes: ~25 s of CPU

@@ -184,10 +184,16 @@ def test_shell_block_commands_parse_and_configs_validate(block, tmp_path):
         if args.command in COMMANDS_WITH_OVERRIDES:
             split_config_and_overrides(args, extra)
             if args.config is not None or args.overrides:
-                run_config = load_config(args.config, args.overrides)
-                for member in run_config.members:  # a model option the model lacks fails here, not in training
-                    create_model(member.model, num_classes=10, in_channels=1,
-                                 image_size=run_config.data.image_size or 28, **member.model_args)
+                from peerlearn.sweeps import grid_override
+
+                grid = [found for item in args.overrides if (found := grid_override(item)) is not None]
+                fixed = [item for item in args.overrides if grid_override(item) is None]
+                variants = [[f"{key}={value}"] for key, values in grid for value in values] or [[]]
+                for variant in variants:  # a sweep's grid (key=v1,v2): each value with the fixed overrides
+                    run_config = load_config(args.config, fixed + variant)
+                    for member in run_config.members:  # a model option the model lacks fails here, not in training
+                        create_model(member.model, num_classes=10, in_channels=1,
+                                     image_size=run_config.data.image_size or 28, **member.model_args)
 
 
 @pytest.mark.slow

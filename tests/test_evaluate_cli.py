@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 import peerlearn
@@ -77,3 +78,14 @@ def test_cka_untrained_below_independent_below_mutual(run_dir, tmp_path):
     untrained.cohort = prepare_run(mutual.config)[2].cohort  # the members' initial weights
     independent = load_run(peerlearn.train(tiny_config(recipe="independent"), out=tmp_path).run_dir)
     assert cka(untrained) + 0.1 < cka(independent) < cka(mutual) - 0.1
+
+
+def test_a_run_stream_is_iterable_as_the_docs_show(run_dir):
+    """docs/runs.md: `for batch in run.stream("test", limit=...)` gives the split's items in order, batched."""
+    run = peerlearn.load_run(run_dir)
+    batches = list(run.stream("test", limit=150))
+    assert [len(b.y) for b in batches] == [len(b.x) for b in batches] and sum(len(b.y) for b in batches) == 150
+    assert torch.equal(torch.cat([b.index for b in batches]).cpu(), torch.arange(150))
+    assert torch.equal(torch.cat([b.y for b in batches]).cpu(), run.split("test").y[:150])
+    logits = torch.cat([run.cohort["a"].model(b.x) for b in batches])
+    assert logits.shape == (150, 10)

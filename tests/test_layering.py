@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("layer listing", ("layer_list",)),  # the readable layers of a config's members
     ("evaluate", ("evaluate",)),  # after-training metrics of a run
     ("analysis", ("analysis_runner",)),
-    ("outputs", ("export", "report", "demo", "sql", "lightning")),
+    ("outputs", ("export", "report", "demo", "sql", "lightning", "sweeps")),  # sweeps: runs of api.train
     ("entry points", (ROOT, "cli", "__main__", "config_doc")),
 ]
 LAYER_OF = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

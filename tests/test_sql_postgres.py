@@ -60,6 +60,18 @@ def test_train_evaluate_predict_on_postgres(tmp_path, pg):
     assert [r[0] for r in _count(pg, "SELECT Id FROM Wine_Upper ORDER BY id")] == [1, 2, 3]
 
 
+def test_demo_db_loads_the_tables_into_a_server_url(pg, tmp_path, monkeypatch, capsys):
+    from peerlearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sql", "--demo-db", pg, "--overwrite"]) == 0
+    assert "demo database with tables wine, breast_cancer, iris: postgresql" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no SQLite file named like the URL
+    assert _count(pg, "SELECT count(*) FROM iris")[0][0] == 150
+    assert main(["sql", "--demo-db", pg]) == 2  # the tables exist: nothing replaced without --overwrite
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_postgres_is_only_read(pg):
     with pytest.raises(ConfigError, match="not a SELECT"):
         run_query(pg, "DROP TABLE wine", "auto", "data.options.query")

@@ -201,6 +201,23 @@ def test_cli_demo_db_and_evaluate_in_process(tmp_path, demo, mutual, capsys):
     assert "ensemble: confusion matrix" in capsys.readouterr().out
 
 
+def test_demo_db_takes_a_sqlite_url_and_refuses_a_server_it_cannot_reach(tmp_path, monkeypatch, capsys):
+    from peerlearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["sql", "--demo-db", f"sqlite:///{tmp_path / 'sub' / 'demo.db'}"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # the file the URL names, no file named like it
+    with sqlite3.connect(tmp_path / "sub" / "demo.db") as connection:
+        assert connection.execute("SELECT count(*) FROM iris").fetchone() == (150,)
+    capsys.readouterr()
+    # a server URL: the tables go to that database, or a clear refusal (here: nothing listens on port 1)
+    assert main(["sql", "--demo-db", "postgresql+psycopg://bob:s3cret@127.0.0.1:1/demo"]) == 2
+    err = capsys.readouterr().err
+    assert "Cannot load the demo tables into postgresql+psycopg://bob:***@127.0.0.1:1/demo" in err
+    assert "s3cret" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]  # nothing written here
+
+
 def test_dml_variants_are_with_keys(demo):
     from peerlearn.sql.statements import parse_statement
     from peerlearn.sql.store import ModelStore

@@ -48,13 +48,13 @@ def __dir__() -> list[str]:
 
 
 def evaluate_run(run_dir, split: str = "test", members=None, device: str = "cpu", save: bool = True, data=None,
-                 label_column=None, trust_code: bool = False) -> dict:
+                 label_column=None, trust_code: bool = False, progress="auto") -> dict:
     """Metrics of a finished run on one of its splits, or on other labelled ``data`` (see
     ``peerlearn.evaluate.runner.evaluate_run``)."""
     from peerlearn.evaluate.runner import evaluate_run as run
 
     return run(run_dir, split=split, members=members, device=device, save=save, data=data, label_column=label_column,
-               trust_code=trust_code)
+               trust_code=trust_code, progress=progress)
 
 
 def analyze_run(run_dir, **options) -> dict:
@@ -62,6 +62,14 @@ def analyze_run(run_dir, **options) -> dict:
     from peerlearn.analysis_runner import analyze_run as run
 
     return run(run_dir, **options)
+
+
+def sweep(config=None, **options):
+    """Train a config once per seed and per grid point into one sweep folder (see ``peerlearn.sweeps.sweep``):
+    ``peerlearn.sweep("c.yaml", seeds=[0, 1, 2], grid={"mutual.weight": [0.5, 1, 2]}, jobs=2)``."""
+    from peerlearn.sweeps import sweep as run
+
+    return run(config, **options)
 
 
 def layers(config=None, overrides=None, **options) -> list[dict]:
@@ -73,4 +81,4 @@ def layers(config=None, overrides=None, **options) -> list[dict]:
 
 
 __all__ = ["LayerTaps", "RunConfig", "RunResult", "UserData", "analyze_run", "available_models", "create_model",
-           "evaluate_run", "layers", "load_config", "load_run", "train", "__version__"]
+           "evaluate_run", "layers", "load_config", "load_run", "sweep", "train", "__version__"]

@@ -32,6 +32,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "(to continue with a new setting: --change key=value, recorded in the run).")
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1, got {args.nproc}.")
+    from peerlearn.sweeps import grid_override
+
+    grid = dict(found for item in args.overrides if (found := grid_override(item)) is not None)
+    if args.seeds is not None or grid:
+        return cmd_train_sweep(args, grid)
+    if args.jobs is not None:
+        raise ConfigError("--jobs runs the runs of a sweep at once; give --seeds 0,1,2 or a grid (key=v1,v2).")
     if args.launcher == "local":
         return cmd_train_local(args)
     if args.nproc is not None:
@@ -42,6 +49,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(format_summary(result.summary))
         print(f"\nrun directory: {result.run_dir}")
     return 0
+
+
+def cmd_train_sweep(args: argparse.Namespace, grid: dict[str, list[str]]) -> int:
+    """`peerlearn train CONFIG --seeds 0,1,2 [key=v1,v2 ...] [--jobs N]`: one run per seed and grid point."""
+    from peerlearn.sweeps import grid_override, parse_seeds, sweep
+    from peerlearn.tables import format_table
+
+    if args.resume is not None or args.launcher != "none":
+        raise ConfigError("--seeds and grids (key=v1,v2) start new runs in one process each; they do not combine "
+                          "with --resume or --launcher (resume a sweep's run on its own: --resume RUN_DIR).")
+    fixed = [item for item in args.overrides if grid_override(item) is None]
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+
+    def report(event, run, plan):
+        total = len(plan.runs)
+        if event == "start":
+            print(f"sweep run {run.index + 1}/{total} ({run.label}) started", flush=True)
+            return
+        if run.status != "done":
+            print(f"sweep run {run.index + 1}/{total} ({run.label}) FAILED: {run.error}", flush=True)
+            return
+        best = _headline(run.summary or {})
+        print(f"sweep run {run.index + 1}/{total} ({run.label}) done in {run.seconds:.1f} s{best}: "
+              f"{plan.sweep_dir / run.run_dir}", flush=True)
+
+    result = sweep(args.config, seeds=seeds, grid=grid, overrides=fixed, out=args.out, jobs=args.jobs or 1,
+                   report=report, trust_code=args.trust_code)
+    rows = [[run.index + 1, run.label, run.status, _headline(run.summary or {}).removeprefix(", "),
+             run.run_dir or ""] for run in result.runs]
+    print()
+    print(format_table(["run", "settings", "status", "test top-1 %", "run directory"], rows))
+    print(f"\nsweep folder: {result.sweep_dir} (runs recorded in sweep.json)")
+    print(f"compare the runs: peerlearn report {result.sweep_dir}")
+    failed = result.failed
+    return 0 if not failed else next((run.exit_code for run in failed if run.exit_code), 1)
+
+
+def _headline(summary: dict) -> str:
+    """', ensemble 91.34' (or the single member's) test top-1 % of a summary, '' without one."""
+    entry = summary.get("ensemble") or next(iter(summary.get("members", {}).values()), {})
+    name = "ensemble" if summary.get("ensemble") else next(iter(summary.get("members", {})), "")
+    top1 = (entry or {}).get("test", {}).get("top1")
+    return "" if top1 is None else f", {name} {100 * top1:.2f}"
 
 
 def cmd_train_local(args: argparse.Namespace) -> int:
@@ -143,7 +193,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     result = analyze_run(args.run_dir, split=args.split, sigmas=args.sigmas, draws=args.draws, limit=args.limit,
                          members=args.member, tsne_items=args.tsne_items, perplexity=args.perplexity,
-                         trust_code=args.trust_code)
+                         trust_code=args.trust_code, progress=args.progress)
     if args.json:
         _print_json(result)
         return 0
@@ -172,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.label is not None and args.data is None:
         raise ConfigError("--label names the label column of --data (a CSV file); give --data too.")
     result = evaluate_run(args.run_dir, split=args.split, members=args.member, data=args.data,
-                          label_column=args.label, trust_code=args.trust_code)
+                          label_column=args.label, trust_code=args.trust_code, progress=args.progress)
     if args.json:
         _print_json(result)
     else:
@@ -282,7 +332,15 @@ def add_run_split_member_json(parser: argparse.ArgumentParser, split: str, json_
     parser.add_argument("--split", default=split, choices=["train", "val", "test"])
     parser.add_argument("--member", action="append", help="only this member (repeatable)")
     parser.add_argument("--json", action="store_true", help=json_help)
+    add_progress(parser)
     add_trust_code(parser)
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    """``--progress auto|on|off``: a bar on a terminal, a line every few seconds off it (peerlearn.progress)."""
+    parser.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                        help="progress on standard error: auto (a bar on a terminal, else a line every few "
+                             "seconds of slow work), on (a bar), off")
 
 
 TRUST_CODE_HELP = ("import the code the run names (a package.module:callable model, a factory, a recipe class) "
@@ -296,6 +354,8 @@ def add_trust_code(parser: argparse.ArgumentParser, help: str = TRUST_CODE_HELP)
 OVERRIDES_HELP = ("Overrides are dotted key=value pairs, before or after the options, e.g. optim.lr=0.05 "
                   "members.0.model=mlp; a list index one past the end, or +, appends an item: "
                   "members.+={name: c, model: mlp}.")
+SWEEP_HELP = (" In train, a value list key=v1,v2,... sweeps a grid (quote a value to keep its comma: "
+              "key='a,b'); --seeds 0,1,2 trains every point once per seed.")
 COMMANDS_WITH_OVERRIDES = ("train", "config", "layers")
 
 
@@ -335,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train a cohort from a YAML config",
-                           description="Train the cohort a YAML config describes. " + OVERRIDES_HELP)
+                           description="Train the cohort a YAML config describes. " + OVERRIDES_HELP + SWEEP_HELP)
     add_config_and_overrides(train)
     train.add_argument("--out", default="runs", help="parent folder of the new run directory (default: runs)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
@@ -345,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local: start --nproc processes here, one member (or replica) each (like torchrun)")
     train.add_argument("--nproc", type=int, default=None, metavar="P",
                        help="processes for --launcher local (default: one per member)")
+    train.add_argument("--seeds", default=None, metavar="S",
+                       help="a sweep: one run per seed (0,1,2 or 0-4) into one sweep folder under --out; an "
+                            "override with several values (mutual.weight=0.5,1,2) sweeps a grid, every point "
+                            "with every seed (see docs/sweeps.md)")
+    train.add_argument("--jobs", type=int, default=None, metavar="N",
+                       help="train N runs of a sweep at once, each in its own process (default 1: one after "
+                            "another)")
     add_trust_code(train, "let the runs this training reads (--resume RUN_DIR, transfer sources) name code "
                           "although they are not signed with your key")
 
@@ -423,8 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probabilities", action="store_true", help="add one column p_<class> per class")
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     predict.add_argument("--batch-size", type=int, default=256, help="inputs per batch (default 256)")
-    predict.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
-                         help="a progress bar on stderr (auto: only on a terminal)")
+    add_progress(predict)
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "
@@ -448,8 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tsne-items", type=int, default=500, help="items in the t-SNE picture")
     report.add_argument("--tsne-member", action="append", help="member in the t-SNE picture (repeatable; "
                                                                "default: the first two)")
-    report.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
-                        help="progress bars (auto: only on a terminal)")
+    add_progress(report)
     add_trust_code(report)
 
     export = sub.add_parser("export", help="export one member as ONNX, TorchScript or safetensors",
@@ -468,8 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images: the model takes the source's uint8 images in this layout and resizes and "
                              "normalises them itself, exactly as training did (onnx, torchscript)")
     export.add_argument("--check-items", type=int, default=64, help="test items of the output check")
-    export.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
-                        help="progress bars (auto: only on a terminal)")
+    add_progress(export)
     add_trust_code(export)
 
     probe = sub.add_parser("probe", help="linear separability of each block's features (layerwise_cnn runs)",

@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Optional, Union
+from types import UnionType
+from typing import Any, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from peerlearn.config.schema import RunConfig
+from peerlearn.config.schema import RECIPE_SECTIONS, RunConfig
 from peerlearn.errors import ConfigError
 
 
@@ -172,18 +173,58 @@ def _is_index(part: str) -> bool:
     return part.isdigit() or part == APPEND
 
 
+def _without_none(annotation: Any) -> Any:
+    """``Optional[X]`` -> X; any other annotation unchanged."""
+    if get_origin(annotation) in (Union, UnionType):
+        kept = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return kept[0] if len(kept) == 1 else annotation
+    return annotation
+
+
+def schema_container(parts: list[str]) -> Optional[type]:
+    """``dict`` or ``list``: what the schema says the key ``parts`` (a dotted path) holds, or None when it does
+    not say (an unknown key, a free-form value). ``greedy.stages`` is a mapping (stage number -> settings), so
+    ``greedy.stages.2.epochs=1`` names its key 2, while ``members.1`` is item 1 of a list."""
+    current: Any = RunConfig
+    for part in parts:
+        current = _without_none(current)
+        origin = get_origin(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None and current is RunConfig and part in RECIPE_SECTIONS:
+                current = RECIPE_SECTIONS[part]
+                continue
+            if field is None:
+                return None
+            current = field.annotation
+        elif origin is dict:
+            current = get_args(current)[1]
+        elif origin is list:
+            current = get_args(current)[0]
+        else:
+            return None
+    current = _without_none(current)
+    if get_origin(current) is dict or (isinstance(current, type) and issubclass(current, BaseModel)):
+        return dict
+    return list if get_origin(current) is list else None
+
+
 def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
     """Set ``tree[parts[0]][parts[1]]... = value``.
 
     List items are addressed by integer index; the index equal to the list's length, or ``+``, appends a new
     item (``members.2.model=mlp`` on a two-member cohort, ``members.+={name: c, model: mlp}``). A key that is
-    absent becomes a mapping, or a list when the next part is an index (``transfer.backbones.0.source=X``).
+    absent becomes what the schema says it holds (``schema_container``: ``greedy.stages.2.epochs=1`` makes the
+    mapping ``{2: {epochs: 1}}``), else a mapping, or a list when the next part is an index
+    (``transfer.backbones.0.source=X``). A number names an existing integer key of a mapping.
     """
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         where = ".".join(parts[: depth + 1])
-        fresh: Any = None if last else ([] if _is_index(parts[depth + 1]) else {})
+        kind = None if last else schema_container(parts[: depth + 1])
+        fresh: Any = None if last else ({} if kind is dict else [] if kind is list or _is_index(parts[depth + 1])
+                                        else {})
         if isinstance(node, list):
             if part == APPEND:
                 part = str(len(node))
@@ -205,6 +246,8 @@ def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
             if part == APPEND:
                 raise ConfigError(f"Override key {'.'.join(parts)!r}: '+' appends to a list, but "
                                   f"{'.'.join(parts[:depth]) or 'the top level'!r} is a mapping.")
+            if part.isdigit() and part not in node and int(part) in node:
+                part = int(part)  # a YAML mapping with number keys (greedy: {stages: {2: {...}}})
             if last:
                 node[part] = value
             else:

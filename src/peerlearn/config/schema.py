@@ -7,6 +7,7 @@ Every key is checked before anything trains. A wrong key, type or value raises `
 from __future__ import annotations
 
 import math
+import re
 import types
 from typing import Annotated, Any, Callable, Literal, Optional, Union, get_args, get_origin
 
@@ -257,7 +258,9 @@ class TrainConfig(Section):
     deterministic: bool = Field(True, description="deterministic kernels and seeded data order")
     progress: Literal["auto", "on", "off"] = Changeable("auto", description="progress bar (auto: only on a terminal)")
     eval_every: int = Changeable(1, gt=0, description="evaluate every N epochs (and always at the end)")
-    eval_test: bool = Changeable(True, description="also evaluate on the test split every evaluation")
+    eval_test: bool = Changeable(False, description="also evaluate on the test split every evaluation (default: "
+                                                     "validation each evaluation, test once at the end, so that "
+                                                     "choices are made on validation)")
     checkpoint_every_steps: Optional[int] = Changeable(None, gt=0, description="also checkpoint every N steps")
     threads: Optional[int] = Changeable(None, gt=0, description="torch CPU threads (default: torch's choice)")
 
@@ -266,8 +269,22 @@ class TrackingConfig(Section):
     """Where metrics go besides metrics.jsonl (always written)."""
 
     tensorboard: bool = Changeable(True, description="TensorBoard events in RUN_DIR/tensorboard")
-    mlflow: bool = Changeable(False, description="also log the flattened config and per-epoch metrics to MLflow, "
-                                            "SQLite file RUN_DIR/mlflow.db (needs peerlearn[mlflow])")
+    mlflow: Union[bool, str] = Changeable(False, description="also log the flattened config and the metrics to "
+                                                             "MLflow (needs peerlearn[mlflow]): true = a SQLite "
+                                                             "file RUN_DIR/mlflow.db; or any MLflow tracking URI, "
+                                                             "shared by many runs: sqlite:////abs/mlflow.db, "
+                                                             "http://host:5000 (a tracking server), "
+                                                             "file:///abs/mlruns")
+    mlflow_experiment: str = Changeable("peerlearn", min_length=1, description="the MLflow experiment the runs "
+                                                                               "are logged under")
+
+    @field_validator("mlflow")
+    @classmethod
+    def _tracking_uri(cls, value):
+        if isinstance(value, str) and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value):
+            raise ValueError("tracking.mlflow is true, false or an MLflow tracking URI such as "
+                             "sqlite:////abs/path/mlflow.db, http://127.0.0.1:5000 or file:///abs/mlruns")
+        return value
     log_every_steps: int = Changeable(50, ge=0, description="log one training step's loss terms and learning rates "
                                                        "every N global steps (metrics.jsonl kind 'step', "
                                                        "TensorBoard, MLflow); 0: only per-epoch means")

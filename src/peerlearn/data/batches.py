@@ -103,6 +103,12 @@ class BatchStream:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def __iter__(self) -> Iterator[Batch]:
+        """The batches of one pass, in epoch 0's order (the split's own order when ``shuffle`` is off):
+        ``for batch in run.stream("test"): model(batch.x), batch.y``."""
+        for _, batch in self.epoch(0):
+            yield batch
+
     def order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(len(self.split))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -140,9 +140,12 @@ class Cohort:
             member.model.to(device)
         return self
 
-    def step_schedules(self, unit: str) -> None:
+    def step_schedules(self, unit: str, names: Optional[Iterable[str]] = None) -> None:
+        """Step the ``unit`` ('epoch') schedules of the updating participants (only ``names`` when given: a
+        distributed process steps the schedule of the member it trains; the others come from their owners)."""
+        chosen = None if names is None else set(names)
         for member in self.updating:
-            if member.schedule is not None:
+            if member.schedule is not None and (chosen is None or member.name in chosen):
                 member.schedule.step(unit)
 
 

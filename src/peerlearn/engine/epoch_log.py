@@ -1,8 +1,11 @@
 """One line per epoch that a person can follow, through Python ``logging`` (logger ``peerlearn``).
 
-    train epoch 3/10: loss 0.4127 | val top-1 % a 91.3, b 90.8, ensemble 92.0 | 2.4 s
+    train epoch 3/10: loss 0.4127 | val top-1 % a 91.30, b 90.80, ensemble 92.00 | 2.4 s
+    final: val top-1 % a 91.30, b 90.80, ensemble 92.00 | test top-1 % a 90.95, b 90.41, ensemble 91.87
 
-The line is logged at INFO after every epoch (its validation part after the epochs that evaluate). On a
+The line is logged at INFO after every epoch (its validation part after the epochs that evaluate); the test
+split appears in it only with ``train.eval_test`` (choices such as the epoch or a setting are made on
+validation), and once at the end, in the ``final`` line of the run's summary scores. On a
 terminal it follows the progress bar, which is cleared first; off a terminal (a file, a pipe, CI) it is
 the only output of training. Accuracies are percentages here, for reading; ``metrics.jsonl`` and
 ``summary.json`` keep fractions (0..1).
@@ -50,7 +53,7 @@ def ensure_handler() -> None:
 
 
 def _percent(value: Optional[float]) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    return "–" if value is None else f"{100 * value:.2f}"  # the decimals of the CLI's tables
 
 
 def epoch_line(stage: str, epoch: int, epochs: int, train: dict[str, Any],
@@ -61,11 +64,27 @@ def epoch_line(stage: str, epoch: int, epochs: int, train: dict[str, Any],
     parts = [f"{stage} epoch {epoch}/{epochs}:"]
     if "loss" in train:
         parts.append(f"loss {float(train['loss']):.4f}")
-    line = " ".join(parts)
+    return f"{' '.join(parts)}{_scores(results)} | {seconds:.1f} s"
+
+
+def _scores(results: Optional[dict[str, dict[str, dict[str, float]]]]) -> str:
+    text = ""
     for split, members in (results or {}).items():
         scores = ", ".join(f"{name} {_percent(score.get('top1'))}" for name, score in members.items())
-        line += f" | {split} top-1 % {scores}"
-    return f"{line} | {seconds:.1f} s"
+        text += f" | {split} top-1 % {scores}"
+    return text
+
+
+def final_line(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The run's final scores (``summary.json``): top-1 (%) of every scored member on validation and test."""
+    return f"final:{_scores(results).removeprefix(' |')}"
+
+
+def log_final(results: dict[str, Any]) -> None:
+    """Log ``final_line(results)`` at INFO on the ``peerlearn`` logger."""
+    ensure_handler()
+    if results and logger.isEnabledFor(logging.INFO):
+        logger.info(final_line(results))
 
 
 def log_epoch(stage: str, epoch: int, epochs: int, train: dict[str, Any],

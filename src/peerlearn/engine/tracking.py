@@ -1,5 +1,6 @@
 """Where a run's numbers go: ``metrics.jsonl`` (one JSON object per line), TensorBoard events and,
-when ``tracking.mlflow`` is on, an MLflow store (SQLite file ``mlflow.db`` in the run directory)."""
+when ``tracking.mlflow`` is on, MLflow: a SQLite file ``mlflow.db`` in the run directory (``true``) or any
+MLflow tracking URI that many runs share (a SQLite file, a tracking server, a folder)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Iterator, Optional
 
 from peerlearn.engine.checkpoint import atomic_write
 from peerlearn.engine.run_dir import open_append
-from peerlearn.errors import ConfigError
+from peerlearn.errors import ConfigError, ResourceError
 from peerlearn.run_files import METRICS_NAME, TENSORBOARD_DIR
 
 MLFLOW_DB = "mlflow.db"
@@ -136,8 +137,9 @@ def open_metrics_log(config, run_dir: Path, resume_step: Optional[int] = None) -
     tree = config.model_dump(mode="json")
     mlflow = None
     if config.tracking.mlflow:
+        uri = config.tracking.mlflow if isinstance(config.tracking.mlflow, str) else None
         mlflow = MlflowLogger(run_dir, flatten_params(tree), run_name=Path(run_dir).name,
-                              resume=resume_step is not None)
+                              resume=resume_step is not None, uri=uri, experiment=config.tracking.mlflow_experiment)
     return MetricsLog(run_dir, config.tracking.tensorboard, resume_step=resume_step, mlflow=mlflow,
                       log_every_steps=config.tracking.log_every_steps, hparams=hparam_values(tree))
 
@@ -188,27 +190,41 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 
 
 class MlflowLogger:
-    """Params (the flattened resolved config) once, metrics at every log call, into ``RUN_DIR/mlflow.db``.
+    """Params (the flattened resolved config) once, metrics at every log call, into the MLflow store at ``uri``
+    (default: the SQLite file ``RUN_DIR/mlflow.db``), as one MLflow run of ``experiment`` named after the run
+    directory (tag ``peerlearn.run_dir``).
 
-    Browse with ``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``. A resumed run continues the
-    same MLflow run (its id is kept in ``mlflow_run_id.txt``); steps logged after the checkpoint and
-    before the interruption are logged again, and MLflow keeps both values of such a step.
+    A shared ``uri`` (``sqlite:////abs/mlflow.db``, ``http://host:5000``) puts every run, every seed of a sweep,
+    in one MLflow view. A resumed run continues the same MLflow run (its id is kept in
+    ``mlflow_run_id.txt``); steps logged after the checkpoint and before the interruption are logged again, and
+    MLflow keeps both values of such a step.
     """
 
-    def __init__(self, run_dir: Path, params: dict[str, str], run_name: str, resume: bool = False):
+    def __init__(self, run_dir: Path, params: dict[str, str], run_name: str, resume: bool = False,
+                 uri: Optional[str] = None, experiment: str = MLFLOW_EXPERIMENT):
         client_class = require_mlflow()
         run_dir = Path(run_dir).resolve()
-        self.uri = f"sqlite:///{run_dir / MLFLOW_DB}"
+        self.uri = uri or f"sqlite:///{run_dir / MLFLOW_DB}"
+        own_store = uri is None
         id_file = run_dir / MLFLOW_RUN_ID
+        try:
+            self._start(client_class, run_dir, id_file, params, run_name, resume, experiment, own_store)
+        except (ConfigError, OSError):
+            raise
+        except Exception as error:  # an unreachable server, a refused URI, a store of another MLflow version
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ResourceError(f"MLflow tracking at {self.uri!r} failed: {first}. Check tracking.mlflow (is the "
+                                "server running?), or set tracking.mlflow=false.") from None
+
+    def _start(self, client_class, run_dir: Path, id_file: Path, params: dict[str, str], run_name: str,
+               resume: bool, experiment: str, own_store: bool) -> None:
         with _quiet_loggers("mlflow", "alembic"):
             self.client = client_class(tracking_uri=self.uri)
             if resume and id_file.is_file():
                 self.run_id = id_file.read_text().strip()
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
-            experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-            experiment_id = experiment.experiment_id if experiment is not None else self.client.create_experiment(
-                MLFLOW_EXPERIMENT, artifact_location=(run_dir / "mlflow-artifacts").as_uri())
+            experiment_id = self._experiment(experiment, run_dir if own_store else None)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name,
                                                  tags={"peerlearn.run_dir": str(run_dir)}).info.run_id
         id_file.write_text(self.run_id + "\n")
@@ -217,6 +233,20 @@ class MlflowLogger:
         entries = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(entries), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=entries[start:start + 100])
+
+    def _experiment(self, name: str, run_dir: Optional[Path]) -> str:
+        """The id of experiment ``name``, created when missing (by another run of a sweep meanwhile: taken)."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (run_dir / "mlflow-artifacts").as_uri() if run_dir is not None else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # created by a parallel run between the two calls
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     def log(self, kind: str, step: int, scalars: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -21,7 +21,7 @@ from peerlearn.config import RunConfig
 from peerlearn.data.batches import Batch, BatchStream
 from peerlearn.engine.checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
 from peerlearn.engine.cohort import Cohort
-from peerlearn.engine.epoch_log import log_epoch, logger
+from peerlearn.engine.epoch_log import log_epoch, log_final, logger
 from peerlearn.engine.evaluation import evaluate_cohort
 from peerlearn.engine.guards import check_weights_finite, fresh_settings, refresh_hyperparameters, restart_schedule
 from peerlearn.engine.resume import added_epochs
@@ -403,8 +403,10 @@ class Trainer:
                 if self.position.step_in_epoch < len(stream):  # the epoch's end checkpoints by itself
                     self._stop_if_signalled(at_epoch_end=False)
             bar.close()
+            # a distributed process steps only the schedule of the member it trains (stepping one whose optimizer
+            # never stepped here is what torch warns about); the sync then brings every copy up to date
+            self.cohort.step_schedules("epoch", None if self.distributed is None else [self.distributed.member_name])
             self._sync()
-            self.cohort.step_schedules("epoch")
             self.elapsed += time.perf_counter() - started
             train_means = {k: v / max(self._epoch_count, 1) for k, v in sums.items()}
             lrs = {m.name: m.optimizer.param_groups[0]["lr"] for m in self.cohort.updating}
@@ -470,6 +472,7 @@ class Trainer:
                     f"Cannot write the final weights {str(self.run_dir / WEIGHTS_NAME)!r}: {error.strerror or error}. "
                     f"The last good checkpoint is {self.last_good_checkpoint()}; free disk space and resume."
                 ) from None
+            log_final(final)
         return {"final": final, "steps": self.position.global_step, "epochs": self.position.global_epoch,
                 "train_seconds": round(self.elapsed, 3)}
 

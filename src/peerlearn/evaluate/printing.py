@@ -11,7 +11,8 @@ MAX_CLASSES_SHOWN = 20  # per-class tables and confusion matrices only for this 
 
 
 def _pct(value) -> Any:
-    return None if value is None else round(100 * value, 2)
+    """A fraction as a percentage with two decimals, as `peerlearn train` prints its summary."""
+    return None if value is None else f"{100 * value:.2f}"
 
 
 def classification_text(result: dict[str, Any]) -> list[str]:

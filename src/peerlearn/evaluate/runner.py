@@ -23,6 +23,7 @@ from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
 from peerlearn.evaluate.metrics import classification_metrics
 from peerlearn.evaluate.retrieval import DEFAULT_RANKS, concatenate_features, retrieval_metrics
+from peerlearn.progress import Mode
 from peerlearn.command_options import member_names
 from peerlearn.safe_write import check_writable, write_file
 from peerlearn.run_files import evaluation_name
@@ -51,17 +52,18 @@ def metrics_of(log_probs: torch.Tensor, labels: torch.Tensor, class_names) -> di
     return classification_metrics(log_probs.exp(), labels, class_names, log_probs=log_probs)
 
 
-def classification_section(run, split: str, names: Sequence[str]) -> dict[str, Any] | None:
+def classification_section(run, split: str, names: Sequence[str], progress: Mode = "off") -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on ``split`` (None when it has no labelled item)."""
-    return classification_scores(run, split_stream(run, split), names)
+    return classification_scores(run, split_stream(run, split), names, progress=progress)
 
 
-def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dict[str, Any] | None:
+def classification_scores(run, stream: BatchStream, names: Sequence[str], progress: Mode = "off"
+                          ) -> dict[str, Any] | None:
     """Classification metrics of every member and the ensemble on the items of ``stream`` (None when none
     is labelled); ``peerlearn sql``'s TO EVALUATE scores a query's rows with it."""
     if int((stream.split.y >= 0).sum()) == 0:
         return None
-    logits, labels = predict(run.cohort, stream, names, progress="off")  # each participant's predictor
+    logits, labels = predict(run.cohort, stream, names, progress=progress)  # each participant's predictor
     class_names = run.class_names
     result = {name: metrics_of(F.log_softmax(z, dim=1), labels, class_names) for name, z in logits.items()}
     averaged = ensemble_members(run, names)
@@ -70,7 +72,8 @@ def classification_scores(run, stream: BatchStream, names: Sequence[str]) -> dic
     return result
 
 
-def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS) -> dict[str, Any] | None:
+def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_RANKS, progress: Mode = "off"
+                      ) -> dict[str, Any] | None:
     """CMC / mAP of each member's features and of the cohort's concatenated features (None without query/gallery)."""
     parts = run.data.retrieval
     if not {"query", "gallery"} <= set(parts):
@@ -79,7 +82,7 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
     for key in ("query", "gallery"):
         part = parts[key]
         stream = run.stream_of(Split(part.x, part.identities))
-        features[key] = predict_with_features(run.cohort, stream, names)[1]
+        features[key] = predict_with_features(run.cohort, stream, names, progress=progress)[1]
     query, gallery = parts["query"], parts["gallery"]
 
     def score(q, g):
@@ -96,7 +99,8 @@ def retrieval_section(run, names: Sequence[str], ranks: Sequence[int] = DEFAULT_
 
 def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str] | None = None,
                  device: str = "cpu", save: bool = True, data: Any = None,
-                 label_column: str | None = None, trust_code: bool = False) -> dict[str, Any]:
+                 label_column: str | None = None, trust_code: bool = False, progress: Mode = "auto"
+                 ) -> dict[str, Any]:
     """Evaluate a finished run: classification metrics on ``split`` and, on re-id runs, retrieval metrics.
 
     ``data`` scores the run on other labelled data instead of a split of its own (``split`` is then
@@ -113,12 +117,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
          "retrieval": {"query_items", "gallery_items",
                        "scores": {member or "cohort": {cmc: {rank1, rank5, rank10}, map, queries, skipped}}} or None}
 
-    ``trust_code``: see ``peerlearn.load_run``.
+    ``trust_code``: see ``peerlearn.load_run``. ``progress``: a bar over the batches on a terminal, a line every
+    few seconds off it (``peerlearn.progress``).
     """
     from peerlearn.api import load_run
 
     if data is not None:
-        return evaluate_on_data(run_dir, data, members, device, save, label_column, trust_code)
+        return evaluate_on_data(run_dir, data, members, device, save, label_column, trust_code, progress)
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; allowed: {', '.join(SPLITS)}.")
     member_names(members)
@@ -133,8 +138,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
         "items": len(getattr(data, split)),
         "class_names": run.class_names,
         "members": names,
-        "classification": classification_section(run, split, names),
-        "retrieval": retrieval_section(run, names),
+        "classification": classification_section(run, split, names, progress=progress),
+        "retrieval": retrieval_section(run, names, progress=progress),
     }
     if save:
         write_file(Path(run_dir) / evaluation_name(split), json.dumps(result, indent=2), root=run_dir,
@@ -143,7 +148,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", members: Sequence[str
 
 
 def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | None = None, device: str = "cpu",
-                     save: bool = True, label_column: str | None = None, trust_code: bool = False) -> dict[str, Any]:
+                     save: bool = True, label_column: str | None = None, trust_code: bool = False,
+                     progress: Mode = "auto") -> dict[str, Any]:
     """``evaluate_run`` on labelled data that is not one of the run's splits (see there)."""
     from peerlearn.api import load_run
     from peerlearn.predict import labelled_inputs
@@ -161,7 +167,7 @@ def evaluate_on_data(run_dir: str | Path, data: Any, members: Sequence[str] | No
         "items": len(y),
         "class_names": run.class_names,
         "members": names,
-        "classification": classification_scores(run, run.stream_of(Split(x, y)), names),
+        "classification": classification_scores(run, run.stream_of(Split(x, y)), names, progress=progress),
         "retrieval": None,
     }
     if save:

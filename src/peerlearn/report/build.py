@@ -10,16 +10,34 @@ from typing import Optional, Sequence
 from peerlearn.errors import PeerlearnError
 from peerlearn.report import plots
 from peerlearn.report.collect import ReportOptionError, ReportOptions, RunData, collect_run
-from peerlearn.report.groups import SeedGroup, group_scores, label_and_group
+from peerlearn.progress import Mode, note, progress_bar
+from peerlearn.report.groups import SeedGroup, differing_settings, group_scores, label_and_group
 from peerlearn.report.html import image, render_page
+from peerlearn.report.stats import Comparison, compare_groups
 from peerlearn.safe_write import check_writable, ensure_folder, write_file
 from peerlearn.run_files import REPORT_NAME
 
 
 
 def default_output(run_dirs: Sequence[Path]) -> Path:
-    """RUN_DIR/report.html for one run; ./report.html when comparing several."""
+    """RUN_DIR/report.html for one run (or one sweep folder); ./report.html when comparing several."""
     return run_dirs[0] / REPORT_NAME if len(run_dirs) == 1 else Path(REPORT_NAME)
+
+
+def expand_sweeps(paths: Sequence[Path]) -> list[Path]:
+    """Run directories, with every sweep folder (``peerlearn.sweeps``) replaced by its finished runs."""
+    from peerlearn.sweeps import read_sweep, sweep_run_dirs
+
+    expanded: list[Path] = []
+    for path in paths:
+        if read_sweep(path) is None:
+            expanded.append(path)
+            continue
+        runs = sweep_run_dirs(path)
+        if not runs:
+            raise PeerlearnError(f"The sweep {str(path)!r} has no finished run yet (see its sweep.json).")
+        expanded += runs
+    return expanded
 
 
 class FigureWriter:
@@ -50,9 +68,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "figure"
 
 
-def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: FigureWriter) -> dict[str, list[str]]:
+def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: FigureWriter,
+                 comparisons: Sequence[Comparison] = (), progress: Mode = "off") -> dict[str, list[str]]:
     figures: dict[str, list[str]] = {"learning-curves": [], "confusion": [], "tsne": []}
-    for index, run in enumerate(runs, 1):
+    if any(len(group.runs) > 1 for group in groups):
+        figures["seed-curves"] = [figure(plots.seed_learning_curves(groups), "seed-learning-curves",
+                                         "learning curves averaged over seeds",
+                                         "Each configuration's training loss and validation top-1 at every "
+                                         "epoch: the mean over its seeds, the band ± one sample standard "
+                                         "deviation over the seeds (runs without a validation split show the "
+                                         "loss only).")]
+    for index, run in enumerate(progress_bar(runs, desc="report figures", unit="runs", mode=progress), 1):
         tag = f"run{index}"
         figures["learning-curves"].append(figure(plots.learning_curves(run), f"{tag}-learning-curves",
                                                  f"learning curves of {run.label}",
@@ -70,8 +96,15 @@ def make_figures(runs: Sequence[RunData], groups: Sequence[SeedGroup], figure: F
     if any(len(group.runs) > 1 for group in groups):
         scores = [group_scores(group) for group in groups]
         figures["seeds"] = [figure(plots.seed_group_bars(groups, scores), "seed-groups", "test top-1 over seeds",
-                                   "Test top-1 of each configuration: mean over its seeds, error bars ± one "
-                                   "sample standard deviation.")]
+                                   "Test top-1 of each configuration: the bar is the mean over its seeds (the axis "
+                                   "starts at 0), the points are the seeds' runs, the error bar ± one sample "
+                                   "standard deviation.")]
+    if any(c.differences for c in comparisons):
+        figures["differences"] = [figure(plots.paired_differences([c for c in comparisons if c.differences]),
+                                         "paired-differences", "paired differences over seeds",
+                                         "A − B in test top-1 points for each seed both share (grey points), their "
+                                         "mean (diamond) and its 95% t interval (line; red when it excludes 0). "
+                                         "The axis is symmetric about 0.")]
     if any(run.cka for run in runs):
         figures["cka"] = [figure(plots.cka_matrices(runs), "cka", "linear CKA between members",
                                  "Linear CKA between members' penultimate features on the analysed items: "
@@ -104,9 +137,10 @@ def output_and_root(run_dirs: Sequence[Path], out: Optional[str | Path]) -> tupl
 def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = None,
                  options: Optional[ReportOptions] = None, title: str = "peerlearn report",
                  figures: str = "png", trust_code: bool = False) -> Path:
-    """Analyse every run in ``run_dirs`` and write the HTML report; return its path. ``figures`` svg or pdf
-    also writes every figure as a file in ``<report stem>_figures/`` beside the page. ``trust_code``: see
-    ``peerlearn.load_run``."""
+    """Analyse every run in ``run_dirs`` (run directories or sweep folders) and write the HTML report; return its
+    path. ``figures`` svg or pdf also writes every figure as a file in ``<report stem>_figures/`` beside the
+    page. Seed groups that differ in one setting are compared by their paired differences over seeds
+    (``report.stats``). ``trust_code``: see ``peerlearn.load_run``."""
     options = options or ReportOptions()
     options.check()
     paths = [Path(d) for d in run_dirs]
@@ -115,12 +149,19 @@ def build_report(run_dirs: Sequence[str | Path], out: Optional[str | Path] = Non
     if not isinstance(title, str) or len(title) > 1000:
         raise ReportOptionError("--title must be text of at most 1000 characters.")
     plots.pyplot()  # fail before the slow part when matplotlib is missing
-    target, root = output_and_root(paths, out)
+    target, root = output_and_root(paths, out)  # one sweep folder: SWEEP_DIR/report.html
+    paths = expand_sweeps(paths)
     figure = FigureWriter(target, figures, root)
     if out is not None or root.is_dir():  # (a missing run directory is named by the run reader)
         ensure_folder(target.parent, root, create_root=out is not None)  # a link is refused before the slow part
         check_writable(target.parent, "report's folder")
-    runs = [collect_run(path, options, trust_code) for path in paths]
+    runs = []
+    for index, path in enumerate(paths, 1):
+        if len(paths) > 1:
+            note(f"report: analysing run {index}/{len(paths)}: {path}", options.progress)
+        runs.append(collect_run(path, options, trust_code))
     groups = label_and_group(runs)
-    page = render_page(runs, make_figures(runs, groups, figure), title=title, groups=groups)
+    comparisons = compare_groups(groups, differing_settings)
+    page = render_page(runs, make_figures(runs, groups, figure, comparisons, options.progress), title=title,
+                       groups=groups, comparisons=comparisons)
     return write_file(target, page, root=root, what="the report")

@@ -28,6 +28,7 @@ MAX_LABEL_SETTINGS = 4
 class SeedGroup:
     label: str
     runs: list[Any] = field(default_factory=list)  # RunData
+    settings: dict[str, str] = field(default_factory=dict)  # the relevant settings its runs share (no seed)
 
     @property
     def seeds(self) -> list[int]:
@@ -76,13 +77,20 @@ def label_and_group(runs: Sequence[Any]) -> list[SeedGroup]:
         run.settings_seed = int(entry["seed"]) if str(entry.get("seed", "")).lstrip("-").isdigit() else None
         run.label = f"{base} seed {entry.get('seed')}" if seeds_differ else base
         identity = tuple(sorted((k, v) for k, v in entry.items() if _relevant(k)))
-        groups.setdefault(identity, SeedGroup(base)).runs.append(run)
+        groups.setdefault(identity, SeedGroup(base, settings=dict(identity))).runs.append(run)
     seen: dict[str, int] = {}
     for run in runs:
         seen[run.label] = seen.get(run.label, 0) + 1
         if seen[run.label] > 1:
             run.label = f"{run.label} #{seen[run.label]}"
     return list(groups.values())
+
+
+def differing_settings(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    """The relevant keys whose values differ between two groups' settings, in ``a``'s order. As in
+    ``differing_keys``, a key only one of them has belongs to its recipe's section: the ``recipe`` key already
+    tells them apart, so such a key does not count."""
+    return [k for k in a if k in b and _relevant(k) and a[k] != b[k]]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -40,6 +40,7 @@ window.addEventListener("load", function () {
 SECTIONS = (
     ("comparison", "Comparison of runs"),
     ("seeds", "Seeds: mean ± std"),
+    ("differences", "Is the difference real? Paired over seeds"),
     ("learning-curves", "Learning curves"),
     ("cka", "Similarity of members (CKA)"),
     ("confusion", "Confusion matrices"),
@@ -47,6 +48,12 @@ SECTIONS = (
     ("flatness", "Flatness of the minimum"),
     ("tsne", "t-SNE of penultimate features"),
 )
+
+
+def _shown(sid: str, figures: dict[str, list[str]], comparisons: Sequence[Any]) -> bool:
+    if sid == "differences":
+        return bool(comparisons)
+    return sid not in ("seeds", "cka") or bool(figures.get(sid))
 
 
 def esc(value: Any) -> str:
@@ -123,8 +130,43 @@ def seed_rows(groups) -> list[list[Any]]:
     return rows
 
 
+def difference_rows(comparisons) -> list[list[Any]]:
+    """One row per comparison and entry: A − B, seeds, each seed's difference, mean, 95% interval, verdict."""
+    rows = []
+    for c in comparisons:
+        for name, d in c.differences.items():
+            interval = d.interval
+            verdict = ("one seed: no interval" if d.significant is None else
+                       "significant" if d.significant else "not significant")
+            rows.append([f"{c.a_name} − {c.b_name}", name, d.n, ", ".join(str(s) for s in d.seeds),
+                         ", ".join(f"{x:+.2f}" for x in d.differences), f"{d.mean:+.2f}",
+                         "" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]", verdict])
+    return rows
+
+
+def difference_text(comparisons) -> list[str]:
+    """The section's paragraphs: how the comparison is made, then one sentence per comparison."""
+    parts = ["<p>Configurations that differ in one setting are compared on the seeds both ran: the difference "
+             "A − B in test top-1 (percentage points) of each seed, its mean and the 95% interval of the mean "
+             "(paired Student's t: mean ± t<sub>0.975, n−1</sub> · s / √n). A difference is significant at 5% "
+             "when its interval excludes 0; with few seeds only a large difference is.</p>"]
+    sentences = [c.differences[c.headline].sentence(c.a_name, c.b_name, f"{c.headline} test top-1")
+                 for c in comparisons if c.headline is not None]
+    if sentences:
+        parts.append("<ul>" + "".join(f'<li class="verdict">{esc(text)}</li>' for text in sentences) + "</ul>")
+    lonely = [c for c in comparisons if not c.differences]
+    for c in lonely:
+        parts.append(f"<p>{esc(c.a_name)} and {esc(c.b_name)} share no seed: nothing to pair (train both with "
+                     "the same --seeds).</p>")
+    for c in comparisons:
+        if c.unpaired and c.differences:
+            parts.append(f"<p>{esc(c.a_name)} − {esc(c.b_name)}: seeds {esc(', '.join(map(str, c.unpaired)))} ran "
+                         "on one side only and are left out.</p>")
+    return parts
+
+
 def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: str = "peerlearn report",
-                groups: Sequence[Any] = ()) -> str:
+                groups: Sequence[Any] = (), comparisons: Sequence[Any] = ()) -> str:
     """The whole page. ``figures`` maps a section id to its ready HTML blocks (see ``image``)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     sigma_max = max((max(c) for run in runs for c in run.flatness.values() if c), default=None)
@@ -137,17 +179,22 @@ def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: s
         f'<p class="meta">{len(runs)} run(s): {esc("; ".join(f"{r.label} = {r.run_dir}" for r in runs))}. '
         f"Generated {esc(stamp)} by peerlearn {esc(__version__)}.</p>",
         "<nav>" + "".join(f'<a href="#{sid}">{esc(head)}</a>' for sid, head in SECTIONS
-                          if sid not in ("seeds", "cka") or figures.get(sid)) + "</nav>",
+                          if _shown(sid, figures, comparisons)) + "</nav>",
     ]
     for sid, heading in SECTIONS:
-        if sid in ("seeds", "cka") and not figures.get(sid):
-            continue  # no run with several seeds / no run with several members
+        if not _shown(sid, figures, comparisons):
+            continue  # no run with several seeds / nothing to compare / no run with several members
         parts.append(f'<section id="{sid}"><h2>{esc(heading)}</h2>')
         if sid == "seeds":
             parts.append("<p>Runs whose configs are equal except for the seed, grouped: mean ± sample standard "
                          "deviation (n − 1) over the seeds of the final scores in %.</p>")
             parts.append(table(["configuration", "member", "runs", "seeds", "val top-1 %", "test top-1 %",
                                 "test top-5 %"], seed_rows(groups)))
+            parts.extend(figures.get("seed-curves", []))
+        if sid == "differences":
+            parts.extend(difference_text(comparisons))
+            parts.append(table(["A − B", "member", "n", "seeds", "per seed (pt)", "mean (pt)", "95% interval",
+                                "verdict"], difference_rows(comparisons)))
         if sid == "comparison":
             parts.append("<p>Final scores from each run's summary.json (top-1 / top-5 in %, NLL in nats). "
                          "Choose between runs on validation; the test column is for reporting.</p>")
@@ -159,7 +206,11 @@ def render_page(runs: Sequence[RunData], figures: dict[str, list[str]], title: s
                                 f"train loss σ={sigma_min:g}" if sigma_min is not None else "train loss",
                                 f"train loss σ={sigma_max:g}" if sigma_max is not None else "noisy train loss"],
                                analysis_rows(runs)))
-        parts.extend(figures.get(sid, []))
+        blocks = figures.get(sid, [])
+        if sid == "learning-curves" and len(blocks) > 4:  # a sweep's runs: the averages above come first
+            parts.append(f"<details><summary>the {len(blocks)} runs one by one</summary>{''.join(blocks)}</details>")
+        else:
+            parts.extend(blocks)
         parts.append("</section>")
     parts.append('<p id="render-check" data-status="pending">images not checked (scripts off)</p>')
     parts.append(f"<script>{CHECK_SCRIPT}</script></body></html>")

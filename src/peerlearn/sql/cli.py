@@ -26,11 +26,15 @@ def add_sql_parser(subparsers) -> argparse.ArgumentParser:
                         help="the model store (default: $PEERLEARN_MODELS, else ./models)")
     parser.add_argument("--overwrite", action="store_true",
                         help="let TO TRAIN replace a model and TO PREDICT a table of the same name")
+    parser.add_argument("--progress", default="auto", choices=["auto", "on", "off"],
+                        help="progress on standard error: auto (a bar on a terminal, else a line every few "
+                             "seconds of slow work), on (a bar), off")
     parser.add_argument("--trust-code", action="store_true",
                         help="let the statement's WITH clause and the stored models it reads name code (a "
                              "package.module:callable model) although they are not yours; see docs/reliability.md")
-    parser.add_argument("--demo-db", default=None, metavar="PATH",
-                        help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit")
+    parser.add_argument("--demo-db", default=None, metavar="PATH|URL",
+                        help="create the demo SQLite database PATH (wine, breast_cancer, iris) and exit; a database "
+                             "URL (postgresql+psycopg://user@host/name) gets the tables in that database")
     return parser
 
 
@@ -41,7 +45,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
         from peerlearn.sql.demo import create_demo_db
 
         url = create_demo_db(args.demo_db, overwrite=args.overwrite)
-        print(f"demo database with tables wine, breast_cancer, iris: {url}")
+        from peerlearn.sql.runner import hide_password
+
+        print(f"demo database with tables wine, breast_cancer, iris: {hide_password(url)}")
         return 0
     if not args.statement:
         raise ConfigError('peerlearn sql needs a statement in quotes, e.g. peerlearn sql "SELECT * FROM wine TO '
@@ -49,6 +55,6 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from peerlearn.sql.runner import run
 
     result = run(args.statement, db=args.db, models=args.models, overwrite=args.overwrite,
-                 trust_code=args.trust_code)
+                 trust_code=args.trust_code, progress=args.progress)
     print(result.text)
     return 0

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Union
 
+from peerlearn.data.sql_read import INSTALL_HINT, sqlite_path, url_scheme
 from peerlearn.errors import ConfigError, ResourceError
 from peerlearn.sql.writer import write_table
 
@@ -50,8 +51,37 @@ def create_demo_tables(url: str, overwrite: bool = False) -> list[str]:
     return list(tables)
 
 
+def _load_into_server(url: str, overwrite: bool) -> None:
+    """The demo tables into the database at ``url`` (not SQLite), or a ConfigError saying why not."""
+    shown = re.sub(r"(://[^/:@\s]+:)[^@\s/]+@", r"\1***@", url)  # no password on the screen
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--demo-db {shown}: databases other than SQLite need SQLAlchemy and the database's "
+                          f"driver: {INSTALL_HINT} (and e.g. psycopg[binary] for PostgreSQL).") from None
+    try:
+        create_demo_tables(url, overwrite=overwrite)
+    except ConfigError as error:
+        message = str(error).removeprefix("Invalid config: key 'data.options.url' has the value ").replace(url, shown)
+        raise ConfigError(f"Cannot load the demo tables into {shown}: {message}") from None
+
+
 def create_demo_db(path: Union[str, Path], overwrite: bool = False) -> str:
-    """Create (or add the tables to) the SQLite file ``path``; returns its URL ``sqlite:////abs/path``."""
+    """Create (or add the tables to) the SQLite file ``path``; returns its URL ``sqlite:////abs/path``.
+
+    ``path`` may also be a database URL: ``sqlite:///file.db`` is that file; any other URL
+    (``postgresql+psycopg://user@host/name``) gets the tables in that database, through SQLAlchemy and the
+    database's driver (a ``ConfigError`` when they are missing or the server refuses; nothing is written
+    locally)."""
+    text = str(path)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        if url_scheme(text) != "sqlite":
+            _load_into_server(text, overwrite)
+            return text
+        file_path = sqlite_path(text)
+        if not file_path:
+            raise ConfigError(f"{text!r} names no SQLite file; write sqlite:///demo.db or sqlite:////abs/demo.db.")
+        path = file_path
     file = Path(path).expanduser().resolve()
     if file.is_dir():
         raise ConfigError(f"{str(path)!r} is a folder; give the path of a SQLite file, e.g. demo.db.")

@@ -25,6 +25,7 @@ from peerlearn.data.tabular import Table, label_text, encode_labels, feature_mat
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.errors import ConfigError
 from peerlearn.evaluate.features import predict_with_features
+from peerlearn.progress import Mode, progress_bar
 from peerlearn.evaluate.runner import classification_scores, ensemble_members, select_members
 from peerlearn.sql.grammar import SqlSyntaxError
 from peerlearn.sql.statements import EvaluateStatement, PredictStatement
@@ -73,8 +74,10 @@ def load_model(store: ModelStore, name: str, trust_code: bool = False) -> Stored
     return StoredModel(name, config, data, run, list(features), options.get("label", ""))
 
 
-def query_table(url: str, select: str) -> Table:
-    table = run_query(url, select, "auto", "the query before TO")
+def query_table(url: str, select: str, progress: Mode = "off") -> Table:
+    with progress_bar(total=1, desc="reading the query's rows", unit="queries", mode=progress) as bar:
+        table = run_query(url, select, "auto", "the query before TO")
+        bar.update(1)
     if not table.rows:
         raise ConfigError("The query before TO gives no rows.")
     return table
@@ -91,9 +94,11 @@ def predicting_members(model: StoredModel, member: Optional[str]) -> list[str]:
     return trainable or model.run.cohort.names[:1]
 
 
-def class_probabilities(model: StoredModel, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+def class_probabilities(model: StoredModel, x: torch.Tensor, names: list[str], progress: Mode = "off"
+                        ) -> torch.Tensor:
     """[N, C]: the mean of the members' softmax outputs (one member: its own)."""
-    logits, _, _ = predict_with_features(model.run.cohort, _stream(model, x, torch.full((len(x),), -1)), names)
+    logits, _, _ = predict_with_features(model.run.cohort, _stream(model, x, torch.full((len(x),), -1)), names,
+                                         progress=progress)
     return torch.stack([F.softmax(logits[n], dim=1) for n in names]).mean(0)
 
 
@@ -146,13 +151,13 @@ def fold_names(statement: PredictStatement, url: str) -> PredictStatement:
 
 
 def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwrite: bool = False,
-                trust_code: bool = False) -> dict[str, Any]:
+                trust_code: bool = False, progress: Mode = "off") -> dict[str, Any]:
     options = predict_options(statement)
     statement = fold_names(statement, url)
     lower = url_scheme(url) in ("postgresql", "postgres") and statement.column not in statement.quoted
     check_prediction_target(url, statement.table, statement.schema, statement.select)  # before the work
     model = load_model(store, statement.model, trust_code)
-    table = query_table(url, statement.select)
+    table = query_table(url, statement.select, progress)
     x = feature_matrix(table, model.features)
     keys = options["keys"]
     if keys is None:
@@ -165,7 +170,7 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
         raise ConfigError("The query gives no column to tell its rows apart besides the features (an id, say): "
                           "select one, or name key columns with WITH keys = [...].")
     names = predicting_members(model, options["member"])
-    probabilities = class_probabilities(model, x, names)
+    probabilities = class_probabilities(model, x, names, progress)
     classes, kind = typed_classes(model.data.class_names)
     predicted = probabilities.argmax(1).tolist()
     index = [table.columns.index(k) for k in keys]
@@ -187,18 +192,20 @@ def run_predict(statement: PredictStatement, url: str, store: ModelStore, overwr
         if options["probabilities"]:
             values += [float(p) for p in probabilities[n]]
         rows.append(values)
-    write_prediction_table(url, statement.table, statement.schema, columns, rows, statement.select,
-                           overwrite=overwrite or options["overwrite"])
+    with progress_bar(total=1, desc=f"writing {len(rows)} rows", unit="tables", mode=progress) as bar:
+        write_prediction_table(url, statement.table, statement.schema, columns, rows, statement.select,
+                               overwrite=overwrite or options["overwrite"])
+        bar.update(1)
     target = f"{statement.schema}.{statement.table}" if statement.schema else statement.table
     return {"table": target, "rows": len(rows), "columns": [name for name, _ in columns],
             "predicted_by": names[0] if len(names) == 1 else f"{ENSEMBLE} of {', '.join(names)}"}
 
 
 # ------------------------------------------------------------------ TO EVALUATE
-def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, trust_code: bool = False
-                 ) -> dict[str, Any]:
+def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, trust_code: bool = False,
+                 progress: Mode = "off") -> dict[str, Any]:
     model = load_model(store, statement.model, trust_code)
-    table = query_table(url, statement.select)
+    table = query_table(url, statement.select, progress)
     if statement.label not in table.columns:
         raise SqlSyntaxError(f"The query has no column {statement.label!r} to use as the LABEL; its columns: "
                              f"{', '.join(table.columns)}.", statement.text, statement.positions["label"])
@@ -213,6 +220,6 @@ def run_evaluate(statement: EvaluateStatement, url: str, store: ModelStore, trus
         "items": len(y),
         "class_names": model.data.class_names,
         "members": names,
-        "classification": classification_scores(model.run, _stream(model, x, y), names),
+        "classification": classification_scores(model.run, _stream(model, x, y), names, progress=progress),
         "retrieval": None,
     }

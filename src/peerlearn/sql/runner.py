@@ -39,11 +39,13 @@ def database_url(db: Optional[str]) -> str:
 
 
 def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None] = None,
-        overwrite: bool = False, trust_code: bool = False) -> SqlResult:
+        overwrite: bool = False, trust_code: bool = False, progress: str = "off") -> SqlResult:
     """Parse and run one statement on the database ``db``, with the model store ``models`` (default
     ``$PEERLEARN_MODELS`` or ``./models``). ``overwrite`` lets TO TRAIN replace a model and TO PREDICT a table.
     ``trust_code`` lets the statement's WITH clause, and stored models that are not signed with your key, name
     code (a ``package.module:callable`` model); without it such a statement is refused (``peerlearn.trust``).
+    ``progress`` (``auto``, ``on``, ``off``) shows the reading, predicting and writing of TO PREDICT and TO
+    EVALUATE (``peerlearn.progress``; training logs its epochs either way).
 
         import peerlearn.sql
         peerlearn.sql.run("SELECT * FROM wine TO TRAIN mutual WITH train.epochs = 30 LABEL cultivar "
@@ -60,7 +62,7 @@ def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None]
     if isinstance(parsed, PredictStatement):
         from peerlearn.sql.prediction import run_predict
 
-        done = run_predict(parsed, url, store, overwrite, trust_code)
+        done = run_predict(parsed, url, store, overwrite, trust_code, progress=progress)
         text = (f"wrote {done['rows']} rows to the table {done['table']} ({', '.join(done['columns'])}), "
                 f"predicted by {done['predicted_by']} of the model {parsed.model}")
         return SqlResult("predict", parsed.model, text, store.path(parsed.model), done)
@@ -68,7 +70,7 @@ def run(statement: str, db: Optional[str] = None, models: Union[str, Path, None]
         from peerlearn.evaluate.printing import format_evaluation
         from peerlearn.sql.prediction import run_evaluate
 
-        result = run_evaluate(parsed, url, store, trust_code)
+        result = run_evaluate(parsed, url, store, trust_code, progress=progress)
         return SqlResult("evaluate", parsed.model, format_evaluation(result), store.path(parsed.model), result)
     raise ConfigError(f"Unsupported statement {type(parsed).__name__}.")  # parse_statement returns no other
 
