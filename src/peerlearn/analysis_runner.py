@@ -83,14 +83,3 @@ def analyze_run(run_dir: str | Path, split: str = "train", sigmas: Sequence[floa
         result["tsne"] = {"file": str(path), "members": embedding["members"], "items": len(embedding["labels"])}
     write_file(Path(run_dir) / ANALYSIS_NAME, json.dumps(result, indent=2), root=run_dir, what="the analyses")
     return result
-
-
-def check_analysis_options(split, sigmas, draws, limit, members, tsne_items, perplexity) -> None:
-    """Every option of ``analyze_run`` (exit 2 naming it), before the run is read."""
-    options.choice(split, "split", options.SPLITS)
-    options.finite_numbers(sigmas, "sigmas", low=0.0)
-    options.integer_at_least(draws, "draws", 1)
-    options.integer_at_least(limit, "limit", 1, allow_none=True)
-    options.member_names(members)
-    options.integer_at_least(tsne_items, "tsne_items", 0)
-    options.finite_number(perplexity, "perplexity", 0.0, open_low=True)

@@ -237,7 +237,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from peerlearn.safe_write import write_file
     from peerlearn.run_reader import read_run
 
-    run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict")
+    run = read_run(args.run_dir, device=str(resolve_device(args.device)), command="predict",
+                   trust_code=args.trust_code)
     predictions = predict_path(run, args.input, member=args.member, batch_size=args.batch_size,
                                progress=args.progress)
     text = predictions_csv(predictions, every_class=args.probabilities)
@@ -491,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, mps")
     predict.add_argument("--batch-size", type=int, default=256, help="inputs per batch (default 256)")
     add_progress(predict)
+    add_trust_code(predict)
 
     report = sub.add_parser("report", help="one self-contained HTML page comparing finished runs",
                             description="Write one HTML file (plots embedded as PNG) with learning curves, a "
