@@ -44,8 +44,9 @@ def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
             state: Any = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # a pickle of code, a truncated file, ...
             detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-            raise ConfigError(f"Invalid config: key {key!r}: {str(path)!r} cannot be read as a weights-only state "
-                              f"dict ({type(error).__name__}: {detail}).") from None
+            raise ConfigError(f"Invalid config: key {key!r}: Refusing {str(path)!r}: it cannot be read as a "
+                              f"weights-only state dict ({type(error).__name__}: {detail}); peerlearn reads .pt files "
+                              "with weights_only=True and never runs code a pickle names.") from None
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
