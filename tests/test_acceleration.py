@@ -9,9 +9,10 @@ from peerlearn.config import load_config
 from peerlearn.data.augment import BatchAugment
 from peerlearn.data.batches import BatchStream
 from peerlearn.errors import ConfigError
+from peerlearn.memory_format import is_channels_last
 
 
-@pytest.mark.parametrize("option, value", [("precision", "bf16"), ("channels_last", True), ("pin_memory", True)])
+@pytest.mark.parametrize("option, value", [("precision", "bf16"), ("pin_memory", True)])
 def test_cuda_only_options_warn_and_are_ignored_on_cpu(tiny, option, value):
     config = load_config(tiny(recipe="mutual", train={"device": "cpu", "threads": 1, "progress": "off"},
                               engine={option: value}))
@@ -19,8 +20,46 @@ def test_cuda_only_options_warn_and_are_ignored_on_cpu(tiny, option, value):
         _, device, recipe = prepare_run(config)
     assert device.type == "cpu"
     assert recipe.autocast_dtype is None
-    assert not recipe.train_stream.on_host and not recipe.normalizer.channels_last
-    assert all(p.is_contiguous() for m in recipe.cohort for p in m.model.parameters())
+    assert not recipe.train_stream.on_host
+
+
+@pytest.mark.parametrize("asked, expected", [(None, True), (True, True), (False, False)])
+def test_channels_last_is_on_by_default_on_cpu_for_convolutional_image_cohorts(tiny, asked, expected):
+    engine = {} if asked is None else {"channels_last": asked}
+    config = load_config(tiny(recipe="mutual", train={"device": "cpu", "threads": 1, "progress": "off"},
+                              engine=engine))
+    _, _, recipe = prepare_run(config)
+    weights = [p for m in recipe.cohort for p in m.model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert weights and all(is_channels_last(p) for p in weights) == expected
+    assert recipe.normalizer.channels_last == expected
+    batch = next(b for _, b in recipe.train_stream.epoch(0))
+    if expected:  # one channel: the strides say which layout, not is_contiguous (without it, either can come)
+        assert is_channels_last(batch.x)
+    log = recipe.step(batch)
+    assert torch.isfinite(log["loss"])
+
+
+def test_channels_last_stays_off_for_networks_without_convolutions(tiny):
+    config = load_config(tiny(recipe="mutual", members=[{"name": "a", "model": "mlp"}, {"name": "b", "model": "mlp"}]))
+    _, _, recipe = prepare_run(config)
+    assert not recipe.normalizer.channels_last
+
+
+def test_channels_last_runs_save_contiguous_weights_and_resume_to_the_same_numbers(tiny, tmp_path):
+    """The default CPU layout reaches every file a run writes (safetensors refuses non-contiguous tensors) and a
+    resumed run continues exactly; the weights read back equal the trained ones."""
+    config = tiny(recipe="mutual", train={"epochs": 2, "progress": "off", "threads": 1})
+    whole = peerlearn.train(config, out=tmp_path / "whole")
+    assert whole.recipe.normalizer.channels_last
+    first = peerlearn.train({**config, "train": {**config["train"], "epochs": 1}}, out=tmp_path / "part")
+    resumed = peerlearn.train(resume=first.run_dir, out=tmp_path / "part", changes=["train.epochs=2"])
+    for a, b in zip(whole.recipe.cohort, resumed.recipe.cohort):
+        for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            assert torch.equal(x, y), name
+    _, _, loaded = peerlearn.load_run(whole.run_dir)
+    for a, b in zip(whole.recipe.cohort, loaded.cohort):
+        for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+            assert torch.equal(x, y), name
 
 
 def test_engine_values_are_validated(tiny):

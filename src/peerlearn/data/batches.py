@@ -15,6 +15,7 @@ from peerlearn.data.augment import BatchAugment
 from peerlearn.data.bundle import Split
 from peerlearn.data.lazy import LazyItems
 from peerlearn.data.streaming import mix_seed, streamed_batches
+from peerlearn.memory_format import to_channels_last
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Normalizer:
     def __init__(self, mean: list[float], std: list[float], device: torch.device, image: bool):
         shape = (1, -1, 1, 1) if image else (1, -1)
         self.image = image
-        self.channels_last = False  # engine.channels_last on CUDA
+        self.channels_last = False  # engine.channels_last (on by default for convolutional image cohorts on a CPU)
         self.mean = torch.tensor(mean, device=device).reshape(shape)
         self.std = torch.tensor(std, device=device).reshape(shape)
 
@@ -44,8 +45,8 @@ class Normalizer:
         if scale:
             x = x / 255.0
         x = (x - self.mean) / self.std
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last:
+            x = to_channels_last(x)
         return x
 
 
