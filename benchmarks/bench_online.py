@@ -186,7 +186,9 @@ def speed(threads: int, quick: bool) -> str:
             for label, (_, _, times) in prepared.items()]
     return ("### Online distillation: step time against a DML step of the same cohort\n\n"
             f"One training step (batch 64, Fashion-MNIST 14×14, three small CNNs or three branches; OKDDip four "
-            f"branches), the minimum over {rounds} round-robin passes of {steps} steps, {threads} thread(s).\n\n"
+            f"branches), the minimum over {rounds} round-robin passes of {steps} steps, {threads} thread(s). This is the "
+            f"controlled comparison; the accuracy table's time per epoch is each run's wall clock, on a machine that "
+            f"other jobs may share.\n\n"
             + markdown_table(["method", "ms / step", "vs DML"], rows) + "\n")
 
 
