@@ -118,7 +118,7 @@ def main() -> None:
         for clock in clocks:
             name = "CPU time" if clock == "cpu" else "wall clock"
             headers += [f"samples/s ({name})", f"speed-up ({name})"]
-        title = torch.cuda.get_device_name(0) if device == "cuda" else "CPU, one thread (a machine shared with other jobs)"
+        title = torch.cuda.get_device_name(0) if device == "cuda" else "CPU, one thread (the machine may be shared with other jobs)"
         body += f"\n\n### {title}\n\n" + markdown_table(headers, rows)
     if "cuda" not in devices:
         body += ("\n\n**GPU: not measured.** No GPU was available to this run; on a machine with CUDA the same "

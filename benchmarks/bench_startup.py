@@ -56,7 +56,7 @@ def main() -> None:
              f"{statistics.median(t) / torch_median:.2f}×"] for name, t in times.items()]
     tag = " (QUICK SMOKE RUN: not a result)" if args.quick else ""
     body = (f"## Start-up{tag}\n\nWall time of fresh processes, median over {rounds} interleaved rounds (± half the "
-            "range), on a machine shared with other jobs. `peerlearn` = `python -m peerlearn` with this checkout "
+            "range); the machine may be shared with other jobs (not controlled). `peerlearn` = `python -m peerlearn` with this checkout "
             "first on the path. The help of every command is built without torch, pydantic or the recipes "
             "(`import peerlearn` imports its public names on first use); commands that read a config pay for "
             "them when they run.\n\n"

@@ -92,6 +92,9 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="models and batches in channels-last (NHWC) order, as peerlearn trains convolutional "
+                             "networks on a CPU by default")
     parser.add_argument("--test-every-epoch", action="store_true",
                         help="also score the test split after every epoch (what peerlearn's default eval_test does)")
     args = parser.parse_args()
@@ -110,9 +113,15 @@ def main() -> None:
     del pixels
 
     def normalise(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - mean) / std
+        x = (x.float() / 255.0 - mean) / std
+        if args.channels_last:  # explicit NHWC strides (one channel: .contiguous(channels_last) may keep NCHW's)
+            n, c, h, w = x.shape
+            x = torch.empty_strided(x.shape, (c * h * w, 1, w * c, c)).copy_(x)
+        return x
 
     models = [small_cnn(args.width), small_cnn(args.width)]
+    if args.channels_last:
+        models = [m.to(memory_format=torch.channels_last) for m in models]
     optimizers = [torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
                   for m in models]
     history = []
