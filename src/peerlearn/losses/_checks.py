@@ -72,3 +72,13 @@ def as_layers(name: str, value) -> list[torch.Tensor]:
     if not layers or not all(isinstance(v, torch.Tensor) for v in layers):
         raise ValueError(f"{name} must be a tensor or a non-empty sequence of tensors")
     return layers
+
+
+def layer_pairs(student_features, teacher_features) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (student, teacher) tensors of each layer pair: one tensor each, or two sequences of the same length."""
+    students = as_layers("student_features", student_features)
+    teachers = as_layers("teacher_features", teacher_features)
+    if len(students) != len(teachers):
+        raise ValueError(f"student_features and teacher_features must list the same number of layers, "
+                         f"got {len(students)} and {len(teachers)}")
+    return list(zip(students, teachers))

@@ -17,7 +17,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from peerlearn.losses._checks import as_layers, check_positive
+from peerlearn.losses._checks import check_positive, layer_pairs
 
 Layers = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -46,13 +46,9 @@ def attention_transfer_loss(student_features: Layers, teacher_features: Layers, 
 
     The weight β/2 is the caller's (a recipe's ``weight``): the paper's β = 10³ gives 500.
     """
-    students = as_layers("student_features", student_features)
-    teachers = as_layers("teacher_features", teacher_features)
-    if len(students) != len(teachers):
-        raise ValueError(f"student_features and teacher_features must list the same number of layers, "
-                         f"got {len(students)} and {len(teachers)}")
+    pairs = layer_pairs(student_features, teacher_features)
     total = None
-    for j, (a_s, a_t) in enumerate(zip(students, teachers)):
+    for j, (a_s, a_t) in enumerate(pairs):
         if a_s.dim() != 4 or a_t.dim() != 4 or a_s.shape[0] != a_t.shape[0] or a_s.shape[2:] != a_t.shape[2:]:
             raise ValueError(f"layer {j}: student and teacher maps must be [N, C, H, W] with the same N, H and W, "
                              f"got {list(a_s.shape)} and {list(a_t.shape)}")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from peerlearn.losses.online_base import (Logits, OnlineLoss, check_temperature, check_weight, kl_between_logits,
-                                          stack_logits, summed_cross_entropy)
+from peerlearn.losses.online_base import (Logits, OnlineLoss, check_one_per_item, check_temperature, check_weight,
+                                          kl_between_logits, stack_logits, summed_cross_entropy)
 
 
 def _require_labels(labels: torch.Tensor, batch: int, rule: str) -> None:
@@ -132,9 +132,7 @@ def kdcl_loss(member_logits: Logits, teacher_logits: torch.Tensor, labels: torch
     check_temperature(temperature)
     check_weight("kl_weight", kl_weight)
     logits = stack_logits(member_logits, "member_logits")
-    if teacher_logits.shape != logits.shape[1:]:
-        raise ValueError(f"teacher_logits must be [B, C] = {list(logits.shape[1:])}, "
-                         f"got {list(teacher_logits.shape)}")
+    check_one_per_item("teacher_logits", teacher_logits, logits)
     ce = summed_cross_entropy(logits, labels)
     kl = kl_between_logits(teacher_logits.unsqueeze(0).expand_as(logits), logits, temperature) * temperature**2
     return OnlineLoss(ce + kl_weight * kl, {"ce": ce, "kl": kl})

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from peerlearn.losses.classification import cross_entropy
-from peerlearn.losses.online_base import (Logits, OnlineLoss, check_temperature, check_weight, kl_between_logits,
-                                          kl_to_probs, stack_logits, summed_cross_entropy)
+from peerlearn.losses.online_base import (Logits, OnlineLoss, check_one_per_item, check_temperature, check_weight,
+                                          kl_between_logits, kl_to_probs, stack_logits,
+                                          summed_cross_entropy)
 from peerlearn.models.online_parts import peer_attention  # noqa: F401  (exported here: OKDDip's weights)
 
 CL_ILR_AVERAGES = ("logits", "probs")
@@ -162,8 +163,7 @@ def okddip_loss(peer_logits: Logits, leader_logits: torch.Tensor, attention: tor
     if detach not in OKDDIP_DETACH:
         raise ValueError(f"detach must be one of {OKDDIP_DETACH}, got {detach!r}")
     logits = stack_logits(peer_logits, "peer_logits")
-    if leader_logits.shape != logits.shape[1:]:
-        raise ValueError(f"leader_logits must be [B, C] = {list(logits.shape[1:])}, got {list(leader_logits.shape)}")
+    check_one_per_item("leader_logits", leader_logits, logits)
     source = logits.detach() if detach != "none" else logits
     weights = attention.detach() if detach == "all" else attention
     peer_targets = okddip_targets(source, weights)

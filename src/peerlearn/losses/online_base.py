@@ -59,6 +59,12 @@ def stack_logits(logits: Logits, name: str = "logits", min_count: int = 1) -> to
     return stacked
 
 
+def check_one_per_item(name: str, tensor: torch.Tensor, logits: torch.Tensor) -> None:
+    """``tensor`` must be [B, C], one row per item of the stacked ``logits`` [K, B, C] (a teacher, a leader)."""
+    if tensor.shape != logits.shape[1:]:
+        raise ValueError(f"{name} must be [B, C] = {list(logits.shape[1:])}, got {list(tensor.shape)}")
+
+
 def kl_between_logits(target_logits: torch.Tensor, logits: torch.Tensor, temperature: float,
                       detach_target: bool = True) -> torch.Tensor:
     """KL(softmax(v / T) ‖ softmax(z / T)) = mean_b Σ_c q_bc (log q_bc − log p_bc), q = softmax(v / T); a scalar.

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from peerlearn.losses.classification import cross_entropy
 from peerlearn.losses.mimicry import at_temperature, soft_probs
-from peerlearn.losses.online_base import (Logits, OnlineLoss, check_temperature, check_weight, kl_between_logits,
-                                          stack_logits, summed_cross_entropy)
+from peerlearn.losses.online_base import (Logits, OnlineLoss, check_one_per_item, check_temperature, check_weight,
+                                          kl_between_logits, stack_logits, summed_cross_entropy)
 
 PEER_MEAN_SOURCES = ("others", "self")
 
@@ -73,9 +73,7 @@ def pcl_loss(branch_logits: Logits, ensemble_logits: torch.Tensor, mean_logits: 
     check_weight("ensemble_weight", ensemble_weight)
     check_weight("mean_weight", mean_weight)
     logits = stack_logits(branch_logits, "branch_logits")
-    if ensemble_logits.shape != logits.shape[1:]:
-        raise ValueError(f"ensemble_logits must be [B, C] = {list(logits.shape[1:])}, "
-                         f"got {list(ensemble_logits.shape)}")
+    check_one_per_item("ensemble_logits", ensemble_logits, logits)
     ce = summed_cross_entropy(logits, labels)
     ce_ensemble = cross_entropy(ensemble_logits, labels)
     kl_ensemble = kl_between_logits(ensemble_logits.unsqueeze(0).expand_as(logits), logits,

@@ -16,7 +16,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from peerlearn.losses._checks import as_layers, check_choice, check_non_negative, check_same_batch
+from peerlearn.losses._checks import check_choice, check_non_negative, check_same_batch, layer_pairs
 
 Layers = Union[torch.Tensor, Sequence[torch.Tensor]]
 RKD_REDUCTIONS = ("mean", "sum")
@@ -45,13 +45,9 @@ def similarity_preserving_loss(student_features: Layers, teacher_features: Layer
     (Frobenius norm squared over b²). G̃ does not change when a network's activations are scaled by a
     positive constant or rotated (Q → Q·R, R orthogonal), so neither does the loss.
     """
-    students = as_layers("student_features", student_features)
-    teachers = as_layers("teacher_features", teacher_features)
-    if len(students) != len(teachers):
-        raise ValueError(f"student_features and teacher_features must list the same number of layers, "
-                         f"got {len(students)} and {len(teachers)}")
+    pairs = layer_pairs(student_features, teacher_features)
     total = None
-    for f_s, f_t in zip(students, teachers):
+    for f_s, f_t in pairs:
         check_same_batch("student_features", f_s, "teacher_features", f_t, minimum=1)
         b = f_s.shape[0]
         diff = similarity_matrix(f_t.detach()) - similarity_matrix(f_s)
