@@ -14,6 +14,7 @@ Column kinds: ``integer``, ``real`` or ``text``.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -58,32 +59,44 @@ def write_table(url: str, table: str, schema: Optional[str], columns: Sequence[t
         _write_sqlalchemy(url, table, schema, columns, rows, overwrite)
 
 
-def _write_sqlite(path: str, table: str, columns, rows, overwrite: bool) -> None:
+@contextmanager
+def _sqlite_transaction(path: str, table: str, failed: str):
+    """One immediate-mode transaction on an existing SQLite file: committed at the end, rolled back on any error;
+    an SQLite error becomes a ConfigError naming the table (``failed`` ends its message)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"The SQLite database {path!r} does not exist.")
     connection = sqlite3.connect(file.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None)
     try:
         connection.execute("BEGIN IMMEDIATE")
+        yield connection
+        connection.execute("COMMIT")
+    except BaseException as error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            raise ConfigError(f"Cannot write the table {table!r} in {path!r}: {error}{failed}") from None
+        raise
+    finally:
+        connection.close()
+
+
+def _create_filled_table(connection, table: str, columns, rows, comment: str = "") -> None:
+    spec = ", ".join(f"{quote(name)} {SQLITE_TYPES[kind]}" for name, kind in columns)
+    connection.execute(f"CREATE TABLE {quote(table)} ({spec}{comment})")
+    marks = ", ".join("?" * len(columns))
+    connection.executemany(f"INSERT INTO {quote(table)} VALUES ({marks})", [tuple(row) for row in rows])
+
+
+def _write_sqlite(path: str, table: str, columns, rows, overwrite: bool) -> None:
+    with _sqlite_transaction(path, table, ".") as connection:
         exists = connection.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
                                     (table,)).fetchone()
         if exists and not overwrite:
             raise ConfigError(_exists_message(table))
         if exists:
             connection.execute(f"DROP TABLE {quote(table)}")
-        spec = ", ".join(f"{quote(name)} {SQLITE_TYPES[kind]}" for name, kind in columns)
-        connection.execute(f"CREATE TABLE {quote(table)} ({spec})")
-        marks = ", ".join("?" * len(columns))
-        connection.executemany(f"INSERT INTO {quote(table)} VALUES ({marks})", [tuple(row) for row in rows])
-        connection.execute("COMMIT")
-    except BaseException as error:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        if isinstance(error, sqlite3.Error):
-            raise ConfigError(f"Cannot write the table {table!r} in {path!r}: {error}.") from None
-        raise
-    finally:
-        connection.close()
+        _create_filled_table(connection, table, columns, rows)
 
 
 def _write_sqlalchemy(url: str, table: str, schema: Optional[str], columns, rows, overwrite: bool) -> None:
@@ -164,13 +177,8 @@ def write_prediction_table(url: str, table: str, schema: Optional[str], columns:
 
 
 def _write_sqlite_prediction(path: str, table: str, columns, rows, overwrite: bool) -> None:
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"The SQLite database {path!r} does not exist.")
-    connection = sqlite3.connect(file.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None)
     registry = quote(ownership.REGISTRY)
-    try:
-        connection.execute("BEGIN IMMEDIATE")
+    with _sqlite_transaction(path, table, "; nothing was changed.") as connection:
         connection.execute(f"CREATE TABLE IF NOT EXISTS {registry} (table_name TEXT PRIMARY KEY, "
                            "fingerprint TEXT NOT NULL, created TEXT NOT NULL)")
         existing = connection.execute("SELECT type, sql FROM sqlite_master WHERE type IN ('table', 'view') AND "
@@ -184,20 +192,8 @@ def _write_sqlite_prediction(path: str, table: str, columns, rows, overwrite: bo
                 raise ConfigError(_exists_message(table))
             connection.execute(f"DROP TABLE {quote(table)}")
         mark = ownership.token()
-        spec = ", ".join(f"{quote(name)} {SQLITE_TYPES[kind]}" for name, kind in columns)
-        connection.execute(f"CREATE TABLE {quote(table)} ({spec} /* {mark} */)")
-        marks = ", ".join("?" * len(columns))
-        connection.executemany(f"INSERT INTO {quote(table)} VALUES ({marks})", [tuple(row) for row in rows])
+        _create_filled_table(connection, table, columns, rows, comment=f" /* {mark} */")
         connection.execute(f"INSERT OR REPLACE INTO {registry} VALUES (?, ?, datetime('now'))", (table.lower(), mark))
-        connection.execute("COMMIT")
-    except BaseException as error:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        if isinstance(error, sqlite3.Error):
-            raise ConfigError(f"Cannot write the table {table!r} in {path!r}: {error}; nothing was changed.") from None
-        raise
-    finally:
-        connection.close()
 
 
 def _fingerprint(connection, table: str, schema: Optional[str], postgres: bool) -> Optional[str]:
