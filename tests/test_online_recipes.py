@@ -273,15 +273,15 @@ def test_pcl_loss_is_the_formula_and_the_temporal_mean_is_an_average_never_train
 def test_views_reach_the_trunk_in_the_batch_memory_layout(trained):
     """Stacking the views (and flattening them for the temporal mean) must not turn a channels-last batch into NCHW:
     on a CPU max-pooling an NCHW tensor costs about ten times the channels-last one (PCL's step was 1.7× DML's)."""
-    from peerlearn.memory_format import same_layout
+    from peerlearn.memory_format import flatten_batches, is_channels_last, stack_like
 
     nchw = torch.randn(4, 3, 5, 5)
-    assert same_layout(nchw, nchw) is nchw
+    assert not is_channels_last(stack_like([nchw, nchw + 1], nchw)[1])
     like = torch.randn(4, 5, 5, 1).permute(0, 3, 1, 2)  # one channel, channels-last strides (as batches arrive)
-    stacked = torch.stack([like, like + 1])[1]  # NCHW strides, the same values
-    assert stacked.stride() != like.stride()
-    moved = same_layout(stacked, like)
-    assert moved.stride() == like.stride() and torch.equal(moved, like + 1)
+    assert torch.stack([like, like + 1])[1].stride() != like.stride()  # a plain stack drops the layout
+    stacked = stack_like([like, like + 1], like)
+    assert stacked[1].stride() == like.stride() and torch.equal(stacked[1], like + 1)
+    assert is_channels_last(flatten_batches(stacked)) and torch.equal(flatten_batches(stacked)[4:], like + 1)
 
     run = trained("pcl")
     seen, seen_by_mean = [], []

@@ -31,10 +31,20 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(x.shape, (c * h * w, 1, w * c, c), dtype=x.dtype, device=x.device).copy_(x)
 
 
-def same_layout(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``x`` in ``like``'s memory layout: channels-last when ``like`` has channels-last strides, else as it is
-    (stacking views of a batch, or flattening them into one batch, silently drops the batch's layout)."""
-    return to_channels_last(x) if x.dim() == 4 and is_channels_last(like) else x
+def stack_like(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``torch.stack(tensors)`` [K, N, C, H, W] whose slices ``[k]`` (and ``flatten(0, 1)``) keep ``like``'s
+    channels-last strides when it has them; a plain ``torch.stack`` would return NCHW slices."""
+    if like.dim() != 4 or not is_channels_last(like):
+        return torch.stack(tensors)
+    return torch.stack([t.permute(0, 2, 3, 1) for t in tensors]).permute(0, 1, 4, 2, 3)
+
+
+def flatten_batches(stacked: torch.Tensor) -> torch.Tensor:
+    """[K, N, C, H, W] → [K·N, C, H, W], channels-last when the slices are (``flatten(0, 1)`` returns NCHW
+    strides for one channel)."""
+    if stacked.dim() == 5 and is_channels_last(stacked[0]):
+        return stacked.permute(0, 1, 3, 4, 2).flatten(0, 1).permute(0, 3, 1, 2)
+    return stacked.flatten(0, 1)
 
 
 def has_convolutions(model: nn.Module) -> bool:

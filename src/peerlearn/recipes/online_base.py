@@ -27,10 +27,10 @@ from peerlearn.data.bundle import DataBundle
 from peerlearn.data.lazy import LazyItems
 from peerlearn.data.streaming import mix_seed
 from peerlearn.engine.cohort import Member
-from peerlearn.memory_format import same_layout
 from peerlearn.engine.run_record import registry_network
 from peerlearn.engine.trainer import Stage
 from peerlearn.errors import ConfigError
+from peerlearn.memory_format import stack_like
 from peerlearn.models.multibranch import BranchOutputs, MultiBranchNet, available_multibranch, create_multibranch
 from peerlearn.recipes.base import Recipe, load_member_weights, member_seed
 
@@ -231,15 +231,13 @@ class BranchRecipe(Recipe):
         """The batch, or (``own_views``) K views stacked [K, B, ...], view k for branch k."""
         if not self.own_views:
             return batch.x
-        self.layout = batch.x  # the views go through the trunk in the batch's memory layout
-        return torch.stack([augmented_view(self, batch, k) for k in range(self.branch_count(self.settings))])
+        views = [augmented_view(self, batch, k) for k in range(self.branch_count(self.settings))]
+        return stack_like(views, batch.x)  # each view reaches the trunk in the batch's memory layout
 
     def network_forward(self, member: Member, x: torch.Tensor, with_features: bool):
         """Every branch at once: logits [K, B, C] and pooled features [K, B, D]; the trunk's output is kept in
         ``self.trunk_output`` for the losses (ONE's gate reads it)."""
-        if self.own_views:
-            x = [same_layout(view, self.layout) for view in x.unbind(0)]
-        out: BranchOutputs = member.model(x)
+        out: BranchOutputs = member.model(list(x.unbind(0)) if self.own_views else x)
         self.trunk_output = out.trunk
         return out.logits, out.features
 

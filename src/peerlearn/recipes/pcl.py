@@ -35,8 +35,8 @@ from torch import nn
 
 from peerlearn.config import Section
 from peerlearn.losses import ema_decay, ema_update, pcl_loss
+from peerlearn.memory_format import flatten_batches
 from peerlearn.models.online_parts import PeerEnsembleClassifier
-from peerlearn.memory_format import same_layout
 from peerlearn.recipes.online_base import BranchRecipe, multibranch_record
 
 EMA = "ema"
@@ -126,7 +126,7 @@ class PclRecipe(BranchRecipe):
         average = self.cohort[EMA].model
         count, batch = self.views.shape[0], self.views.shape[1]
         with self.autocast():
-            shared = average.trunk(same_layout(self.views.flatten(0, 1), self.layout)).unflatten(0, (count, batch))
+            shared = average.trunk(flatten_batches(self.views)).unflatten(0, (count, batch))
             return torch.stack([average.branches[k](shared[k]) for k in range(count)]).float()
 
     def losses(self, out, batch, names):
