@@ -2,7 +2,8 @@
 
 On a CPU, oneDNN's convolutions and, above all, its max-pooling are much faster on channels-last tensors than on
 NCHW ones (measured on the 2-core AMD EPYC of docs/results.md: max-pooling [64, 16, 14, 14] 1.1 ms NCHW vs 0.1 ms
-NHWC; a DML step of two ``small_cnn`` at 28×28 210 → 160 ms, of two ``resnet20`` at 32×32 475 → 372 ms).
+NHWC; a DML step of two ``small_cnn`` at 28×28 1.26× faster, of two ``resnet20`` at 32×32 1.31×:
+``benchmarks/bench_layout.py``).
 A convolution keeps its input's layout, so the layout of the batch and of the weights decides the whole forward.
 
 A one-channel image is "contiguous" in both layouts (the channel stride is never used), so
