@@ -123,8 +123,9 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
-    """``save_file`` of the tensors made contiguous (channels-last weights are not), with safetensors' own error type (``SafetensorError``, e.g. for a full disk) turned
-    into the ``OSError`` it stands for, so callers handle every write failure one way."""
+    """``save_file`` of the tensors made contiguous (channels-last weights are not), with safetensors' own error
+    type (``SafetensorError``, e.g. for a full disk) turned into the ``OSError`` it stands for, so callers handle
+    every write failure one way."""
     try:
         save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, filename, metadata=metadata)
     except SafetensorError as error:
