@@ -380,7 +380,7 @@ def test_crd_code_variant_scores_bank_positives_and_fixes_z_once():
 
 
 def test_crd_negatives_skip_the_item_in_the_paper_variant():
-    crd = CRDLoss(4, 4, num_data=5, feature_dim=2, num_negatives=400)
+    crd = CRDLoss(4, 4, num_data=5, feature_dim=2, num_negatives=400, variant="paper")
     idx = torch.tensor([0, 2, 4])
     neg = crd.sample_negatives(idx)
     assert neg.shape == (3, 400) and (neg != idx[:, None]).all() and neg.min() >= 0 and neg.max() <= 4

@@ -68,7 +68,7 @@ FEATURE_LOSS_WEIGHTS = {
     "sp": 3000.0,      # the paper's γ (CIFAR-10)
     "rkd": 1.0,        # the weights 25 (distance) and 50 (angle) are rkd_loss's own defaults
     "pkt": 30000.0,    # RepDistiller, for variant="code" (the paper states no weight)
-    "crd": 0.8,        # the paper's β
+    "crd": 0.8,        # the paper's β, chosen with the authors' critic (CRDLoss variant="code")
     "dkd": 1.0,        # α = 1, β = 8, T = 4 are dkd_loss's defaults, ramped in by dkd_warmup
     "dist": 1.0,       # β = γ = 1, τ = 1 are dist_loss's defaults
 }
