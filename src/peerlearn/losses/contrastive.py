@@ -91,7 +91,7 @@ class CRDLoss(nn.Module):
 
     def __init__(self, student_dim: int, teacher_dim: int, num_data: int, feature_dim: int = 128,
                  num_negatives: int = 16384, temperature: float = 0.07, momentum: float = 0.5,
-                 variant: str = "code"):
+                 variant: str = "paper"):
         super().__init__()
         for name, value in (("student_dim", student_dim), ("teacher_dim", teacher_dim), ("num_data", num_data),
                             ("feature_dim", feature_dim), ("num_negatives", num_negatives)):
