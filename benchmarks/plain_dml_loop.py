@@ -18,14 +18,19 @@ start-up cost and memory are those of PyTorch itself.
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+if "--freeze-gc" in sys.argv:  # before the heavy imports, as peerlearn's command line does
+    gc.disable()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -95,6 +100,9 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="models and batches in channels-last (NHWC) order, as peerlearn trains convolutional "
                              "networks on a CPU by default")
+    parser.add_argument("--freeze-gc", action="store_true",
+                        help="pause Python's cyclic garbage collector during start-up, then gc.freeze() and resume "
+                             "it before the first step (what peerlearn's command line does: peerlearn/startup_gc.py)")
     parser.add_argument("--test-every-epoch", action="store_true",
                         help="also score the test split after every epoch (what peerlearn's default eval_test does)")
     args = parser.parse_args()
@@ -124,6 +132,9 @@ def main() -> None:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     optimizers = [torch.optim.SGD(m.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
                   for m in models]
+    if args.freeze_gc:
+        gc.freeze()
+        gc.enable()
     history = []
     steps = len(train_y) // args.batch  # the last incomplete batch is dropped
     for epoch in range(args.epochs):

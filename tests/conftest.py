@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -18,6 +19,17 @@ def real_data_root() -> Path | None:
         if candidate and (Path(candidate) / "fashion-mnist").is_dir():
             return Path(candidate)
     return None
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collector_unfrozen():
+    """A test that runs the command line in this process lets it freeze the objects alive at start-up
+    (peerlearn/startup_gc.py): unfrozen afterwards, so that the suite's long-lived process can still collect
+    what earlier tests left in reference cycles."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
+    gc.enable()
 
 
 @pytest.fixture(autouse=True, scope="session")

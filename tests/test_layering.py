@@ -18,7 +18,7 @@ ROOT = "__init__"  # the package's own __init__.py: the public facade
 # From the bottom up. A name is a top-level module (peerlearn/NAME.py) or sub-package (peerlearn/NAME/).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("utilities", ("errors", "tables", "progress", "command_options", "trust", "run_files", "section_providers",
-                   "memory_format")),
+                   "memory_format", "startup_gc")),
     ("data", ("data",)),
     ("models", ("models",)),
     ("config", ("config",)),  # describes a run: checks names against the data and model registries

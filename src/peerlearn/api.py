@@ -28,6 +28,7 @@ from peerlearn.engine.cohort import Cohort
 from peerlearn.engine.evaluation import ENSEMBLE
 from peerlearn.engine.run_dir import RunLock, create_run_dir, ensure_writable, save_config, write_text_file
 from peerlearn.engine.trainer import CHECKPOINT_NAME
+from peerlearn import startup_gc
 from peerlearn.errors import ConfigError, PeerlearnError, ResourceError
 from peerlearn.recipes import get_recipe
 from peerlearn.trust import (config_references, record_files, require_trusted_references, run_is_trusted,
@@ -110,6 +111,7 @@ def prepare_run(config: RunConfig, distributed=None, user=None):
                           user_members=dict(user.members) if user is not None else None)
     recipe.build_cohort()
     configure(recipe, device)
+    startup_gc.settle()  # start-up is over: collect again (a no-op unless the command line paused it)
     return data, device, recipe
 
 

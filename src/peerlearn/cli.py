@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Callable, Optional
 
+from peerlearn import startup_gc
 from peerlearn.errors import ConfigError, PeerlearnError
 from peerlearn.sql.cli import add_sql_parser, cmd_sql
 
@@ -570,6 +571,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [item for item in extra if item.startswith("-") or args.command not in COMMANDS_WITH_OVERRIDES]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    startup_gc.pause()  # resumed once the run is prepared or read (peerlearn/startup_gc.py)
     try:
         if args.command in COMMANDS_WITH_OVERRIDES:
             split_config_and_overrides(args, extra)
@@ -583,6 +585,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        startup_gc.settle()
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from peerlearn.engine.checkpoint import load_state, load_weights
 from peerlearn.engine.cohort import Cohort, Member
 from peerlearn.engine.run_record import RUN_RECORD_NAME
 from peerlearn.data.user import PYTHON_SOURCE
+from peerlearn import startup_gc
 from peerlearn.errors import ConfigError, DataError, PeerlearnError
 from peerlearn.run_checks import check_record
 from peerlearn.run_files import CHECKPOINT_NAME, CONFIG_NAME, WEIGHTS_NAME
@@ -633,4 +634,6 @@ def _damaged_as_config_error(read, *args):
 def read_run(run_dir: Union[str, Path], device: str = "cpu", command: Optional[str] = None,
              members: Optional[dict[str, nn.Module]] = None, trust_code: bool = False) -> LoadedRun:
     """``RunReader(run_dir, device, members, trust_code).read(command)``."""
-    return RunReader(run_dir, device, members, trust_code).read(command)
+    loaded = RunReader(run_dir, device, members, trust_code).read(command)
+    startup_gc.settle()  # the run is read back: collect again (a no-op unless the command line paused it)
+    return loaded
