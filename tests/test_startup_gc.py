@@ -4,6 +4,7 @@ run is prepared or read back (peerlearn/startup_gc.py); a library user's process
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import peerlearn.api
 import peerlearn.run_reader
 from peerlearn import startup_gc
 from peerlearn.cli import main
+from peerlearn.data.workers import TiedToParent
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +87,20 @@ def test_a_failing_command_resumes_collection(tmp_path, capsys):
 def test_library_calls_leave_the_collector_alone(tiny, tmp_path):
     peerlearn.api.train(tiny(train={"epochs": 1, "progress": "off", "threads": 1}), out=tmp_path)
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_data_worker_forked_during_start_up_collects():
+    """A DataLoader worker forked while the command line holds the collector turns it back on in its init."""
+    startup_gc.pause()
+    tie = TiedToParent()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker
+        before = gc.isenabled()
+        tie(0)
+        os.write(write, f"{before} {gc.isenabled()}".encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    assert os.read(read, 64) == b"False True"
+    os.close(read)

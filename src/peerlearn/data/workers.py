@@ -20,6 +20,8 @@ import os
 import signal
 import sys
 
+from peerlearn import startup_gc
+
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -46,6 +48,7 @@ class TiedToParent:
         die_with_parent()
         if os.getppid() != self.parent:  # the parent is already gone: nobody would ever read this worker
             os._exit(0)
+        startup_gc.settle()  # forked while the command line held the collector: this worker collects
 
 
 def worker_options(workers: int) -> dict:
