@@ -124,7 +124,7 @@ def test_distill_from_a_stored_teacher_and_transfer_from_a_stored_backbone(demo,
     assert evaluated.details["classification"]["m0"]["top1"] > 0.8
 
 
-def test_with_keys_the_statement_sets_or_the_schema_refuses_point_at_the_key(demo):
+def test_with_keys_the_statement_sets_or_the_schema_refuses_point_at_the_key(demo, mutual):  # lists wine_dml
     with pytest.raises(SqlSyntaxError, match="sets data.options.query itself") as caught:
         sql(f"{TRAIN_ROWS} TO TRAIN mutual WITH data.options.query = 'SELECT 1' LABEL cultivar INTO x;", demo)
     assert str(caught.value).splitlines()[-1].index("^") - 4 == f"{TRAIN_ROWS} TO TRAIN mutual WITH ".__len__()
