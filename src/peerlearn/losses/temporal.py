@@ -34,18 +34,24 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float, buffers: st
         raise ValueError(f"buffers must be one of {BUFFER_MODES}, got {buffers!r}")
     ema_params, params = dict(ema_model.named_parameters()), dict(model.named_parameters())
     _check_same(ema_params, params, "parameter")
-    for name, average in ema_params.items():
-        average.mul_(decay).add_(params[name].detach(), alpha=1 - decay)
+    averaged = list(ema_params.values())
+    _moving_average(averaged, [params[name] for name in ema_params], decay)
     if buffers == "keep":
         return
     ema_buffers, model_buffers = dict(ema_model.named_buffers()), dict(model.named_buffers())
     _check_same(ema_buffers, model_buffers, "buffer")
-    for name, average in ema_buffers.items():
-        value = model_buffers[name]
-        if buffers == "average" and average.is_floating_point():
-            average.mul_(decay).add_(value, alpha=1 - decay)
-        else:
-            average.copy_(value)
+    average = [name for name, b in ema_buffers.items() if buffers == "average" and b.is_floating_point()]
+    copied = [name for name in ema_buffers if name not in set(average)]
+    _moving_average([ema_buffers[n] for n in average], [model_buffers[n] for n in average], decay)
+    if copied:
+        torch._foreach_copy_([ema_buffers[n] for n in copied], [model_buffers[n] for n in copied])
+
+
+def _moving_average(averages: list[torch.Tensor], values: list[torch.Tensor], decay: float) -> None:
+    """a ← δ · a + (1 − δ) · v for every pair, in one multi-tensor operation per device and dtype group
+    (``torch._foreach_lerp_``, as torch.optim's EMA helpers use: a + (1 − δ) · (v − a))."""
+    if averages:
+        torch._foreach_lerp_(averages, values, 1.0 - decay)
 
 
 def _check_same(ema: dict[str, torch.Tensor], model: dict[str, torch.Tensor], kind: str) -> None:
