@@ -3,6 +3,8 @@ the omitted-3 experiment with and without the bias fix, and the cost of a distil
 
     python benchmarks/bench_kd.py            # full: all 60,000 images, 3 seeds, about an hour on 2 cores
     python benchmarks/bench_kd.py --quick    # smoke run of the whole script (a minute or two)
+    python benchmarks/bench_kd.py --teacher-epochs 1000 --student-epochs 1000 --device cuda --workers 4
+                                             # the paper-length schedule, for a machine that has the time
 
 Writes the section kd-mnist of docs/results.md. Two phases, run as independent jobs on ``--workers``
 single-threaded processes (one per core):
@@ -77,6 +79,8 @@ def overrides(plan: dict, kind: str, seed: int, lr: float | None, teacher_dir: s
         values["members.0.optim.lr" if kind == "teacher" else "optim.lr"] = lr
     if teacher_dir is not None:
         values.update({"members.0.weights": teacher_dir, "distill.teacher_epochs": 0})
+    if plan.get("device"):
+        values["train.device"] = plan["device"]
     return values
 
 
@@ -102,6 +106,10 @@ def run_job(job: dict, plan: dict, work: str) -> dict:
     folder = Path(work) / run_folder(job)
     member = "teacher" if kind == "teacher" else "student"
     previous = finished_run(folder)
+    epochs = plan["teacher_epochs"] if kind == "teacher" else plan["student_epochs"]
+    if previous is not None and json.loads((previous / "summary.json").read_text()).get("epochs") != epochs:
+        raise SystemExit(f"{previous} was trained for another number of epochs than this invocation asks for "
+                         f"({epochs}): give another --work folder")
     if previous is not None:
         summary, run_dir = json.loads((previous / "summary.json").read_text()), previous
     else:
@@ -266,6 +274,9 @@ def main() -> None:
                         "there are reused")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the section from a saved raw-results file")
     parser.add_argument("--history", help="with --render: a note on how the run came about (kept in the raw file)")
+    parser.add_argument("--teacher-epochs", type=int, help="epochs of every teacher (default: the budget's 60)")
+    parser.add_argument("--student-epochs", type=int, help="epochs of every student (default: the budget's 40)")
+    parser.add_argument("--device", help="train.device of every run (default: the config's, auto)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # every run and timing here is single-threaded (also named in the hardware line)
     if args.render:
@@ -277,6 +288,11 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     plan = budget(args.quick)
+    for key in ("teacher_epochs", "student_epochs", "device"):
+        if getattr(args, key) is not None:
+            if key != "device" and getattr(args, key) < 1:
+                parser.error(f"--{key.replace('_', '-')} must be at least 1")
+            plan[key] = getattr(args, key)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
