@@ -34,15 +34,15 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float, buffers: st
         raise ValueError(f"buffers must be one of {BUFFER_MODES}, got {buffers!r}")
     ema_params, params = dict(ema_model.named_parameters()), dict(model.named_parameters())
     _check_same(ema_params, params, "parameter")
-    averaged = list(ema_params.values())
-    _moving_average(averaged, [params[name] for name in ema_params], decay)
+    _moving_average(list(ema_params.values()), [params[name] for name in ema_params], decay)
     if buffers == "keep":
         return
     ema_buffers, model_buffers = dict(ema_model.named_buffers()), dict(model.named_buffers())
     _check_same(ema_buffers, model_buffers, "buffer")
-    average = [name for name, b in ema_buffers.items() if buffers == "average" and b.is_floating_point()]
-    copied = [name for name in ema_buffers if name not in set(average)]
-    _moving_average([ema_buffers[n] for n in average], [model_buffers[n] for n in average], decay)
+    averaged, copied = [], []
+    for name, buffer in ema_buffers.items():
+        (averaged if buffers == "average" and buffer.is_floating_point() else copied).append(name)
+    _moving_average([ema_buffers[n] for n in averaged], [model_buffers[n] for n in averaged], decay)
     if copied:
         torch._foreach_copy_([ema_buffers[n] for n in copied], [model_buffers[n] for n in copied])
 
